@@ -1,0 +1,1 @@
+"""The SQLite ledger: the one place with SQL."""

@@ -1,0 +1,52 @@
+"""Append-only, named migrations. Never edit one that has shipped: add the next."""
+
+from __future__ import annotations
+
+M001_INITIAL = """
+CREATE TABLE users (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    department  TEXT NOT NULL,
+    role        TEXT NOT NULL DEFAULT 'user' CHECK (role IN ('user', 'admin')),
+    created_at  TEXT NOT NULL,
+    revoked_at  TEXT
+);
+CREATE TABLE tokens (
+    id          INTEGER PRIMARY KEY,
+    user_id     INTEGER NOT NULL REFERENCES users(id),
+    token_hash  TEXT NOT NULL UNIQUE,
+    label       TEXT NOT NULL DEFAULT '',
+    created_at  TEXT NOT NULL,
+    revoked_at  TEXT
+);
+CREATE TABLE requests (
+    id                    TEXT PRIMARY KEY,
+    ts                    TEXT NOT NULL,
+    user_id               INTEGER NOT NULL REFERENCES users(id),
+    user_name             TEXT NOT NULL,
+    department            TEXT NOT NULL,
+    feature               TEXT NOT NULL DEFAULT '',
+    requested_model       TEXT NOT NULL,
+    model                 TEXT NOT NULL,
+    provider              TEXT NOT NULL,
+    route                 TEXT NOT NULL,
+    reason                TEXT NOT NULL DEFAULT '',
+    input_tokens          INTEGER NOT NULL DEFAULT 0,
+    output_tokens         INTEGER NOT NULL DEFAULT 0,
+    tokens_estimated      INTEGER NOT NULL DEFAULT 0,
+    cost_micro_usd        INTEGER,
+    price_source          TEXT NOT NULL,
+    cost_saved_micro_usd  INTEGER NOT NULL DEFAULT 0,
+    cache_hit             INTEGER NOT NULL DEFAULT 0,
+    latency_ms            INTEGER NOT NULL,
+    status                TEXT NOT NULL CHECK (status IN ('ok', 'error', 'aborted')),
+    error_type            TEXT NOT NULL DEFAULT '',
+    stream                INTEGER NOT NULL DEFAULT 0,
+    attempts              INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX requests_ts ON requests(ts);
+CREATE INDEX requests_user_ts ON requests(user_id, ts);
+CREATE INDEX requests_department_ts ON requests(department, ts);
+"""
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (("m001_initial", M001_INITIAL),)

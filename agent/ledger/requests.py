@@ -1,0 +1,106 @@
+"""One row per request, and the spend reports built from them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from agent.ledger.database import Database
+
+Status = Literal["ok", "error", "aborted"]
+SpendDimension = Literal["user", "department", "feature", "model", "provider", "route"]
+
+# Report dimension -> column. A fixed map: user input never reaches the SQL text.
+_DIMENSION_COLUMNS: dict[str, str] = {
+    "user": "user_name",
+    "department": "department",
+    "feature": "feature",
+    "model": "model",
+    "provider": "provider",
+    "route": "route",
+}
+SPEND_DIMENSIONS = tuple(_DIMENSION_COLUMNS)
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    id: str
+    ts: str
+    user_id: int
+    user_name: str
+    department: str
+    feature: str
+    requested_model: str
+    model: str
+    provider: str
+    route: str
+    reason: str
+    input_tokens: int
+    output_tokens: int
+    tokens_estimated: bool
+    cost_micro_usd: int | None
+    price_source: str
+    cost_saved_micro_usd: int
+    cache_hit: bool
+    latency_ms: int
+    status: Status
+    error_type: str
+    stream: bool
+    attempts: int
+
+
+@dataclass(frozen=True)
+class SpendRow:
+    key: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_micro_usd: int
+    cost_saved_micro_usd: int
+    unpriced_requests: int
+    failed_requests: int
+
+
+_COLUMNS = tuple(RequestRecord.__dataclass_fields__)
+_INSERT = (
+    f"INSERT INTO requests ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in _COLUMNS)})"
+)
+
+
+class RequestLog:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def record(self, record: RequestRecord) -> None:
+        """Insert one row, atomically."""
+        with self._db.transaction() as conn:
+            conn.execute(_INSERT, asdict(record))
+
+    def get(self, request_id: str) -> RequestRecord | None:
+        rows = self._db.query(f"SELECT {', '.join(_COLUMNS)} FROM requests WHERE id = ?", (request_id,))
+        if not rows:
+            return None
+        row = rows[0]
+        for flag in ("tokens_estimated", "cache_hit", "stream"):
+            row[flag] = bool(row[flag])
+        return RequestRecord(**row)
+
+    def spend(self, by: SpendDimension, since_iso: str, user_id: int | None = None) -> list[SpendRow]:
+        """Totals per value of `by` since a time; only `user_id`'s rows when given."""
+        column = _DIMENSION_COLUMNS[by]
+        where, params = "ts >= :since", {"since": since_iso}
+        if user_id is not None:
+            where += " AND user_id = :user_id"
+            params["user_id"] = str(user_id)
+        sql = (
+            f"SELECT {column} AS key, count(*) AS requests,"
+            " coalesce(sum(input_tokens), 0) AS input_tokens,"
+            " coalesce(sum(output_tokens), 0) AS output_tokens,"
+            " coalesce(sum(cost_micro_usd), 0) AS cost_micro_usd,"
+            " coalesce(sum(cost_saved_micro_usd), 0) AS cost_saved_micro_usd,"
+            " sum(cost_micro_usd IS NULL) AS unpriced_requests,"
+            " sum(status != 'ok') AS failed_requests"
+            f" FROM requests WHERE {where} GROUP BY {column} ORDER BY cost_micro_usd DESC, key"
+        )
+        return [SpendRow(**row) for row in self._db.query(sql, params)]

@@ -1,0 +1,48 @@
+"""One ``setup_logging()`` per process: stderr plus a rotating file in the log folder.
+
+A filter masks anything that looks like a key or a bearer token, whatever logged it.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import re
+from pathlib import Path
+
+_SECRET = re.compile(
+    r"(?P<prefix>Bearer\s+|sk-|afo_|api[_-]?key[\"'=:\s]+)(?P<secret>[A-Za-z0-9_\-\.]{6,})",
+    re.IGNORECASE,
+)
+
+
+def mask_secrets(text: str) -> str:
+    return _SECRET.sub(lambda m: f"{m.group('prefix')}***", text)
+
+
+class SecretFilter(logging.Filter):
+    """Rewrites the formatted message so keys and tokens never reach a handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def setup_logging(log_dir: Path, level: str = "INFO", *, filename: str = "agent.log") -> None:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    root.setLevel(level)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    file_handler = logging.handlers.RotatingFileHandler(
+        log_dir / filename, maxBytes=5_000_000, backupCount=3, encoding="utf-8"
+    )
+    stream_handler = logging.StreamHandler()
+    for handler in (file_handler, stream_handler):
+        handler.setFormatter(formatter)
+        handler.addFilter(SecretFilter())
+        root.addHandler(handler)
+    for noisy in ("httpx", "httpcore", "openai", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,1 @@
+"""Everything that produces an answer: local llama.cpp models and OpenAI-compatible clouds."""

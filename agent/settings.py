@@ -1,0 +1,204 @@
+"""Settings: built-in defaults <- TOML file <- AIFINOPS_* environment <- command line.
+
+Nothing is read at import time; ``load_settings()`` does the work and returns a frozen value.
+Any key can come from the environment as ``AIFINOPS_<SECTION>__<KEY>`` (values are parsed as
+TOML values when they parse, else taken as strings); ``AIFINOPS_HOME`` moves every path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.errors import ConfigError
+from agent.paths import Paths
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    default_model: str = "local"
+    log_level: str = "INFO"
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        if "*" in origins:
+            raise ValueError('a wildcard CORS origin ("*") is refused on an API that spends money')
+        return origins
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, level: str) -> str:
+        level = level.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        return level
+
+
+class ModelsSection(_Section):
+    dir: str = ""
+
+
+class ShareSection(_Section):
+    path: str = ""
+
+
+class PriceOverride(_Section):
+    input_usd_per_mtok: Decimal = Field(ge=0)
+    output_usd_per_mtok: Decimal = Field(ge=0)
+
+
+class PricingSection(_Section):
+    local_usd_per_hour: Decimal = Field(Decimal("0.10"), ge=0)
+    overrides: dict[str, PriceOverride] = {}
+
+
+class LocalModelConfig(_Section):
+    name: str = Field("local", pattern=_NAME)
+    model: str = "smollm2-135m-instruct"
+    n_ctx: int = Field(2048, ge=128, le=131072)
+    n_threads: int = Field(0, ge=0, le=512)
+    load_at_start: bool = False
+    max_tokens: int = Field(512, ge=1)
+
+    def threads(self) -> int:
+        return self.n_threads or max(1, (os.cpu_count() or 2) - 1)
+
+
+class CloudEndpoint(_Section):
+    name: str = Field(pattern=_NAME)
+    base_url: str = Field(pattern=r"^https?://")
+    models: tuple[str, ...] = Field(min_length=1)
+    provider_id: str = ""
+    api_key_env: str = ""
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    retry_base_s: float = Field(0.5, ge=0)
+    retry_max_wait_s: float = Field(30.0, ge=0)
+
+
+class Settings(_Section):
+    agent: AgentSection = AgentSection()
+    models: ModelsSection = ModelsSection()
+    share: ShareSection = ShareSection()
+    pricing: PricingSection = PricingSection()
+    local_models: tuple[LocalModelConfig, ...] = (LocalModelConfig(),)
+    cloud: tuple[CloudEndpoint, ...] = ()
+    # Filled in by load_settings, not from the file.
+    paths: Paths = Field(default_factory=Paths.resolve, exclude=True)
+    config_file: Path | None = Field(default=None, exclude=True)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.models.dir).expanduser() if self.models.dir else self.paths.default_models_dir
+
+    @property
+    def share_dir(self) -> Path | None:
+        return Path(self.share.path).expanduser() if self.share.path else None
+
+    @field_validator("local_models", "cloud")
+    @classmethod
+    def _unique_names(cls, items: tuple[Any, ...]) -> tuple[Any, ...]:
+        names = [item.name for item in items]
+        if len(names) != len(set(names)):
+            raise ValueError(f"names must be unique, got {names}")
+        return items
+
+
+def default_config_text() -> str:
+    return resources.files("agent").joinpath("default_config.toml").read_text(encoding="utf-8")
+
+
+def write_default_config(path: Path) -> bool:
+    """Write the commented default config if there is none. Returns True when written."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(default_config_text(), encoding="utf-8")
+    tmp.replace(path)
+    return True
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    aliases = {"AIFINOPS_HOST": ("agent", "host"), "AIFINOPS_PORT": ("agent", "port")}
+    for key, raw in environ.items():
+        if key in aliases:
+            section, name = aliases[key]
+        else:
+            match = re.fullmatch(r"AIFINOPS_([A-Z0-9_]+?)__([A-Z0-9_]+)", key)
+            if not match:
+                continue
+            section, name = match.group(1).lower(), match.group(2).lower()
+        out.setdefault(section, {})[name] = _parse_env_value(raw)
+    return out
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    *,
+    home: str | os.PathLike[str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build Settings from every layer. Raises ConfigError with the offending key."""
+    environ = dict(os.environ if environ is None else environ)
+    paths = Paths.resolve(home or environ.get("AIFINOPS_HOME"))
+    file = Path(config_file or environ.get("AIFINOPS_CONFIG") or paths.config_file)
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{file}: not valid TOML: {e}") from e
+        except OSError as e:
+            raise ConfigError(f"{file}: cannot be read: {e}") from e
+    elif config_file:
+        raise ConfigError(f"{file}: no such config file")
+    data = _merge(data, _env_overrides(environ))
+    data = _merge(data, overrides or {})
+    try:
+        return Settings.model_validate({**data, "paths": paths, "config_file": file})
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"invalid configuration ({file}): {problems}") from e
