@@ -36,6 +36,8 @@ class AgentSection(_Section):
     shutdown_grace_s: float = Field(10.0, ge=0)
     default_model: str = "local"
     log_level: str = "INFO"
+    # Workstations: on first run, create a user for the OS account and a 0600 token file.
+    provision_os_user: bool = True
 
     @field_validator("cors_origins")
     @classmethod

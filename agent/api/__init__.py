@@ -1,0 +1,1 @@
+"""HTTP only: the wire contract (schemas), routes, auth and the error -> status map."""

@@ -1,0 +1,45 @@
+"""Error -> HTTP status map. Every error body is OpenAI-style: {"error": {"type", "message"}}."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from agent.api.schemas import ErrorBody, ErrorDetail
+from agent.errors import AIFinOpsError, RateLimited
+
+log = logging.getLogger(__name__)
+
+_HTTP_TYPES = {404: "not_found_error", 405: "method_not_allowed", 401: "authentication_error"}
+
+
+def error_json(status: int, error_type: str, message: str, code: str | None = None) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(message=message, type=error_type, code=code))
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+def error_response(error: AIFinOpsError) -> JSONResponse:
+    response = error_json(error.status_code, error.error_type, error.message, error.code)
+    if isinstance(error, RateLimited):
+        response.headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
+    return response
+
+
+async def on_aifinops_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AIFinOpsError)
+    return error_response(exc)
+
+
+async def on_http_exception(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_json(
+        exc.status_code, _HTTP_TYPES.get(exc.status_code, "invalid_request_error"), str(exc.detail)
+    )
+
+
+async def on_unexpected(_request: Request, exc: Exception) -> Response:
+    log.error("unexpected error while serving a request", exc_info=exc)
+    return error_json(500, "internal_error", "internal error: see the agent log")

@@ -1,0 +1,301 @@
+"""Thin HTTP handlers over the services: parse, authenticate, call, shape the answer."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from agent import __version__
+from agent.api import schemas
+from agent.api.errors import error_json
+from agent.errors import AIFinOpsError, InvalidRequest, PermissionDenied, RequestTooLarge
+from agent.gateway import ChatCall, ChatResult, StreamSummary, new_request_id
+from agent.identity import Caller
+from agent.ledger.requests import SPEND_DIMENSIONS, RequestRecord
+from agent.money import format_usd
+from agent.providers.base import ChatParams, Delta, Message
+
+if TYPE_CHECKING:
+    from agent.app import Services
+
+FEATURE_HEADER = "x-aifinops-feature"
+
+
+def build_routes(services: Services) -> list[Route]:
+    api = _Handlers(services)
+    return [
+        Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+        Route("/v1/models", api.models, methods=["GET"]),
+        Route("/api/v1/info", api.info, methods=["GET"]),
+        Route("/api/v1/me", api.me, methods=["GET"]),
+        Route("/api/v1/spend", api.spend, methods=["GET"]),
+        Route("/api/v1/requests/{request_id}", api.request_entry, methods=["GET"]),
+    ]
+
+
+class _Handlers:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def caller(self, request: Request) -> Caller:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        return self.s.identity.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+
+    async def body_json(self, request: Request) -> Any:
+        limit = self.s.settings.agent.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise InvalidRequest("Content-Length is not a number")
+            if int(declared) > limit:
+                raise RequestTooLarge(f"request body over the {limit}-byte limit")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise RequestTooLarge(f"request body over the {limit}-byte limit")
+        try:
+            return json.loads(bytes(body).decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise InvalidRequest(f"request body is not valid UTF-8: {e.reason}") from e
+        except json.JSONDecodeError as e:
+            raise InvalidRequest(f"request body is not valid JSON: {e.msg} at {e.pos}") from e
+
+    # -- /v1 -------------------------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        caller = self.caller(request)
+        call = _chat_call(await self.body_json(request), request.headers.get(FEATURE_HEADER))
+        gateway = self.s.gateway
+        if not call.stream:
+            result = await gateway.chat(caller, call)
+            return _completion_response(result)
+        route = gateway.route(call)
+        request_id = new_request_id()
+        events = gateway.stream(caller, call, request_id, route)
+        try:  # the first event decides between an HTTP error and a 200 stream
+            first = await anext(events)
+        except StopAsyncIteration:
+            first = None
+        headers = {
+            "X-AIFinOps-Route": route.route,
+            "X-AIFinOps-Cost-USD": "pending",  # known at the end: see the last chunk
+            "X-AIFinOps-Request-Id": request_id,
+            "Cache-Control": "no-cache",
+        }
+        sse = _sse(events, first, request_id, route.model, route.route, call.include_usage)
+        return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
+
+    async def models(self, request: Request) -> Response:
+        self.caller(request)
+        cards = [schemas.ModelCard(id="auto", owned_by="aifinops")]
+        for provider in self.s.registry.providers:
+            cards += [schemas.ModelCard(id=m, owned_by=provider.name) for m in provider.models()]
+        return _json(schemas.ModelList(data=cards))
+
+    # -- /api/v1 ---------------------------------------------------------------------------
+
+    async def info(self, _request: Request) -> Response:
+        return _json(schemas.Info(version=__version__))
+
+    async def me(self, request: Request) -> Response:
+        caller = self.caller(request)
+        return _json(schemas.Me(user=caller.user, department=caller.department, admin=caller.is_admin))
+
+    async def spend(self, request: Request) -> Response:
+        caller = self.caller(request)
+        by = request.query_params.get("by", "user")
+        if by not in SPEND_DIMENSIONS:
+            raise InvalidRequest(f"'by' must be one of {', '.join(SPEND_DIMENSIONS)}")
+        since_text = request.query_params.get("since", "30d")
+        since = parse_since(since_text)
+        rows = self.s.requests.spend(
+            by,  # type: ignore[arg-type]
+            since.isoformat(timespec="microseconds"),
+            None if caller.is_admin else caller.user_id,
+        )
+        total = sum(r.cost_micro_usd for r in rows)
+        report = schemas.SpendReport(
+            by=by,
+            since=since.isoformat(),
+            scope="all" if caller.is_admin else "own",
+            total_cost_usd=format_usd(total),
+            total_cost_micro_usd=total,
+            unpriced_requests=sum(r.unpriced_requests for r in rows),
+            rows=[
+                schemas.SpendRow(
+                    key=r.key,
+                    requests=r.requests,
+                    input_tokens=r.input_tokens,
+                    output_tokens=r.output_tokens,
+                    cost_usd=format_usd(r.cost_micro_usd),
+                    cost_micro_usd=r.cost_micro_usd,
+                    cost_saved_usd=format_usd(r.cost_saved_micro_usd),
+                    unpriced_requests=r.unpriced_requests,
+                    failed_requests=r.failed_requests,
+                )
+                for r in rows
+            ],
+        )
+        return _json(report)
+
+    async def request_entry(self, request: Request) -> Response:
+        caller = self.caller(request)
+        record = self.s.requests.get(request.path_params["request_id"])
+        # Someone else's row answers exactly like a missing one: no existence oracle.
+        if record is None or (record.user_id != caller.user_id and not caller.is_admin):
+            return error_json(404, "not_found_error", "no such request")
+        return _json(_entry(record))
+
+
+def _json(model: Any, status: int = 200) -> Response:
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+
+
+def _chat_call(payload: Any, feature_header: str | None) -> ChatCall:
+    if not isinstance(payload, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        body = schemas.ChatCompletionRequest.model_validate(payload)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidRequest(f"{where}: {first['msg']}", code="invalid_value") from e
+    extras = body.extra_fields()
+    unknown = sorted(set(extras) - schemas.PASSTHROUGH_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unsupported parameter(s): {', '.join(unknown)}", code="unsupported_parameter")
+    feature = feature_header if feature_header is not None else (body.metadata or {}).get("feature", "")
+    if feature and not re.match(schemas.FEATURE_PATTERN, feature):
+        raise InvalidRequest("feature tag: 1-64 letters, digits, '.', '_', ':', '/' or '-'")
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    params = ChatParams(
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=stop,
+        seed=body.seed,
+        passthrough=tuple(sorted(extras.items())),
+    )
+    messages = tuple(Message(m.role, m.text(), m.name) for m in body.messages)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return ChatCall(body.model, messages, params, feature, body.stream, include_usage)
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """'7d', '24h', '30m', '2w' or an ISO date/time -> an aware UTC datetime."""
+    now = now or datetime.now(UTC)
+    match = re.fullmatch(r"(\d{1,6})([mhdw])", text.strip())
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        return now - timedelta(**{{"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: amount})
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise InvalidRequest(f"since: expected e.g. 7d, 24h or an ISO date, got {text!r}") from e
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _info(request_id: str, route: str, model: str, cost: int | None, source: str, estimated: bool) -> schemas.AIFinOpsInfo:
+    return schemas.AIFinOpsInfo(
+        request_id=request_id,
+        route=route,
+        model=model,
+        cost_usd=format_usd(cost),
+        cost_micro_usd=cost,
+        price_source=source,
+        tokens_estimated=estimated,
+    )
+
+
+def _completion_response(result: ChatResult) -> Response:
+    c, route = result.completion, result.route
+    body = schemas.ChatCompletion(
+        id=result.request_id,
+        created=int(time.time()),
+        model=route.model,
+        choices=[schemas.Choice(message=schemas.ChatMessageOut(content=c.text), finish_reason=c.finish_reason)],
+        usage=schemas.Usage(
+            prompt_tokens=c.usage.input_tokens,
+            completion_tokens=c.usage.output_tokens,
+            total_tokens=c.usage.input_tokens + c.usage.output_tokens,
+        ),
+        x_aifinops=_info(
+            result.request_id, route.route, route.model, result.price.cost_micro_usd,
+            result.price.source, c.usage.estimated,
+        ),  # fmt: skip
+    )
+    response = _json(body)
+    response.headers["X-AIFinOps-Route"] = route.route
+    response.headers["X-AIFinOps-Cost-USD"] = format_usd(result.price.cost_micro_usd)
+    response.headers["X-AIFinOps-Request-Id"] = result.request_id
+    return response
+
+
+async def _sse(
+    events: AsyncIterator[Delta | StreamSummary],
+    first: Delta | StreamSummary | None,
+    request_id: str,
+    model: str,
+    route: str,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    created = int(time.time())
+
+    def chunk(delta: schemas.ChunkDelta, finish: str | None = None, **extra: Any) -> str:
+        body = schemas.ChatCompletionChunk(
+            id=request_id,
+            created=created,
+            model=model,
+            choices=[] if extra.get("usage") else [schemas.ChunkChoice(delta=delta, finish_reason=finish)],
+            **extra,
+        )
+        return f"data: {body.model_dump_json(exclude_none=True)}\n\n"
+
+    try:
+        yield chunk(schemas.ChunkDelta(role="assistant", content=""))
+        event = first
+        while event is not None:
+            if isinstance(event, StreamSummary):
+                u, p = event.usage, event.price
+                info = _info(request_id, route, model, p.cost_micro_usd, p.source, u.estimated)
+                yield chunk(schemas.ChunkDelta(), event.finish_reason, x_aifinops=info)
+                if include_usage:
+                    usage = schemas.Usage(
+                        prompt_tokens=u.input_tokens,
+                        completion_tokens=u.output_tokens,
+                        total_tokens=u.input_tokens + u.output_tokens,
+                    )
+                    yield chunk(schemas.ChunkDelta(), usage=usage, x_aifinops=info)
+                break
+            yield chunk(schemas.ChunkDelta(content=event.text))
+            event = await anext(events, None)
+        yield "data: [DONE]\n\n"
+    except AIFinOpsError as e:  # mid-stream failure: OpenAI clients raise on an error event
+        error = schemas.ErrorBody(error=schemas.ErrorDetail(message=e.message, type=e.error_type, code=e.code))
+        yield f"data: {error.model_dump_json()}\n\n"
+    finally:
+        await events.aclose()  # records the row as aborted if the client left mid-stream
+
+
+def _entry(r: RequestRecord) -> schemas.RequestEntry:
+    return schemas.RequestEntry(
+        id=r.id, ts=r.ts, user=r.user_name, department=r.department, feature=r.feature,
+        requested_model=r.requested_model, model=r.model, provider=r.provider, route=r.route,
+        reason=r.reason, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
+        tokens_estimated=r.tokens_estimated, cost_usd=format_usd(r.cost_micro_usd),
+        cost_micro_usd=r.cost_micro_usd, price_source=r.price_source, latency_ms=r.latency_ms,
+        status=r.status, error_type=r.error_type, stream=r.stream, attempts=r.attempts,
+    )  # fmt: skip

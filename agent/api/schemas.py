@@ -1,0 +1,230 @@
+"""The wire contract. The tray imports these and nothing else from the agent.
+
+Requests follow OpenAI's chat completions API; responses add an ``x_aifinops`` object that
+OpenAI clients ignore and ours read (cost, route, request id).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# OpenAI request fields that are forwarded to cloud endpoints unchanged. Any other unknown
+# field is refused with a 400 rather than silently dropped.
+PASSTHROUGH_FIELDS = frozenset(
+    {
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "response_format",
+        "service_tier",
+        "reasoning_effort",
+        "parallel_tool_calls",
+    }
+)
+FEATURE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$"
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = Field(None, max_length=64)
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=1000)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int | None = Field(None, ge=1, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=256)
+    metadata: dict[str, str] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return stop
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, metadata: dict[str, str] | None) -> dict[str, str] | None:
+        if metadata is not None and (
+            len(metadata) > 16
+            or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items())
+        ):
+            raise ValueError("at most 16 keys of up to 64 characters, values up to 512")
+        return metadata
+
+    def extra_fields(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AIFinOpsInfo(BaseModel):
+    """Our additions to a completion: what it cost and who answered."""
+
+    request_id: str
+    route: str
+    model: str
+    cost_usd: str  # a decimal string, or "unknown"
+    cost_micro_usd: int | None
+    price_source: str
+    tokens_estimated: bool
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ChatMessageOut
+    finish_reason: str
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    x_aifinops: AIFinOpsInfo
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    x_aifinops: AIFinOpsInfo | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class SpendRow(BaseModel):
+    key: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: str
+    cost_micro_usd: int
+    cost_saved_usd: str
+    unpriced_requests: int
+    failed_requests: int
+
+
+class SpendReport(BaseModel):
+    by: str
+    since: str
+    scope: Literal["own", "all"]
+    total_cost_usd: str
+    total_cost_micro_usd: int
+    unpriced_requests: int
+    rows: list[SpendRow]
+
+
+class Me(BaseModel):
+    user: str
+    department: str
+    admin: bool
+
+
+class Info(BaseModel):
+    name: Literal["aifinops"] = "aifinops"
+    version: str
+    api: Literal["v1"] = "v1"
+
+
+class RequestEntry(BaseModel):
+    """One ledger row as the API shows it."""
+
+    id: str
+    ts: str
+    user: str
+    department: str
+    feature: str
+    requested_model: str
+    model: str
+    provider: str
+    route: str
+    reason: str
+    input_tokens: int
+    output_tokens: int
+    tokens_estimated: bool
+    cost_usd: str
+    cost_micro_usd: int | None
+    price_source: str
+    latency_ms: int
+    status: str
+    error_type: str
+    stream: bool
+    attempts: int

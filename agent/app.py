@@ -1,0 +1,113 @@
+"""Composition root: builds every service from Settings, starts and stops them.
+
+Nothing here runs at import; ``Services.open()`` does the I/O (folders, ledger, first-run
+provisioning) and ``build_asgi_app()`` wires the HTTP layer to the services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from agent.api.errors import on_aifinops_error, on_http_exception, on_unexpected
+from agent.api.middleware import HostCheckMiddleware
+from agent.api.routes import build_routes
+from agent.errors import AIFinOpsError
+from agent.gateway import Gateway
+from agent.identity import Identity
+from agent.ledger.database import Database
+from agent.ledger.requests import RequestLog
+from agent.ledger.users import UserStore
+from agent.models.store import ModelStore
+from agent.pricing.prices import PriceBook
+from agent.providers.registry import ProviderRegistry
+from agent.settings import Settings, write_default_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    db: Database
+    identity: Identity
+    requests: RequestLog
+    store: ModelStore
+    registry: ProviderRegistry
+    gateway: Gateway
+
+    @classmethod
+    def open(cls, settings: Settings) -> Services:
+        settings.paths.ensure()
+        if write_default_config(settings.paths.config_file):
+            log.info("wrote a commented default config to %s", settings.paths.config_file)
+        db = Database.open(settings.paths.ledger_file)
+        requests = RequestLog(db)
+        store = ModelStore(settings.models_dir, settings.share_dir)
+        registry = ProviderRegistry.from_settings(settings, store)
+        prices = PriceBook(settings.pricing.overrides, settings.pricing.local_usd_per_hour)
+        gateway = Gateway(registry, prices, requests, settings.agent.default_model)
+        return cls(settings, db, Identity(UserStore(db)), requests, store, registry, gateway)
+
+    def provision(self) -> None:
+        """Workstation first run: the OS user gets a user row and a 0600 token file."""
+        if self.settings.agent.provision_os_user:
+            self.identity.provision_os_user(self.settings.paths.token_file)
+
+    async def start(self) -> None:
+        for provider in self.registry.local():
+            if provider.config.load_at_start:
+                # Loads in the model's own thread; a failure is logged, the agent stays up.
+                task = asyncio.create_task(provider.load())
+                task.add_done_callback(_log_load_failure)
+
+    async def stop(self) -> None:
+        await self.registry.close()
+        self.db.close()
+
+
+def _log_load_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("loading a local model at start failed: %s", error)
+
+
+def build_asgi_app(services: Services) -> Starlette:
+    settings = services.settings.agent
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    middleware = [Middleware(HostCheckMiddleware, allowed=(settings.host, *settings.allowed_hosts))]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "X-AIFinOps-Feature"],
+                expose_headers=["X-AIFinOps-Route", "X-AIFinOps-Cost-USD", "X-AIFinOps-Request-Id"],
+            )
+        )
+    return Starlette(
+        routes=build_routes(services),
+        middleware=middleware,
+        exception_handlers={
+            AIFinOpsError: on_aifinops_error,
+            HTTPException: on_http_exception,
+            Exception: on_unexpected,
+        },
+        lifespan=lifespan,
+    )

@@ -1,0 +1,86 @@
+"""Serving the agent with uvicorn: in the foreground (``aifinops agent run``) or in a thread.
+
+SIGTERM/SIGINT stop accepting connections, give in-flight requests ``shutdown_grace_s`` to
+finish, then cancel the rest, which the gateway records as aborted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import socket
+import threading
+import time
+
+import uvicorn
+
+from agent.app import Services, build_asgi_app
+from agent.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _uvicorn_config(services: Services) -> uvicorn.Config:
+    agent = services.settings.agent
+    return uvicorn.Config(
+        build_asgi_app(services),
+        host=agent.host,
+        port=agent.port,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=agent.shutdown_grace_s,
+    )
+
+
+def run_agent(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT."""
+    services = Services.open(settings)
+    services.provision()
+    server = uvicorn.Server(_uvicorn_config(services))
+    log.info(
+        "aifinops agent on http://%s:%d (ledger %s)",
+        settings.agent.host, settings.agent.port, settings.paths.ledger_file,
+    )  # fmt: skip
+    server.run()
+    log.info("aifinops agent stopped")
+
+
+class AgentThread:
+    """The real agent on a real socket, served from a background thread.
+
+    Used by the integration tests, the GUI tests and the benchmarks. Port 0 picks a free port.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.services = Services.open(settings)
+        self.services.provision()
+        host = settings.agent.host
+        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, settings.agent.port))
+        self.port = self._sock.getsockname()[1]
+        self.server = uvicorn.Server(_uvicorn_config(self.services))
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._sock]}, name="aifinops-agent", daemon=True
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.services.settings.agent.host}:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> AgentThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the agent did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout_s)
+        self._sock.close()
