@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import signal
 import socket
 import threading
 import time
@@ -36,7 +37,7 @@ def _uvicorn_config(services: Services) -> uvicorn.Config:
 
 
 def run_agent(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT."""
+    """Run until SIGTERM/SIGINT; a graceful stop returns normally (exit status 0)."""
     services = Services.open(settings)
     services.provision()
     server = uvicorn.Server(_uvicorn_config(services))
@@ -44,8 +45,14 @@ def run_agent(settings: Settings) -> None:
         "aifinops agent on http://%s:%d (ledger %s)",
         settings.agent.host, settings.agent.port, settings.paths.ledger_file,
     )  # fmt: skip
+    # uvicorn handles the signals while serving, then re-raises them to the handlers it found
+    # installed. Ours only log, so a graceful stop is not turned into death by signal.
+    received: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
     server.run()
-    log.info("aifinops agent stopped")
+    names = ", ".join(signal.Signals(s).name for s in received) or "no signal"
+    log.info("aifinops agent stopped (%s)", names)
 
 
 class AgentThread:

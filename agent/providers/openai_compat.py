@@ -91,6 +91,10 @@ class OpenAICompatProvider:
                 await self._backoff_or_raise(e, attempt)
             except openai.APIError as e:
                 _raise_mapped(e, attempt)
+            except ValueError as e:  # a 200 whose body is not JSON: the SDK lets json's error out
+                raise ProviderBadResponse(
+                    f"{self.name}: the cloud endpoint sent a body that is not JSON", attempts=attempt
+                ) from e
 
     async def stream(
         self,
@@ -140,7 +144,13 @@ class OpenAICompatProvider:
         wait_s = _retry_after_s(error)
         if wait_s is None:
             wait_s = endpoint.retry_base_s * 2 ** (attempt - 1)
-        if attempt > endpoint.max_retries or wait_s > endpoint.retry_max_wait_s:
+        # APITimeoutError is an APIConnectionError, but the upstream may have done (and charged)
+        # the work: a timeout is never retried.
+        if (
+            isinstance(error, openai.APITimeoutError)
+            or attempt > endpoint.max_retries
+            or wait_s > endpoint.retry_max_wait_s
+        ):
             _raise_mapped(error, attempt)
         log.info(
             "%s: %s (attempt %d), retrying in %.2f s", self.name, _describe(error), attempt, wait_s

@@ -2,7 +2,8 @@
 
 Each request takes the next behaviour from ``script`` (or ``default`` when the script is
 empty): a normal answer, a 429 with Retry-After, a 5xx, a slow answer, malformed JSON, or a
-stream cut off in the middle. Every request body received is kept in ``received``.
+stream cut off in the middle. Every request body received is kept in ``received``, and its
+headers (lower-case names) in ``received_headers``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class ScriptedUpstream:
     default: Behaviour = field(default_factory=Behaviour)
     script: deque[Behaviour] = field(default_factory=deque)
     received: list[dict[str, Any]] = field(default_factory=list)
+    received_headers: list[dict[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._sock = socket.socket()
@@ -72,6 +74,7 @@ class ScriptedUpstream:
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
         self.received.append(body)
+        self.received_headers.append(dict(request.headers))
         b = self.script.popleft() if self.script else self.default
         if b.delay_s:
             await asyncio.sleep(b.delay_s)

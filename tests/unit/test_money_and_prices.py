@@ -1,0 +1,176 @@
+"""Money in integer micro-USD, the price book, and token estimates."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from genai_prices import Usage, calc_price
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.money import MICROS_PER_USD, format_usd, micros_to_usd, usd_to_micros
+from agent.pricing.prices import UNKNOWN, PriceBook, Rates
+from agent.pricing.tokens import count_message_tokens, count_text_tokens
+from agent.settings import PriceOverride
+
+# -- money ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("usd", "micros"),
+    [
+        ("0", 0),
+        ("1", 1_000_000),
+        ("0.000001", 1),
+        ("0.0000005", 1),  # a half rounds up
+        ("0.00000049999", 0),
+        ("0.0000015", 2),
+        ("0.0000025", 3),  # half-up, not banker's rounding
+        ("-0.0000005", -1),  # halves away from zero
+        ("123.4567894", 123_456_789),
+        ("123.4567895", 123_456_790),
+    ],
+)
+def test_usd_to_micros_rounds_half_up(usd: str, micros: int) -> None:
+    result = usd_to_micros(Decimal(usd))
+    assert type(result) is int
+    assert result == micros
+
+
+@given(
+    st.decimals(
+        min_value=Decimal("-1000000"),
+        max_value=Decimal("1000000"),
+        places=12,
+        allow_nan=False,
+        allow_infinity=False,
+    )
+)
+def test_usd_to_micros_matches_exact_decimal_arithmetic(usd: Decimal) -> None:
+    micros = usd_to_micros(usd)
+    assert type(micros) is int
+    scaled = usd * MICROS_PER_USD
+    # Never more than half a micro-USD away, and exactly half only when it rounded away from 0.
+    error = abs(Decimal(micros) - scaled)
+    assert error <= Decimal("0.5")
+    if error == Decimal("0.5"):
+        assert abs(micros) > abs(scaled)
+
+
+@given(st.integers(min_value=-(10**15), max_value=10**15))
+def test_micros_round_trip_through_usd(micros: int) -> None:
+    usd = micros_to_usd(micros)
+    assert isinstance(usd, Decimal)
+    assert usd_to_micros(usd) == micros
+
+
+@pytest.mark.parametrize(
+    ("micros", "text"),
+    [(None, "unknown"), (0, "0.000000"), (1, "0.000001"), (123, "0.000123"), (12_345_678, "12.345678")],
+)
+def test_format_usd(micros: int | None, text: str) -> None:
+    assert format_usd(micros) == text
+
+
+@given(st.integers(min_value=0, max_value=10**15))
+def test_format_usd_is_exact(micros: int) -> None:
+    assert usd_to_micros(Decimal(format_usd(micros))) == micros
+
+
+# -- price book ----------------------------------------------------------------------------
+
+
+def book(**overrides: PriceOverride) -> PriceBook:
+    return PriceBook(overrides, Decimal("0.10"))
+
+
+def test_an_override_beats_the_table() -> None:
+    prices = book(
+        **{"gpt-4o-mini": PriceOverride(input_usd_per_mtok=Decimal("1"), output_usd_per_mtok=Decimal("2"))}
+    )
+    assert prices.rates("gpt-4o-mini", "openai") == Rates(Decimal("1"), Decimal("2"), "override")
+    price = prices.for_tokens("gpt-4o-mini", "openai", 1000, 500)
+    # 1000 x 1 USD/M + 500 x 2 USD/M = 0.002 USD
+    assert (price.cost_micro_usd, price.source) == (2000, "override")
+
+
+def test_an_override_prices_a_model_the_table_does_not_know() -> None:
+    prices = book(
+        **{"in-house-7b": PriceOverride(input_usd_per_mtok=Decimal("0.3"), output_usd_per_mtok=Decimal("0.7"))}
+    )
+    price = prices.for_tokens("in-house-7b", "", 3, 7)
+    # 3 x 0.3 + 7 x 0.7 = 5.8 USD per million = 5.8 micro-USD -> 6
+    assert (price.cost_micro_usd, price.source) == (6, "override")
+
+
+@pytest.mark.parametrize(
+    ("input_tokens", "output_tokens"),
+    [(0, 0), (1, 0), (1000, 500), (12_345, 6_789), (250_000, 1_000)]  # the last: long context
+)
+def test_a_table_model_costs_exactly_what_the_table_says(input_tokens: int, output_tokens: int) -> None:
+    table = calc_price(
+        Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+        model_ref="gpt-4o-mini",
+        provider_id="openai",
+    )
+    price = book().for_tokens("gpt-4o-mini", "openai", input_tokens, output_tokens)
+    assert price.source == "genai-prices"
+    assert price.cost_micro_usd == usd_to_micros(Decimal(table.total_price))
+
+
+def test_gpt_4o_mini_has_its_published_rates() -> None:
+    rates = book().rates("gpt-4o-mini", "openai")
+    assert rates == Rates(Decimal("0.15"), Decimal("0.6"), "genai-prices")
+    # 1000 in + 500 out = 150 + 300 micro-USD
+    assert book().for_tokens("gpt-4o-mini", "openai", 1000, 500).cost_micro_usd == 450
+
+
+def test_an_unknown_model_has_an_unknown_price_not_zero() -> None:
+    prices = book()
+    assert prices.rates("no-such-model-xyz", "openai") is None
+    price = prices.for_tokens("no-such-model-xyz", "openai", 1000, 1000)
+    assert price == UNKNOWN
+    assert (price.cost_micro_usd, price.source) == (None, "unknown")
+
+
+@pytest.mark.parametrize(
+    ("compute_s", "usd_per_hour", "micros"),
+    [
+        (36.0, "0.10", 1000),  # 36 s = 1/100 h
+        (3600.0, "0.10", 100_000),
+        (0.0, "0.10", 0),
+        (-5.0, "0.10", 0),  # a clock step back never makes a negative cost
+        (1.0, "0.0018", 1),  # 0.5 micro-USD rounds up
+        (36.0, "0", 0),
+    ],
+)
+def test_local_compute_is_seconds_times_the_hourly_rate(
+    compute_s: float, usd_per_hour: str, micros: int
+) -> None:
+    price = PriceBook({}, Decimal(usd_per_hour)).for_compute(compute_s)
+    assert (price.cost_micro_usd, price.source) == (micros, "local-compute")
+
+
+# -- token estimates -----------------------------------------------------------------------
+
+
+def test_empty_text_is_zero_tokens() -> None:
+    assert count_text_tokens("") == 0
+
+
+def test_token_counts_grow_with_text() -> None:
+    short = count_text_tokens("Hello")
+    longer = count_text_tokens("Hello, how are you doing today?")
+    assert 0 < short < longer
+    assert count_text_tokens("Hello " * 100) > count_text_tokens("Hello " * 10)
+
+
+def test_message_tokens_add_framing_per_message() -> None:
+    empty = count_message_tokens([])
+    one = count_message_tokens(["Hello there"])
+    two = count_message_tokens(["Hello there", "General Kenobi"])
+    assert empty > 0  # the reply's framing
+    assert one == empty + count_text_tokens("Hello there") + (count_message_tokens([""]) - empty)
+    assert empty < one < two
+    assert count_message_tokens(["Hello there, " * 50]) > one
