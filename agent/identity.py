@@ -21,7 +21,7 @@ from agent.ledger.users import UserRow, UserStore
 log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "afo_"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def new_token() -> str:
 
 
 def check_name(kind: str, value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise InvalidRequest(
             f"{kind} {value!r} is not valid: 1-64 letters, digits, '.', '_', '@' or '-'"
         )
@@ -133,4 +133,4 @@ def _caller(row: UserRow) -> Caller:
 
 def _os_user_name() -> str:
     name = re.sub(r"[^A-Za-z0-9._@-]", "_", getpass.getuser()) or "user"
-    return name if _NAME.match(name) else "user"
+    return name if _NAME.fullmatch(name) else "user"

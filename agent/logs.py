@@ -16,6 +16,9 @@ _SECRET = re.compile(
 )
 
 
+_PLAIN = logging.Formatter()
+
+
 def mask_secrets(text: str) -> str:
     return _SECRET.sub(lambda m: f"{m.group('prefix')}***", text)
 
@@ -28,6 +31,8 @@ class SecretFilter(logging.Filter):
         masked = mask_secrets(message)
         if masked != message:
             record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:  # formatters reuse exc_text as it is
+            record.exc_text = mask_secrets(_PLAIN.formatException(record.exc_info))
         return True
 
 

@@ -24,7 +24,7 @@ class Paths:
 
     @classmethod
     def resolve(cls, home: str | os.PathLike[str] | None = None) -> Paths:
-        home = home or os.environ.get("AIFINOPS_HOME") or None
+        """Everything under `home` when given, else the platform's user folders."""
         if home:
             root = Path(home).expanduser().resolve()
             return cls(root / "config", root / "data", root / "logs", root / "cache")

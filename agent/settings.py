@@ -183,7 +183,7 @@ def load_settings(
 ) -> Settings:
     """Build Settings from every layer. Raises ConfigError with the offending key."""
     environ = dict(os.environ if environ is None else environ)
-    paths = Paths.resolve(home or environ.get("AIFINOPS_HOME"))
+    paths = Paths.resolve(home or environ.get("AIFINOPS_HOME") or None)
     file = Path(config_file or environ.get("AIFINOPS_CONFIG") or paths.config_file)
     data: dict[str, Any] = {}
     if file.exists():

@@ -178,7 +178,7 @@ def _chat_call(payload: Any, feature_header: str | None) -> ChatCall:
     if unknown:
         raise InvalidRequest(f"unsupported parameter(s): {', '.join(unknown)}", code="unsupported_parameter")
     feature = feature_header if feature_header is not None else (body.metadata or {}).get("feature", "")
-    if feature and not re.match(schemas.FEATURE_PATTERN, feature):
+    if feature and not re.fullmatch(schemas.FEATURE_PATTERN, feature):
         raise InvalidRequest("feature tag: 1-64 letters, digits, '.', '_', ':', '/' or '-'")
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     params = ChatParams(
@@ -198,14 +198,15 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     """'7d', '24h', '30m', '2w' or an ISO date/time -> an aware UTC datetime."""
     now = now or datetime.now(UTC)
     match = re.fullmatch(r"(\d{1,6})([mhdw])", text.strip())
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        return now - timedelta(**{{"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: amount})
     try:
+        if match:
+            amount, unit = int(match.group(1)), match.group(2)
+            units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+            return now - timedelta(**{units[unit]: amount})
         parsed = datetime.fromisoformat(text)
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:
         raise InvalidRequest(f"since: expected e.g. 7d, 24h or an ISO date, got {text!r}") from e
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _info(request_id: str, route: str, model: str, cost: int | None, source: str, estimated: bool) -> schemas.AIFinOpsInfo:

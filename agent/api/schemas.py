@@ -23,7 +23,7 @@ PASSTHROUGH_FIELDS = frozenset(
         "parallel_tool_calls",
     }
 )
-FEATURE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$"
+FEATURE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}"
 
 
 class TextPart(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 from agent.errors import InvalidRequest
@@ -25,20 +24,19 @@ class UserStore:
         self._db = db
 
     def add(self, name: str, department: str, role: str, token_hash: str) -> int:
-        try:
-            with self._db.transaction() as conn:
-                now = utc_now_iso()
-                cursor = conn.execute(
-                    "INSERT INTO users (name, department, role, created_at) VALUES (?, ?, ?, ?)",
-                    (name, department, role, now),
-                )
-                user_id = int(cursor.lastrowid or 0)
-                conn.execute(
-                    "INSERT INTO tokens (user_id, token_hash, created_at) VALUES (?, ?, ?)",
-                    (user_id, token_hash, now),
-                )
-        except sqlite3.IntegrityError as e:
-            raise InvalidRequest(f"user {name!r} already exists") from e
+        with self._db.transaction() as conn:  # BEGIN IMMEDIATE: the check and insert are atomic
+            if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+                raise InvalidRequest(f"user {name!r} already exists")
+            now = utc_now_iso()
+            cursor = conn.execute(
+                "INSERT INTO users (name, department, role, created_at) VALUES (?, ?, ?, ?)",
+                (name, department, role, now),
+            )
+            user_id = int(cursor.lastrowid or 0)
+            conn.execute(
+                "INSERT INTO tokens (user_id, token_hash, created_at) VALUES (?, ?, ?)",
+                (user_id, token_hash, now),
+            )
         return user_id
 
     def add_token(self, user_id: int, token_hash: str, label: str = "") -> None:

@@ -121,12 +121,16 @@ class ModelStore:
         """Copy to a temp file beside the target while hashing; rename only if the hash holds."""
         digest = hashlib.sha256()
         tmp = target.with_name(target.name + ".partial")
-        with tmp.open("wb") as out:
-            while chunk := source.read(_CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-                if progress:
-                    progress(len(chunk))
+        try:
+            with tmp.open("wb") as out:
+                while chunk := source.read(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         if digest.hexdigest() != asset.sha256:
             tmp.unlink(missing_ok=True)
             raise ModelError(

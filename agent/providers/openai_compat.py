@@ -92,9 +92,8 @@ class OpenAICompatProvider:
             except openai.APIError as e:
                 _raise_mapped(e, attempt)
             except ValueError as e:  # a 200 whose body is not JSON: the SDK lets json's error out
-                raise ProviderBadResponse(
-                    f"{self.name}: the cloud endpoint sent a body that is not JSON", attempts=attempt
-                ) from e
+                message = f"{self.name}: the cloud endpoint sent a body that is not JSON"
+                raise ProviderBadResponse(message, attempts=attempt) from e
 
     async def stream(
         self,

@@ -67,7 +67,13 @@ def test_micros_round_trip_through_usd(micros: int) -> None:
 
 @pytest.mark.parametrize(
     ("micros", "text"),
-    [(None, "unknown"), (0, "0.000000"), (1, "0.000001"), (123, "0.000123"), (12_345_678, "12.345678")],
+    [
+        (None, "unknown"),
+        (0, "0.000000"),
+        (1, "0.000001"),
+        (123, "0.000123"),
+        (12_345_678, "12.345678"),
+    ],
 )
 def test_format_usd(micros: int | None, text: str) -> None:
     assert format_usd(micros) == text
@@ -87,7 +93,11 @@ def book(**overrides: PriceOverride) -> PriceBook:
 
 def test_an_override_beats_the_table() -> None:
     prices = book(
-        **{"gpt-4o-mini": PriceOverride(input_usd_per_mtok=Decimal("1"), output_usd_per_mtok=Decimal("2"))}
+        **{
+            "gpt-4o-mini": PriceOverride(
+                input_usd_per_mtok=Decimal("1"), output_usd_per_mtok=Decimal("2")
+            )
+        }
     )
     assert prices.rates("gpt-4o-mini", "openai") == Rates(Decimal("1"), Decimal("2"), "override")
     price = prices.for_tokens("gpt-4o-mini", "openai", 1000, 500)
@@ -97,7 +107,11 @@ def test_an_override_beats_the_table() -> None:
 
 def test_an_override_prices_a_model_the_table_does_not_know() -> None:
     prices = book(
-        **{"in-house-7b": PriceOverride(input_usd_per_mtok=Decimal("0.3"), output_usd_per_mtok=Decimal("0.7"))}
+        **{
+            "in-house-7b": PriceOverride(
+                input_usd_per_mtok=Decimal("0.3"), output_usd_per_mtok=Decimal("0.7")
+            )
+        }
     )
     price = prices.for_tokens("in-house-7b", "", 3, 7)
     # 3 x 0.3 + 7 x 0.7 = 5.8 USD per million = 5.8 micro-USD -> 6
@@ -106,9 +120,11 @@ def test_an_override_prices_a_model_the_table_does_not_know() -> None:
 
 @pytest.mark.parametrize(
     ("input_tokens", "output_tokens"),
-    [(0, 0), (1, 0), (1000, 500), (12_345, 6_789), (250_000, 1_000)]  # the last: long context
+    [(0, 0), (1, 0), (1000, 500), (12_345, 6_789), (250_000, 1_000)],  # the last: long context
 )
-def test_a_table_model_costs_exactly_what_the_table_says(input_tokens: int, output_tokens: int) -> None:
+def test_a_table_model_costs_exactly_what_the_table_says(
+    input_tokens: int, output_tokens: int
+) -> None:
     table = calc_price(
         Usage(input_tokens=input_tokens, output_tokens=output_tokens),
         model_ref="gpt-4o-mini",

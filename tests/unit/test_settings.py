@@ -1,4 +1,4 @@
-"""Settings: defaults <- TOML file <- AIFINOPS_* environment <- overrides, and every way to get it wrong."""
+"""Settings: defaults <- TOML file <- AIFINOPS_* environment <- overrides, and what goes wrong."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from agent.errors import ConfigError
 from agent.paths import Paths
@@ -48,7 +49,8 @@ def test_defaults_when_there_is_no_file_and_no_environment(tmp_path: Path) -> No
 def test_each_layer_beats_the_one_below_key_by_key(tmp_path: Path) -> None:
     write_config(
         tmp_path,
-        '[agent]\nport = 9000\nhost = "127.0.0.2"\ndefault_model = "from-file"\nlog_level = "debug"\n',
+        "[agent]\n"
+        'port = 9000\nhost = "127.0.0.2"\ndefault_model = "from-file"\nlog_level = "debug"\n',
     )
     file_only = load_settings(home=tmp_path, environ={})
     assert (file_only.agent.port, file_only.agent.host) == (9000, "127.0.0.2")
@@ -138,7 +140,7 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
 def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     file = Paths.resolve(tmp_path).config_file
     file.parent.mkdir(parents=True)
-    file.write_bytes(b"[agent]\nhost = \"\xff\xfe\"\n")
+    file.write_bytes(b'[agent]\nhost = "\xff\xfe"\n')
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(home=tmp_path, environ={})
 
@@ -203,7 +205,7 @@ def test_the_default_config_file_loads_and_equals_the_builtin_defaults(tmp_path:
 
 def test_every_key_in_the_default_config_is_a_setting_and_every_setting_is_shown() -> None:
     data: dict[str, Any] = tomllib.loads(default_config_text())
-    sections = {
+    sections: dict[str, type[BaseModel]] = {
         "agent": AgentSection,
         "models": ModelsSection,
         "share": ShareSection,
@@ -248,7 +250,11 @@ def test_env_parser_reads_booleans(flag: bool) -> None:
     assert _parse_env_value(str(flag).lower()) is flag
 
 
-@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\')))
+@given(
+    st.text(
+        alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\')
+    )
+)
 def test_env_parser_reads_quoted_strings(text: str) -> None:
     assert _parse_env_value(f'"{text}"') == text
 
