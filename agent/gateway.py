@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from agent.errors import AIFinOpsError, InvalidRequest
@@ -110,7 +110,7 @@ class Gateway:
 
     async def stream(
         self, caller: Caller, call: ChatCall, request_id: str, route: Route
-    ) -> AsyncIterator[Delta | StreamSummary]:
+    ) -> AsyncGenerator[Delta | StreamSummary, None]:
         """Deltas, then one StreamSummary. Records the row however the stream ends."""
         started, ts = time.perf_counter(), utc_now_iso()
         progress = StreamProgress()

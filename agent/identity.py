@@ -98,7 +98,7 @@ class Identity:
         return self._users.revoke(name)
 
     def list_users(self) -> list[UserRow]:
-        return self._users.list()
+        return self._users.all()
 
     def provision_os_user(self, token_file: Path, department: str = "default") -> Caller | None:
         """First run on a workstation: a user for the OS account and a 0600 token file.

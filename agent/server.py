@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import signal
 import socket
 import threading
@@ -32,7 +33,7 @@ def _uvicorn_config(services: Services) -> uvicorn.Config:
         lifespan="on",
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=agent.shutdown_grace_s,
+        timeout_graceful_shutdown=math.ceil(agent.shutdown_grace_s),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -246,7 +246,7 @@ def _completion_response(result: ChatResult) -> Response:
 
 
 async def _sse(
-    events: AsyncIterator[Delta | StreamSummary],
+    events: AsyncGenerator[Delta | StreamSummary, None],
     first: Delta | StreamSummary | None,
     request_id: str,
     model: str,

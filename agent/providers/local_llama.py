@@ -25,6 +25,7 @@ from agent.providers.base import (
     Completion,
     Delta,
     Message,
+    ProviderKind,
     StreamEnd,
     StreamProgress,
     Usage,
@@ -48,7 +49,7 @@ class _Loaded:
 
 
 class LocalLlamaProvider:
-    kind = "local"
+    kind: ProviderKind = "local"
     price_provider_id = ""
 
     def __init__(self, config: LocalModelConfig, store: ModelStore) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from agent.logs import setup_logging
 from agent.pricing.tokens import count_message_tokens, count_text_tokens
+from agent.settings import load_settings
 from tests.conftest import RunningAgent
 from tests.support.upstream import Behaviour, ScriptedUpstream
 
@@ -53,7 +54,9 @@ def error_type(error: openai.APIError) -> str:
 
 
 @pytest.fixture
-def cloud_agent(start_agent: Callable[..., RunningAgent], upstream: ScriptedUpstream) -> RunningAgent:
+def cloud_agent(
+    start_agent: Callable[..., RunningAgent], upstream: ScriptedUpstream
+) -> RunningAgent:
     return start_agent(cloud=[endpoint(upstream.base_url)], pricing=PRICING)
 
 
@@ -72,8 +75,12 @@ def read_stream(stream: Any) -> tuple[str, Any, dict[str, Any] | None]:
 # -- success -------------------------------------------------------------------------------
 
 
-def test_answer_is_priced_from_upstream_usage(cloud_agent: RunningAgent, upstream: ScriptedUpstream) -> None:
-    raw = cloud_agent.client().chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION)
+def test_answer_is_priced_from_upstream_usage(
+    cloud_agent: RunningAgent, upstream: ScriptedUpstream
+) -> None:
+    raw = cloud_agent.client().chat.completions.with_raw_response.create(
+        model=MODEL, messages=QUESTION
+    )
     completion = raw.parse()
 
     assert completion.choices[0].message.content == Behaviour().text
@@ -88,9 +95,20 @@ def test_answer_is_priced_from_upstream_usage(cloud_agent: RunningAgent, upstrea
 
     [row] = cloud_agent.rows()
     assert row.id == completion.id
-    assert (row.status, row.route, row.provider, row.model, row.stream) == ("ok", "cloud", "scripted", MODEL, False)
+    assert (row.status, row.route, row.provider, row.model, row.stream) == (
+        "ok",
+        "cloud",
+        "scripted",
+        MODEL,
+        False,
+    )
     assert (row.input_tokens, row.output_tokens, row.tokens_estimated) == (11, 7, False)
-    assert (row.cost_micro_usd, row.price_source, row.attempts, row.error_type) == (ANSWER_MICRO_USD, "override", 1, "")
+    assert (row.cost_micro_usd, row.price_source, row.attempts, row.error_type) == (
+        ANSWER_MICRO_USD,
+        "override",
+        1,
+        "",
+    )
 
 
 def test_stream_is_priced_from_the_upstream_usage_chunk(
@@ -104,7 +122,11 @@ def test_stream_is_priced_from_the_upstream_usage_chunk(
 
     assert text == Behaviour().text
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (11, 7)
-    assert info is not None and info["cost_micro_usd"] == ANSWER_MICRO_USD and info["tokens_estimated"] is False
+    assert (
+        info is not None
+        and info["cost_micro_usd"] == ANSWER_MICRO_USD
+        and info["tokens_estimated"] is False
+    )
     # The agent always asks upstream for usage, whatever its own client asked for.
     assert upstream.received[0]["stream_options"] == {"include_usage": True}
 
@@ -123,8 +145,11 @@ def test_missing_usage_is_estimated_and_priced(
     agent = start_agent(cloud=[endpoint(upstream.base_url)], pricing=PRICING)
     client = agent.client()
     if stream:
-        text, usage, info = read_stream(client.chat.completions.create(
-            model=MODEL, messages=QUESTION, stream=True, stream_options={"include_usage": True}))
+        text, usage, info = read_stream(
+            client.chat.completions.create(
+                model=MODEL, messages=QUESTION, stream=True, stream_options={"include_usage": True}
+            )
+        )
         assert info is not None and info["tokens_estimated"] is True
     else:
         completion = client.chat.completions.create(model=MODEL, messages=QUESTION)
@@ -132,7 +157,10 @@ def test_missing_usage_is_estimated_and_priced(
     input_tokens, output_tokens, cost = estimated_cost(Behaviour().text)
 
     assert text == Behaviour().text
-    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (input_tokens, output_tokens)
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (
+        input_tokens,
+        output_tokens,
+    )
     [row] = agent.rows()
     assert (row.status, row.stream, row.tokens_estimated) == ("ok", stream, True)
     assert (row.input_tokens, row.output_tokens) == (input_tokens, output_tokens)
@@ -150,8 +178,11 @@ def test_429_with_retry_after_is_retried_and_charged_once(
     upstream.script.append(Behaviour(kind="status", status=429, headers=(("Retry-After", "0"),)))
     client = cloud_agent.client()
     if stream:
-        text, _, info = read_stream(client.chat.completions.create(
-            model=MODEL, messages=QUESTION, stream=True, stream_options={"include_usage": True}))
+        text, _, info = read_stream(
+            client.chat.completions.create(
+                model=MODEL, messages=QUESTION, stream=True, stream_options={"include_usage": True}
+            )
+        )
         assert info is not None and info["cost_micro_usd"] == ANSWER_MICRO_USD
     else:
         raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION)
@@ -181,7 +212,11 @@ def test_500_every_time_gives_up_after_the_retries(
     assert len(upstream.received) == MAX_RETRIES + 1
     [row] = cloud_agent.rows()
     assert (row.status, row.error_type, row.attempts, row.stream) == (
-        "error", "provider_unavailable", MAX_RETRIES + 1, stream)
+        "error",
+        "provider_unavailable",
+        MAX_RETRIES + 1,
+        stream,
+    )
     assert (row.input_tokens, row.output_tokens, row.cost_micro_usd) == (0, 0, 0)
 
 
@@ -198,7 +233,12 @@ def test_retry_after_beyond_the_max_wait_is_not_retried(
     assert error_type(caught.value) == "provider_unavailable"
     assert len(upstream.received) == 1
     [row] = agent.rows()
-    assert (row.status, row.error_type, row.attempts, row.cost_micro_usd) == ("error", "provider_unavailable", 1, 0)
+    assert (row.status, row.error_type, row.attempts, row.cost_micro_usd) == (
+        "error",
+        "provider_unavailable",
+        1,
+        0,
+    )
 
 
 def test_a_slow_upstream_times_out_and_is_not_retried(
@@ -237,7 +277,11 @@ def test_malformed_json_is_a_bad_response_and_the_agent_keeps_serving(
     after = client.chat.completions.create(model=MODEL, messages=QUESTION)
     assert after.choices[0].message.content == Behaviour().text
     failed, ok = cloud_agent.rows()
-    assert (failed.status, failed.error_type, failed.attempts) == ("error", "provider_bad_response", 1)
+    assert (failed.status, failed.error_type, failed.attempts) == (
+        "error",
+        "provider_bad_response",
+        1,
+    )
     assert failed.cost_micro_usd == 0
     assert (ok.status, ok.cost_micro_usd) == ("ok", ANSWER_MICRO_USD)
 
@@ -263,7 +307,11 @@ def test_a_stream_cut_in_the_middle_raises_and_prices_the_partial_answer(
     [row] = cloud_agent.rows()
     input_tokens, output_tokens, cost = estimated_cost(partial)
     assert (row.status, row.error_type, row.stream, row.tokens_estimated) == (
-        "error", "provider_bad_response", True, True)
+        "error",
+        "provider_bad_response",
+        True,
+        True,
+    )
     assert (row.input_tokens, row.output_tokens) == (input_tokens, output_tokens)
     assert row.output_tokens > 0
     assert (row.cost_micro_usd, row.price_source) == (cost, "override")
@@ -284,7 +332,11 @@ def test_an_unreachable_endpoint_is_unavailable_after_the_retries(
     assert error_type(caught.value) == "provider_unavailable"
     [row] = agent.rows()
     assert (row.status, row.error_type, row.attempts, row.cost_micro_usd) == (
-        "error", "provider_unavailable", MAX_RETRIES + 1, 0)
+        "error",
+        "provider_unavailable",
+        MAX_RETRIES + 1,
+        0,
+    )
 
 
 # -- prices and keys -----------------------------------------------------------------------
@@ -314,15 +366,16 @@ def test_a_model_nobody_prices_is_recorded_as_unknown_not_free(
 
 @pytest.fixture
 def agent_log(hermetic_home: Path) -> Iterator[Path]:
-    """The agent's real logging setup (as `aifinops agent run` does it), at DEBUG; undone after."""
+    """The agent's logging as `aifinops agent run` sets it up, at DEBUG, in the test's home."""
     root = logging.getLogger()
     names = ("httpx", "httpcore", "openai", "uvicorn.access")
     levels = {name: logging.getLogger(name).level for name in (*names, "")}
     handlers = list(root.handlers)
-    log_dir = hermetic_home / "logs"
+    log_dir = load_settings().paths.log_dir  # where the agent started next will log
+    assert log_dir.is_relative_to(hermetic_home)
     setup_logging(log_dir, "DEBUG")
     yield log_dir / "agent.log"
-    for handler in root.handlers[len(handlers):]:
+    for handler in root.handlers[len(handlers) :]:
         root.removeHandler(handler)
         handler.close()
     for name, level in levels.items():
@@ -335,9 +388,12 @@ def test_the_api_key_reaches_upstream_and_nowhere_else(
     monkeypatch: pytest.MonkeyPatch,
     agent_log: Path,
 ) -> None:
-    key = "scripted-secret-4f9a1c7e2b"  # no "sk-" prefix: the log filter's pattern would not mask it
+    # No "sk-" prefix: the log filter's pattern would not mask this key, so it must never be logged.
+    key = "scripted-secret-4f9a1c7e2b"
     monkeypatch.setenv("SCRIPTED_API_KEY", key)
-    agent = start_agent(cloud=[endpoint(upstream.base_url, api_key_env="SCRIPTED_API_KEY")], pricing=PRICING)
+    agent = start_agent(
+        cloud=[endpoint(upstream.base_url, api_key_env="SCRIPTED_API_KEY")], pricing=PRICING
+    )
     upstream.script.append(Behaviour(kind="status", status=429, headers=(("Retry-After", "0"),)))
 
     completion = agent.client().chat.completions.create(model=MODEL, messages=QUESTION)
@@ -349,6 +405,7 @@ def test_the_api_key_reaches_upstream_and_nowhere_else(
     stored = ledger.read_bytes() + wal.read_bytes()
     assert completion.id.encode() in stored  # the check reads where the rows really are
     assert key.encode() not in stored
+    assert agent_log.parent == agent.thread.services.settings.paths.log_dir
     log_text = agent_log.read_text(encoding="utf-8")
     assert "retrying" in log_text  # the retry was logged, with the key nowhere in the file
     assert key not in log_text

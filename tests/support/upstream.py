@@ -43,10 +43,13 @@ class ScriptedUpstream:
     script: deque[Behaviour] = field(default_factory=deque)
     received: list[dict[str, Any]] = field(default_factory=list)
     received_headers: list[dict[str, str]] = field(default_factory=list)
+    port: int = 0
+    keep_requests: bool = True  # benchmarks turn this off
 
     def __post_init__(self) -> None:
         self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", self.port))
         self.port = self._sock.getsockname()[1]
         app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", http="httptools")
@@ -73,8 +76,9 @@ class ScriptedUpstream:
 
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
-        self.received.append(body)
-        self.received_headers.append(dict(request.headers))
+        if self.keep_requests:
+            self.received.append(body)
+            self.received_headers.append(dict(request.headers))
         b = self.script.popleft() if self.script else self.default
         if b.delay_s:
             await asyncio.sleep(b.delay_s)
@@ -124,3 +128,22 @@ class ScriptedUpstream:
                     "model": model, "choices": [], "usage": usage}
             yield f"data: {json.dumps(data)}\n\n"
         yield "data: [DONE]\n\n"
+
+
+
+def main() -> None:
+    """`python -m tests.support.upstream --port N`: serve the default answer until SIGTERM."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    server = ScriptedUpstream(port=args.port, keep_requests=False).start()
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""A real llama.cpp OpenAI-compatible server as the agent's cloud peer, through the openai SDK.
+
+``python -m llama_cpp.server`` answers for any model name it is sent and reports usage on plain
+answers, but sends no usage chunk in a stream: there the agent must estimate, and say so.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.pricing.tokens import count_text_tokens
+from tests.conftest import RunningAgent
+
+MODEL = "peer-smollm2"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# 3 USD / 15 USD per million tokens, so every token moves the cost.
+PRICING = {"overrides": {MODEL: {"input_usd_per_mtok": "3", "output_usd_per_mtok": "15"}}}
+
+
+def micro_usd(input_tokens: int, output_tokens: int) -> int:
+    return input_tokens * 3 + output_tokens * 15
+
+
+@pytest.fixture(scope="module")
+def peer(chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base URL of a llama.cpp server on a free loopback port; stopped after the module."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log_file = tmp_path_factory.mktemp("peer") / "llama_cpp_server.log"
+    command = [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(chat_model_path),
+        "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", "1024",
+    ]  # fmt: skip
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the peer exited ({process.returncode}): {log_file.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the peer did not answer in 60 s: {log_file.read_text()}")
+            try:
+                if httpx.get(f"{base_url}/models", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@pytest.fixture
+def peer_agent(start_agent: Callable[..., RunningAgent], peer: str) -> RunningAgent:
+    endpoint = {"name": "peer", "base_url": peer, "models": [MODEL], "timeout_s": 60}
+    return start_agent(cloud=[endpoint], pricing=PRICING)
+
+
+def test_answer_is_priced_from_the_peers_own_usage(peer_agent: RunningAgent) -> None:
+    raw = peer_agent.client().chat.completions.with_raw_response.create(
+        model=MODEL, messages=QUESTION, max_tokens=12, temperature=0
+    )
+    completion = raw.parse()
+
+    assert completion.choices[0].message.content
+    assert completion.model == MODEL
+    usage = completion.usage
+    # The chat template wraps the question: llama.cpp counts more than the question's words.
+    assert usage is not None and usage.prompt_tokens > 10 and 0 < usage.completion_tokens <= 12
+    assert raw.headers["X-AIFinOps-Route"] == "cloud"
+    cost = micro_usd(usage.prompt_tokens, usage.completion_tokens)
+    assert raw.headers["X-AIFinOps-Cost-USD"] == f"{cost / 1_000_000:.6f}"
+
+    [row] = peer_agent.rows()
+    assert (row.status, row.route, row.provider, row.model, row.stream) == (
+        "ok", "cloud", "peer", MODEL, False)  # fmt: skip
+    assert (row.input_tokens, row.output_tokens) == (usage.prompt_tokens, usage.completion_tokens)
+    assert row.tokens_estimated is False
+    assert (row.cost_micro_usd, row.price_source, row.attempts) == (cost, "override", 1)
+
+
+def test_stream_without_upstream_usage_is_estimated(peer_agent: RunningAgent) -> None:
+    stream = peer_agent.client().chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=12, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    text, usage, info, finish = "", None, None, None
+    for chunk in stream:
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+        if chunk.usage is not None:
+            usage = chunk.usage
+            info = (chunk.model_extra or {})["x_aifinops"]
+
+    assert text
+    assert finish in {"stop", "length"}
+    assert usage is not None and info is not None
+    assert info["tokens_estimated"] is True
+
+    [row] = peer_agent.rows()
+    assert (row.status, row.stream, row.tokens_estimated) == ("ok", True, True)
+    assert row.output_tokens == usage.completion_tokens == count_text_tokens(text) > 0
+    assert row.input_tokens == usage.prompt_tokens > 0
+    assert (row.cost_micro_usd, row.price_source) == (
+        micro_usd(row.input_tokens, row.output_tokens), "override")  # fmt: skip
+    assert info["cost_micro_usd"] == row.cost_micro_usd
