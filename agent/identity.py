@@ -20,7 +20,7 @@ from agent.ledger.users import UserRow, UserStore
 
 log = logging.getLogger(__name__)
 
-TOKEN_PREFIX = "afo_"
+TOKEN_PREFIX = "afo_"  # noqa: S105 - a prefix, not a secret
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 
@@ -42,9 +42,7 @@ def new_token() -> str:
 
 def check_name(kind: str, value: str) -> str:
     if not _NAME.fullmatch(value):
-        raise InvalidRequest(
-            f"{kind} {value!r} is not valid: 1-64 letters, digits, '.', '_', '@' or '-'"
-        )
+        raise InvalidRequest(f"{kind} {value!r} is not valid: 1-64 letters, digits, '.', '_', '@' or '-'")
     return value
 
 

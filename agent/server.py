@@ -44,8 +44,10 @@ def run_agent(settings: Settings) -> None:
     server = uvicorn.Server(_uvicorn_config(services))
     log.info(
         "aifinops agent on http://%s:%d (ledger %s)",
-        settings.agent.host, settings.agent.port, settings.paths.ledger_file,
-    )  # fmt: skip
+        settings.agent.host,
+        settings.agent.port,
+        settings.paths.ledger_file,
+    )
     # uvicorn handles the signals while serving, then re-raises them to the handlers it found
     # installed. Ours only log, so a graceful stop is not turned into death by signal.
     received: list[int] = []

@@ -200,7 +200,5 @@ def load_settings(
     try:
         return Settings.model_validate({**data, "paths": paths, "config_file": file})
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"invalid configuration ({file}): {problems}") from e

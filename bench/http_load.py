@@ -13,7 +13,9 @@ import time
 from urllib.parse import urlsplit
 
 
-async def worker(host: str, port: int, request: bytes, count: int, latencies: list[float], errors: list[str]) -> None:
+async def worker(
+    host: str, port: int, request: bytes, count: int, latencies: list[float], errors: list[str]
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     for _ in range(count):
         started = time.perf_counter()
@@ -43,9 +45,23 @@ async def main(url: str, token: str, body: str, concurrency: int, requests: int)
     errors: list[str] = []
     per_worker = requests // concurrency
     started = time.perf_counter()
-    await asyncio.gather(*(worker(parts.hostname or "127.0.0.1", parts.port or 80, request, per_worker, latencies, errors) for _ in range(concurrency)))
+    await asyncio.gather(
+        *(
+            worker(parts.hostname or "127.0.0.1", parts.port or 80, request, per_worker, latencies, errors)
+            for _ in range(concurrency)
+        )
+    )
     elapsed = time.perf_counter() - started
-    print(json.dumps({"latencies_ms": sorted(latencies), "elapsed_s": elapsed, "errors": errors[:5], "error_count": len(errors)}))
+    print(
+        json.dumps(
+            {
+                "latencies_ms": sorted(latencies),
+                "elapsed_s": elapsed,
+                "errors": errors[:5],
+                "error_count": len(errors),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -50,11 +50,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         settings = load_settings(
             home=home,
-            overrides={"agent": {"port": 0, "log_level": "WARNING"}, "models": {"dir": str(models_dir)},
-                       "local_models": [{"name": "local", "n_threads": threads, "max_tokens": args.max_tokens}]},
+            overrides={
+                "agent": {"port": 0, "log_level": "WARNING"},
+                "models": {"dir": str(models_dir)},
+                "local_models": [{"name": "local", "n_threads": threads, "max_tokens": args.max_tokens}],
+            },
         )
         agent = AgentThread(settings).start()
-        client = openai.OpenAI(base_url=f"{agent.base_url}/v1", api_key=read_token_file(settings.paths.token_file))
+        client = openai.OpenAI(
+            base_url=f"{agent.base_url}/v1", api_key=read_token_file(settings.paths.token_file)
+        )
         raw_tps, agent_tps, tokens = [], [], set()
         try:
             for run in range(args.runs + 1):  # the first round warms both up and is not counted
@@ -62,7 +67,9 @@ def main() -> None:
                 r = raw.create_chat_completion(PROMPT, max_tokens=args.max_tokens, temperature=0, seed=1)
                 raw_s = time.perf_counter() - started
                 started = time.perf_counter()
-                a = client.chat.completions.create(model="local", messages=PROMPT, max_tokens=args.max_tokens, temperature=0, seed=1)  # type: ignore[arg-type]
+                a = client.chat.completions.create(
+                    model="local", messages=PROMPT, max_tokens=args.max_tokens, temperature=0, seed=1
+                )  # type: ignore[arg-type]
                 agent_s = time.perf_counter() - started
                 assert a.usage is not None
                 if run:
@@ -74,7 +81,9 @@ def main() -> None:
             raw.close()
     raw_med, agent_med = statistics.median(raw_tps), statistics.median(agent_tps)
     ratio = agent_med / raw_med
-    print(f"raw {raw_med:.1f} tok/s, agent {agent_med:.1f} tok/s, ratio {ratio:.3f}; tokens (raw, agent) {sorted(tokens)}")
+    print(
+        f"raw {raw_med:.1f} tok/s, agent {agent_med:.1f} tok/s, ratio {ratio:.3f}; tokens (raw, agent) {sorted(tokens)}"
+    )
     body = (
         "| path | median tokens/s (prompt + generation, end to end) |\n|---|---|\n"
         f"| raw llama-cpp-python `create_chat_completion` | {raw_med:.1f} |\n"
@@ -83,7 +92,12 @@ def main() -> None:
         f"SmolLM2-135M-Instruct Q4_1, {threads} thread(s), greedy, max_tokens {args.max_tokens}; "
         f"completion tokens per run (raw, agent): {sorted(tokens)}."
     )
-    update_section("local-generation", "Local generation: agent vs raw llama-cpp-python", "make setup-test && .venv/bin/python bench/local_generation.py", body)
+    update_section(
+        "local-generation",
+        "Local generation: agent vs raw llama-cpp-python",
+        "make setup-test && .venv/bin/python bench/local_generation.py",
+        body,
+    )
 
 
 if __name__ == "__main__":

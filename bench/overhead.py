@@ -24,7 +24,9 @@ sys.path.insert(0, str(REPO))
 
 from bench.report import update_section  # noqa: E402
 
-BODY = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16})
+BODY = json.dumps(
+    {"model": "bench-model", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16}
+)
 
 
 def free_port() -> int:
@@ -46,8 +48,18 @@ def wait_http(url: str) -> None:
 
 def load(url: str, token: str, concurrency: int, requests: int) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "http_load.py"), url, token, BODY, str(concurrency), str(requests)],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            str(REPO / "bench" / "http_load.py"),
+            url,
+            token,
+            BODY,
+            str(concurrency),
+            str(requests),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     result = json.loads(out.stdout)
     lat = result["latencies_ms"]
@@ -75,10 +87,14 @@ def main() -> None:
             f'input_usd_per_mtok = "0.15"\noutput_usd_per_mtok = "0.60"\n\n'
             f'[[cloud]]\nname = "scripted"\nbase_url = "http://127.0.0.1:{up_port}/v1"\nmodels = ["bench-model"]\n'
         )
-        upstream = subprocess.Popen([sys.executable, "-m", "tests.support.upstream", "--port", str(up_port)], cwd=REPO, env=env)
+        upstream = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.upstream", "--port", str(up_port)], cwd=REPO, env=env
+        )
         agent = subprocess.Popen(
             [sys.executable, "-m", "agent", "--home", home, "agent", "run", "--port", str(agent_port)],
-            cwd=REPO, env=env, stderr=subprocess.DEVNULL,
+            cwd=REPO,
+            env=env,
+            stderr=subprocess.DEVNULL,
         )
         try:
             wait_http(f"http://127.0.0.1:{agent_port}/api/v1/info")
@@ -94,19 +110,30 @@ def main() -> None:
                 d = load(direct, token, concurrency, n)
                 a = load(through, token, concurrency, n)
                 rows.append((concurrency, d, a))
-                print(f"c={concurrency}: direct p50 {d['p50']:.2f} ms p99 {d['p99']:.2f} ms {d['rps']:.0f} req/s | "
-                      f"agent p50 {a['p50']:.2f} ms p99 {a['p99']:.2f} ms {a['rps']:.0f} req/s | "
-                      f"added p50 {a['p50'] - d['p50']:.2f} ms p99 {a['p99'] - d['p99']:.2f} ms")
+                print(
+                    f"c={concurrency}: direct p50 {d['p50']:.2f} ms p99 {d['p99']:.2f} ms {d['rps']:.0f} req/s | "
+                    f"agent p50 {a['p50']:.2f} ms p99 {a['p99']:.2f} ms {a['rps']:.0f} req/s | "
+                    f"added p50 {a['p50'] - d['p50']:.2f} ms p99 {a['p99'] - d['p99']:.2f} ms"
+                )
             ledger_rows = subprocess.run(
-                [sys.executable, "-c", "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from requests').fetchone()[0])",
-                 str(Path(home) / "data" / "ledger.db")], capture_output=True, text=True, check=True,
+                [
+                    sys.executable,
+                    "-c",
+                    "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from requests').fetchone()[0])",
+                    str(Path(home) / "data" / "ledger.db"),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout.strip()
         finally:
             for proc in (agent, upstream):
                 proc.terminate()
                 proc.wait(30)
-    table = ["| concurrency | requests | direct p50 / p99 (ms) | via agent p50 / p99 (ms) | added p50 / p99 (ms) | direct req/s | via agent req/s |",
-             "|---|---|---|---|---|---|---|"]
+    table = [
+        "| concurrency | requests | direct p50 / p99 (ms) | via agent p50 / p99 (ms) | added p50 / p99 (ms) | direct req/s | via agent req/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c, d, a in rows:
         table.append(
             f"| {c} | {a['n']} | {d['p50']:.2f} / {d['p99']:.2f} | {a['p50']:.2f} / {a['p99']:.2f} | "
@@ -117,7 +144,12 @@ def main() -> None:
         "Goal on 2 cores: added p50 <= 2 ms, p99 <= 10 ms, >= 500 req/s. The upstream, the agent and the\n"
         "load generator share the same two cores, so the agent's req/s is a floor, not a ceiling."
     )
-    update_section("overhead", "Agent overhead (non-streamed chat, scripted upstream)", "make setup-test && .venv/bin/python bench/overhead.py", body)
+    update_section(
+        "overhead",
+        "Agent overhead (non-streamed chat, scripted upstream)",
+        "make setup-test && .venv/bin/python bench/overhead.py",
+        body,
+    )
 
 
 if __name__ == "__main__":

@@ -28,13 +28,15 @@ def error_response(error: AIFinOpsError) -> JSONResponse:
     return response
 
 
-async def on_aifinops_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, AIFinOpsError)
+async def on_aifinops_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, AIFinOpsError):  # Starlette only routes AIFinOpsError here
+        return await on_unexpected(request, exc)
     return error_response(exc)
 
 
-async def on_http_exception(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
+async def on_http_exception(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, HTTPException):
+        return await on_unexpected(request, exc)
     return error_json(
         exc.status_code, _HTTP_TYPES.get(exc.status_code, "invalid_request_error"), str(exc.detail)
     )

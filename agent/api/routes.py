@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from agent import __version__
 from agent.api import schemas
 from agent.api.errors import error_json
-from agent.errors import AIFinOpsError, InvalidRequest, PermissionDenied, RequestTooLarge
+from agent.errors import AIFinOpsError, InvalidRequest, RequestTooLarge
 from agent.gateway import ChatCall, ChatResult, StreamSummary, new_request_id
 from agent.identity import Caller
 from agent.ledger.requests import SPEND_DIMENSIONS, RequestRecord
@@ -209,7 +209,9 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _info(request_id: str, route: str, model: str, cost: int | None, source: str, estimated: bool) -> schemas.AIFinOpsInfo:
+def _info(
+    request_id: str, route: str, model: str, cost: int | None, source: str, estimated: bool
+) -> schemas.AIFinOpsInfo:
     return schemas.AIFinOpsInfo(
         request_id=request_id,
         route=route,
@@ -227,16 +229,22 @@ def _completion_response(result: ChatResult) -> Response:
         id=result.request_id,
         created=int(time.time()),
         model=route.model,
-        choices=[schemas.Choice(message=schemas.ChatMessageOut(content=c.text), finish_reason=c.finish_reason)],
+        choices=[
+            schemas.Choice(message=schemas.ChatMessageOut(content=c.text), finish_reason=c.finish_reason)
+        ],
         usage=schemas.Usage(
             prompt_tokens=c.usage.input_tokens,
             completion_tokens=c.usage.output_tokens,
             total_tokens=c.usage.input_tokens + c.usage.output_tokens,
         ),
         x_aifinops=_info(
-            result.request_id, route.route, route.model, result.price.cost_micro_usd,
-            result.price.source, c.usage.estimated,
-        ),  # fmt: skip
+            result.request_id,
+            route.route,
+            route.model,
+            result.price.cost_micro_usd,
+            result.price.source,
+            c.usage.estimated,
+        ),
     )
     response = _json(body)
     response.headers["X-AIFinOps-Route"] = route.route
@@ -285,7 +293,9 @@ async def _sse(
             event = await anext(events, None)
         yield "data: [DONE]\n\n"
     except AIFinOpsError as e:  # mid-stream failure: OpenAI clients raise on an error event
-        error = schemas.ErrorBody(error=schemas.ErrorDetail(message=e.message, type=e.error_type, code=e.code))
+        error = schemas.ErrorBody(
+            error=schemas.ErrorDetail(message=e.message, type=e.error_type, code=e.code)
+        )
         yield f"data: {error.model_dump_json()}\n\n"
     finally:
         await events.aclose()  # records the row as aborted if the client left mid-stream
@@ -293,10 +303,25 @@ async def _sse(
 
 def _entry(r: RequestRecord) -> schemas.RequestEntry:
     return schemas.RequestEntry(
-        id=r.id, ts=r.ts, user=r.user_name, department=r.department, feature=r.feature,
-        requested_model=r.requested_model, model=r.model, provider=r.provider, route=r.route,
-        reason=r.reason, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
-        tokens_estimated=r.tokens_estimated, cost_usd=format_usd(r.cost_micro_usd),
-        cost_micro_usd=r.cost_micro_usd, price_source=r.price_source, latency_ms=r.latency_ms,
-        status=r.status, error_type=r.error_type, stream=r.stream, attempts=r.attempts,
-    )  # fmt: skip
+        id=r.id,
+        ts=r.ts,
+        user=r.user_name,
+        department=r.department,
+        feature=r.feature,
+        requested_model=r.requested_model,
+        model=r.model,
+        provider=r.provider,
+        route=r.route,
+        reason=r.reason,
+        input_tokens=r.input_tokens,
+        output_tokens=r.output_tokens,
+        tokens_estimated=r.tokens_estimated,
+        cost_usd=format_usd(r.cost_micro_usd),
+        cost_micro_usd=r.cost_micro_usd,
+        price_source=r.price_source,
+        latency_ms=r.latency_ms,
+        status=r.status,
+        error_type=r.error_type,
+        stream=r.stream,
+        attempts=r.attempts,
+    )

@@ -77,8 +77,7 @@ class ChatCompletionRequest(BaseModel):
     @classmethod
     def _metadata(cls, metadata: dict[str, str] | None) -> dict[str, str] | None:
         if metadata is not None and (
-            len(metadata) > 16
-            or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items())
+            len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items())
         ):
             raise ValueError("at most 16 keys of up to 64 characters, values up to 512")
         return metadata

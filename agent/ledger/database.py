@@ -48,9 +48,7 @@ class Database:
 
     def _migrate(self) -> None:
         with self.transaction() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)"
-            )
+            conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
             done = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
             for name, script in MIGRATIONS:
                 if name in done:

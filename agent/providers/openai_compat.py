@@ -1,4 +1,8 @@
-"""Any OpenAI-compatible endpoint (OpenAI, Azure, OpenRouter, vLLM, llama.cpp server).
+"""Any OpenAI-compatible endpoint (OpenAI, OpenRouter, vLLM, a llama.cpp server, ...).
+
+Speaks the chat-completions wire format directly over aiohttp. The ``openai`` SDK was the first
+transport; it cost about 1.5 ms of CPU per call on this path (request building, response models,
+its HTTP client), which alone broke the agent's overhead budget (docs/BENCHMARKS.md).
 
 Retries 429 and 5xx answers and refused connections with exponential back-off, honouring
 ``Retry-After``; a timeout is not retried (the upstream may have done, and charged, the work).
@@ -10,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-import httpx
-import openai
+import aiohttp
 
 from agent.errors import (
     InvalidRequest,
@@ -31,6 +36,7 @@ from agent.providers.base import (
     Completion,
     Delta,
     Message,
+    ProviderKind,
     StreamEnd,
     StreamProgress,
     Usage,
@@ -39,61 +45,51 @@ from agent.settings import CloudEndpoint
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)
+_RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A failed attempt that may be retried."""
+
+    description: str
+    retry_after_s: float | None = None
 
 
 class OpenAICompatProvider:
-    kind = "cloud"
+    kind: ProviderKind = "cloud"
 
     def __init__(self, endpoint: CloudEndpoint, api_key: str | None) -> None:
         self.name = endpoint.name
         self.price_provider_id = endpoint.provider_id
         self._endpoint = endpoint
-        self._client = openai.AsyncOpenAI(
-            base_url=endpoint.base_url,
-            api_key=api_key or "no-key",
-            timeout=endpoint.timeout_s,
-            max_retries=0,  # retries are ours: counted, recorded, Retry-After honoured
-        )
+        self._url = endpoint.base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._session: aiohttp.ClientSession | None = None
 
     def models(self) -> tuple[str, ...]:
         return self._endpoint.models
 
-    def _request(
-        self, model: str, messages: tuple[Message, ...], params: ChatParams
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "messages": [m.as_openai() for m in messages]}
-        if params.max_tokens is not None:
-            body["max_tokens"] = params.max_tokens
-        if params.temperature is not None:
-            body["temperature"] = params.temperature
-        if params.top_p is not None:
-            body["top_p"] = params.top_p
-        if params.stop:
-            body["stop"] = list(params.stop)
-        if params.seed is not None:
-            body["seed"] = params.seed
-        if params.passthrough:
-            body["extra_body"] = dict(params.passthrough)
-        return body
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created on first use, inside the running event loop
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, connector=aiohttp.TCPConnector(limit=256)
+            )
+        return self._session
 
-    async def complete(
-        self, model: str, messages: tuple[Message, ...], params: ChatParams
-    ) -> Completion:
-        body = self._request(model, messages, params)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = await self._client.chat.completions.create(**body)
-                return _completion(response, messages, attempt)
-            except _RETRYABLE as e:
-                await self._backoff_or_raise(e, attempt)
-            except openai.APIError as e:
-                _raise_mapped(e, attempt)
-            except ValueError as e:  # a 200 whose body is not JSON: the SDK lets json's error out
-                message = f"{self.name}: the cloud endpoint sent a body that is not JSON"
-                raise ProviderBadResponse(message, attempts=attempt) from e
+    async def complete(self, model: str, messages: tuple[Message, ...], params: ChatParams) -> Completion:
+        progress = StreamProgress()
+        timeout = aiohttp.ClientTimeout(total=self._endpoint.timeout_s)
+        response = await self._send(_body(model, messages, params), timeout, progress)
+        try:
+            data = json.loads(await response.read())
+        except (ValueError, aiohttp.ClientError) as e:
+            raise self._bad("the cloud endpoint sent a body that is not JSON", progress) from e
+        except TimeoutError as e:
+            raise self._timeout(progress) from e
+        finally:
+            response.release()
+        return _completion(data, messages, progress.attempts)
 
     async def stream(
         self,
@@ -102,121 +98,188 @@ class OpenAICompatProvider:
         params: ChatParams,
         progress: StreamProgress,
     ) -> AsyncIterator[Delta | StreamEnd]:
-        body = self._request(model, messages, params)
+        body = _body(model, messages, params)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-        while True:
-            progress.attempts += 1
-            try:
-                upstream = await self._client.chat.completions.create(**body)
-                break
-            except _RETRYABLE as e:
-                await self._backoff_or_raise(e, progress.attempts)
-            except openai.APIError as e:
-                _raise_mapped(e, progress.attempts)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._endpoint.timeout_s, sock_read=self._endpoint.timeout_s
+        )
+        response = await self._send(body, timeout, progress)
         usage: Usage | None = None
         finish_reason: str | None = None
         try:
-            async for chunk in upstream:
-                if chunk.usage is not None:
-                    usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                for choice in chunk.choices:
-                    if choice.delta is not None and choice.delta.content:
-                        progress.text_parts.append(choice.delta.content)
-                        yield Delta(choice.delta.content)
-                    if choice.finish_reason:
-                        finish_reason = choice.finish_reason
-        except (openai.APIError, httpx.HTTPError, ValueError) as e:
-            raise ProviderBadResponse(
-                f"{self.name}: the stream broke off: {type(e).__name__}", attempts=progress.attempts
-            ) from e
+            async for line in response.content:
+                event = _sse_event(line)
+                if event is None:
+                    continue
+                if event == "[DONE]":
+                    break
+                if "error" in event:
+                    raise ProviderError(
+                        f"{self.name}: the stream failed upstream: {_message(event)}",
+                        attempts=progress.attempts,
+                    )
+                usage = _usage(event.get("usage")) or usage
+                for choice in event.get("choices") or ():
+                    text = (choice.get("delta") or {}).get("content")
+                    if isinstance(text, str) and text:
+                        progress.text_parts.append(text)
+                        yield Delta(text)
+                    finish_reason = choice.get("finish_reason") or finish_reason
+        except (aiohttp.ClientError, ValueError, AttributeError, TypeError) as e:
+            raise self._bad(f"the stream broke off ({type(e).__name__})", progress) from e
+        except TimeoutError as e:
+            raise self._timeout(progress) from e
         finally:
-            await upstream.close()
+            response.release()
         if finish_reason is None:
-            raise ProviderBadResponse(
-                f"{self.name}: the stream ended without a finish reason", attempts=progress.attempts
-            )
+            raise self._bad("the stream ended without a finish reason", progress)
         yield StreamEnd(finish_reason, usage or estimate_usage(messages, progress.text), progress.attempts)
 
-    async def _backoff_or_raise(self, error: openai.APIError, attempt: int) -> None:
+    async def _send(
+        self, body: dict[str, Any], timeout: aiohttp.ClientTimeout, progress: StreamProgress
+    ) -> aiohttp.ClientResponse:
+        """POST with retries; returns a 200 response whose body is still unread."""
         endpoint = self._endpoint
-        wait_s = _retry_after_s(error)
-        if wait_s is None:
-            wait_s = endpoint.retry_base_s * 2 ** (attempt - 1)
-        # APITimeoutError is an APIConnectionError, but the upstream may have done (and charged)
-        # the work: a timeout is never retried.
-        if (
-            isinstance(error, openai.APITimeoutError)
-            or attempt > endpoint.max_retries
-            or wait_s > endpoint.retry_max_wait_s
-        ):
-            _raise_mapped(error, attempt)
-        log.info(
-            "%s: %s (attempt %d), retrying in %.2f s", self.name, _describe(error), attempt, wait_s
+        payload = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        while True:
+            progress.attempts += 1
+            try:
+                response = await self._http().post(self._url, data=payload, headers=headers, timeout=timeout)
+            except TimeoutError as e:
+                raise self._timeout(progress) from e
+            except aiohttp.ClientConnectionError as e:
+                failure = _Failure(type(e).__name__)
+            else:
+                if response.status == 200:
+                    return response
+                failure = await self._refusal(response, progress)
+            wait_s = failure.retry_after_s
+            if wait_s is None:
+                wait_s = endpoint.retry_base_s * 2 ** (progress.attempts - 1)
+            if progress.attempts > endpoint.max_retries or wait_s > endpoint.retry_max_wait_s:
+                raise ProviderUnavailable(
+                    f"the cloud endpoint {self.name} is unavailable ({failure.description}, "
+                    f"{progress.attempts} attempts)",
+                    attempts=progress.attempts,
+                )
+            log.info(
+                "%s: %s (attempt %d), retrying in %.2f s",
+                self.name,
+                failure.description,
+                progress.attempts,
+                wait_s,
+            )
+            await asyncio.sleep(wait_s)
+
+    async def _refusal(self, response: aiohttp.ClientResponse, progress: StreamProgress) -> _Failure:
+        """A non-200 answer: a retryable failure, or raise the error it maps to."""
+        try:
+            detail = _message(json.loads(await response.read()))
+        except (ValueError, aiohttp.ClientError, TimeoutError):
+            detail = ""
+        finally:
+            response.release()
+        status = response.status
+        if status in _RETRY_STATUSES:
+            return _Failure(f"HTTP {status}", _retry_after_s(response.headers))
+        if status == 400:
+            raise InvalidRequest(f"the cloud endpoint refused the request: {detail or 'HTTP 400'}")
+        raise ProviderError(
+            f"the cloud endpoint {self.name} answered HTTP {status}"
+            + (" (check its API key)" if status in (401, 403) else ""),
+            attempts=progress.attempts,
         )
-        await asyncio.sleep(wait_s)
+
+    def _bad(self, what: str, progress: StreamProgress) -> ProviderBadResponse:
+        return ProviderBadResponse(f"{self.name}: {what}", attempts=progress.attempts)
+
+    def _timeout(self, progress: StreamProgress) -> ProviderTimeout:
+        return ProviderTimeout(
+            f"the cloud endpoint {self.name} did not answer within {self._endpoint.timeout_s} s",
+            attempts=progress.attempts,
+        )
 
     async def close(self) -> None:
-        await self._client.close()
+        if self._session is not None:
+            await self._session.close()
 
 
 def estimate_usage(messages: tuple[Message, ...], output: str) -> Usage:
-    return Usage(
-        count_message_tokens(m.content for m in messages), count_text_tokens(output), estimated=True
-    )
+    return Usage(count_message_tokens(m.content for m in messages), count_text_tokens(output), estimated=True)
 
 
-def _completion(response: Any, messages: tuple[Message, ...], attempt: int) -> Completion:
-    choices = getattr(response, "choices", None)
-    if not choices or getattr(choices[0], "message", None) is None:
-        raise ProviderBadResponse("the upstream answered without choices", attempts=attempt)
-    text = choices[0].message.content or ""
-    usage = response.usage
-    measured = (
-        Usage(usage.prompt_tokens, usage.completion_tokens)
-        if usage is not None and usage.prompt_tokens is not None
-        else estimate_usage(messages, text)
-    )
-    return Completion(text, choices[0].finish_reason or "stop", measured, attempt)
+def _body(model: str, messages: tuple[Message, ...], params: ChatParams) -> dict[str, Any]:
+    body: dict[str, Any] = dict(params.passthrough)
+    body.update(model=model, messages=[m.as_openai() for m in messages])
+    optional = {
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "stop": list(params.stop) or None,
+        "seed": params.seed,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    return body
 
 
-def _retry_after_s(error: openai.APIError) -> float | None:
-    response = getattr(error, "response", None)
-    if response is None:
+def _completion(data: Any, messages: tuple[Message, ...], attempts: int) -> Completion:
+    try:
+        choice = data["choices"][0]
+        text = choice["message"]["content"] or ""
+        if not isinstance(text, str):
+            raise TypeError("content is not text")
+    except (KeyError, IndexError, TypeError) as e:
+        raise ProviderBadResponse(f"the upstream answer has no usable choice ({e})", attempts=attempts) from e
+    usage = _usage(data.get("usage")) or estimate_usage(messages, text)
+    return Completion(text, choice.get("finish_reason") or "stop", usage, attempts)
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, Mapping):
         return None
-    headers = response.headers
+    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int) and prompt >= 0 and completion >= 0:
+        return Usage(prompt, completion)
+    return None
+
+
+def _sse_event(line: bytes) -> Any:
+    """One SSE line -> the decoded `data:` payload, "[DONE]", or None for other lines."""
+    line = line.strip()
+    if not line.startswith(b"data:"):
+        return None
+    payload = line[5:].strip()
+    if payload == b"[DONE]":
+        return "[DONE]"
+    event = json.loads(payload)
+    if not isinstance(event, dict):
+        raise ValueError("an SSE event that is not a JSON object")
+    return event
+
+
+def _message(body: Any) -> str:
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message", ""))[:300]
+    return str(error or "")[:300]
+
+
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
     if (ms := headers.get("retry-after-ms")) is not None:
         try:
-            return float(ms) / 1000
+            return max(0.0, float(ms) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
-    if value is None:
+    if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
-
-
-def _describe(error: openai.APIError) -> str:
-    status = getattr(error, "status_code", None)
-    return f"HTTP {status}" if status else type(error).__name__
-
-
-def _raise_mapped(error: openai.APIError, attempts: int) -> NoReturn:
-    """Upstream error -> our tree. The client's token was fine; upstream auth is our problem."""
-    detail = _describe(error)
-    if isinstance(error, openai.APITimeoutError):
-        raise ProviderTimeout(f"the cloud endpoint did not answer in time ({detail})", attempts=attempts) from error
-    if isinstance(error, _RETRYABLE):
-        unavailable = ProviderUnavailable(
-            f"the cloud endpoint is unavailable ({detail}, {attempts} attempts)", attempts=attempts
-        )
-        raise unavailable from error
-    if isinstance(error, openai.BadRequestError):
-        raise InvalidRequest(f"the cloud endpoint refused the request: {error.message}") from error
-    if isinstance(error, openai.APIResponseValidationError):
-        raise ProviderBadResponse(f"the cloud endpoint sent an invalid reply ({detail})", attempts=attempts) from error
-    raise ProviderError(f"the cloud endpoint failed ({detail})", attempts=attempts) from error
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, parsed.timestamp() - time.time())

@@ -18,9 +18,7 @@ class ProviderRegistry:
         for provider in providers:
             for model in provider.models():
                 if model in self._by_model or model == "auto":
-                    raise ConfigError(
-                        f"model name {model!r} is configured twice (or is the reserved 'auto')"
-                    )
+                    raise ConfigError(f"model name {model!r} is configured twice (or is the reserved 'auto')")
                 self._by_model[model] = provider
 
     @classmethod

@@ -19,17 +19,41 @@ GOOD = {"model": "local", "messages": [{"role": "user", "content": "hi"}], "max_
         (b'{"model": "local"}', 400, "invalid_request_error"),
         (b'{"model": "local", "messages": []}', 400, "invalid_request_error"),
         (b'{"model": 7, "messages": [{"role": "user", "content": "x"}]}', 400, "invalid_request_error"),
-        (b'{"model": "local", "messages": [{"role": "wizard", "content": "x"}]}', 400, "invalid_request_error"),
-        (b'{"model": "local", "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}', 400, "invalid_request_error"),
-        (b'{"model": "local", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', 400, "invalid_request_error"),
-        (b'{"model": "local", "messages": [{"role": "user", "content": "x"}], "tools": []}', 400, "invalid_request_error"),
-        (b'{"model": "local", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}', 400, "invalid_request_error"),
+        (
+            b'{"model": "local", "messages": [{"role": "wizard", "content": "x"}]}',
+            400,
+            "invalid_request_error",
+        ),
+        (
+            b'{"model": "local", "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}',
+            400,
+            "invalid_request_error",
+        ),
+        (
+            b'{"model": "local", "messages": [{"role": "user", "content": "x"}], "temperature": 9}',
+            400,
+            "invalid_request_error",
+        ),
+        (
+            b'{"model": "local", "messages": [{"role": "user", "content": "x"}], "tools": []}',
+            400,
+            "invalid_request_error",
+        ),
+        (
+            b'{"model": "local", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}',
+            400,
+            "invalid_request_error",
+        ),
         (b'{"model": "gpt-nope", "messages": [{"role": "user", "content": "x"}]}', 404, "model_not_found"),
     ],
 )
-def test_bad_bodies_get_4xx_and_leave_no_row(agent: RunningAgent, body: bytes, status: int, error_type: str) -> None:
+def test_bad_bodies_get_4xx_and_leave_no_row(
+    agent: RunningAgent, body: bytes, status: int, error_type: str
+) -> None:
     with agent.http() as http:
-        response = http.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+        response = http.post(
+            "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
+        )
         assert response.status_code == status, response.text
         error = response.json()["error"]
         assert error["type"] == error_type and error["message"]

@@ -13,7 +13,9 @@ import pytest
 from tests.conftest import RunningAgent
 
 
-def aifinops(*args: str, port: int | None = None, token: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def aifinops(
+    *args: str, port: int | None = None, token: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
     if port is not None:
         env["AIFINOPS_PORT"] = str(port)
@@ -51,7 +53,9 @@ def test_users_chat_and_spend_end_to_end(agent: RunningAgent) -> None:
 
     mine = json.loads(aifinops("spend", "--by", "user", "--json", port=port, token=token).stdout)
     assert mine["scope"] == "own"
-    assert [(r["key"], r["requests"], r["cost_micro_usd"]) for r in mine["rows"]] == [("dana", 1, row.cost_micro_usd)]
+    assert [(r["key"], r["requests"], r["cost_micro_usd"]) for r in mine["rows"]] == [
+        ("dana", 1, row.cost_micro_usd)
+    ]
 
     table = aifinops("spend", "--by", "department", "--since", "1d", port=port).stdout  # token file: admin
     assert "legal" in table and "everyone" in table
@@ -64,8 +68,15 @@ def test_users_chat_and_spend_end_to_end(agent: RunningAgent) -> None:
 
 
 def test_commands_explain_themselves() -> None:
-    for command in (["--help"], ["agent", "run", "--help"], ["users", "add", "--help"], ["spend", "--help"],
-                    ["chat", "--help"], ["models", "pull", "--help"], ["doctor", "--help"]):
+    for command in (
+        ["--help"],
+        ["agent", "run", "--help"],
+        ["users", "add", "--help"],
+        ["spend", "--help"],
+        ["chat", "--help"],
+        ["models", "pull", "--help"],
+        ["doctor", "--help"],
+    ):
         assert "Usage: aifinops" in aifinops(*command).stdout
     assert aifinops("--version").stdout.strip() == "aifinops, version 0.1.0"
 
@@ -94,7 +105,9 @@ def test_doctor_and_models_list_report_the_models(agent: RunningAgent) -> None:
     assert "llama-cpp-python" in doctor and "running: aifinops" in doctor and "no NVIDIA GPU" in doctor
 
 
-@pytest.mark.parametrize("args", [["users", "add", "bad name!", "--department", "x"], ["users", "revoke", "nobody"]])
+@pytest.mark.parametrize(
+    "args", [["users", "add", "bad name!", "--department", "x"], ["users", "revoke", "nobody"]]
+)
 def test_user_commands_refuse_bad_input(args: list[str]) -> None:
     result = aifinops(*args, check=False)
     assert result.returncode == 1 and result.stderr.startswith("error:")

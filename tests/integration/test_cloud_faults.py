@@ -54,9 +54,7 @@ def error_type(error: openai.APIError) -> str:
 
 
 @pytest.fixture
-def cloud_agent(
-    start_agent: Callable[..., RunningAgent], upstream: ScriptedUpstream
-) -> RunningAgent:
+def cloud_agent(start_agent: Callable[..., RunningAgent], upstream: ScriptedUpstream) -> RunningAgent:
     return start_agent(cloud=[endpoint(upstream.base_url)], pricing=PRICING)
 
 
@@ -75,12 +73,8 @@ def read_stream(stream: Any) -> tuple[str, Any, dict[str, Any] | None]:
 # -- success -------------------------------------------------------------------------------
 
 
-def test_answer_is_priced_from_upstream_usage(
-    cloud_agent: RunningAgent, upstream: ScriptedUpstream
-) -> None:
-    raw = cloud_agent.client().chat.completions.with_raw_response.create(
-        model=MODEL, messages=QUESTION
-    )
+def test_answer_is_priced_from_upstream_usage(cloud_agent: RunningAgent, upstream: ScriptedUpstream) -> None:
+    raw = cloud_agent.client().chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION)
     completion = raw.parse()
 
     assert completion.choices[0].message.content == Behaviour().text
@@ -123,9 +117,7 @@ def test_stream_is_priced_from_the_upstream_usage_chunk(
     assert text == Behaviour().text
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (11, 7)
     assert (
-        info is not None
-        and info["cost_micro_usd"] == ANSWER_MICRO_USD
-        and info["tokens_estimated"] is False
+        info is not None and info["cost_micro_usd"] == ANSWER_MICRO_USD and info["tokens_estimated"] is False
     )
     # The agent always asks upstream for usage, whatever its own client asked for.
     assert upstream.received[0]["stream_options"] == {"include_usage": True}
@@ -391,9 +383,7 @@ def test_the_api_key_reaches_upstream_and_nowhere_else(
     # No "sk-" prefix: the log filter's pattern would not mask this key, so it must never be logged.
     key = "scripted-secret-4f9a1c7e2b"
     monkeypatch.setenv("SCRIPTED_API_KEY", key)
-    agent = start_agent(
-        cloud=[endpoint(upstream.base_url, api_key_env="SCRIPTED_API_KEY")], pricing=PRICING
-    )
+    agent = start_agent(cloud=[endpoint(upstream.base_url, api_key_env="SCRIPTED_API_KEY")], pricing=PRICING)
     upstream.script.append(Behaviour(kind="status", status=429, headers=(("Retry-After", "0"),)))
 
     completion = agent.client().chat.completions.create(model=MODEL, messages=QUESTION)

@@ -37,9 +37,20 @@ def peer(chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         port = sock.getsockname()[1]
     log_file = tmp_path_factory.mktemp("peer") / "llama_cpp_server.log"
     command = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(chat_model_path),
-        "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", "1024",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(chat_model_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_threads",
+        "1",
+        "--n_ctx",
+        "1024",
+    ]
     with log_file.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"
@@ -89,7 +100,12 @@ def test_answer_is_priced_from_the_peers_own_usage(peer_agent: RunningAgent) -> 
 
     [row] = peer_agent.rows()
     assert (row.status, row.route, row.provider, row.model, row.stream) == (
-        "ok", "cloud", "peer", MODEL, False)  # fmt: skip
+        "ok",
+        "cloud",
+        "peer",
+        MODEL,
+        False,
+    )
     assert (row.input_tokens, row.output_tokens) == (usage.prompt_tokens, usage.completion_tokens)
     assert row.tokens_estimated is False
     assert (row.cost_micro_usd, row.price_source, row.attempts) == (cost, "override", 1)
@@ -97,9 +113,13 @@ def test_answer_is_priced_from_the_peers_own_usage(peer_agent: RunningAgent) -> 
 
 def test_stream_without_upstream_usage_is_estimated(peer_agent: RunningAgent) -> None:
     stream = peer_agent.client().chat.completions.create(
-        model=MODEL, messages=QUESTION, max_tokens=12, temperature=0, stream=True,
+        model=MODEL,
+        messages=QUESTION,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
         stream_options={"include_usage": True},
-    )  # fmt: skip
+    )
     text, usage, info, finish = "", None, None, None
     for chunk in stream:
         for choice in chunk.choices:
@@ -119,5 +139,7 @@ def test_stream_without_upstream_usage_is_estimated(peer_agent: RunningAgent) ->
     assert row.output_tokens == usage.completion_tokens == count_text_tokens(text) > 0
     assert row.input_tokens == usage.prompt_tokens > 0
     assert (row.cost_micro_usd, row.price_source) == (
-        micro_usd(row.input_tokens, row.output_tokens), "override")  # fmt: skip
+        micro_usd(row.input_tokens, row.output_tokens),
+        "override",
+    )
     assert info["cost_micro_usd"] == row.cost_micro_usd

@@ -47,7 +47,9 @@ def test_client_leaving_mid_stream_is_recorded_as_aborted(agent: RunningAgent) -
     assert 0 < row.output_tokens < 400 and row.tokens_estimated
     assert row.cost_micro_usd is not None and row.cost_micro_usd > 0
     # The model is free again: the next request is answered.
-    again = agent.client().chat.completions.create(model="local", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    again = agent.client().chat.completions.create(
+        model="local", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
     assert again.choices[0].message.content is not None
 
 
@@ -61,9 +63,13 @@ def _patched_copy(source: Path, target: Path, old: bytes, new: bytes) -> Path:
     return target
 
 
-def test_a_gguf_without_chat_template_is_refused_clearly(start_agent, chat_model_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_gguf_without_chat_template_is_refused_clearly(
+    start_agent, chat_model_path: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     # Same model, with the metadata key renamed: llama.cpp loads it, but it has no chat template.
-    base = _patched_copy(chat_model_path, tmp_path / "base.gguf", b"tokenizer.chat_template", b"tokenizer.chat_templatX")
+    base = _patched_copy(
+        chat_model_path, tmp_path / "base.gguf", b"tokenizer.chat_template", b"tokenizer.chat_templatX"
+    )
     agent = start_agent(local_models=[{"name": "local", "model": str(base)}])
     with pytest.raises(openai.APIStatusError) as err:
         agent.client().chat.completions.create(model="local", messages=[{"role": "user", "content": "hi"}])
@@ -79,7 +85,9 @@ def test_a_corrupt_model_file_is_a_503_and_the_agent_stays_up(start_agent, tmp_p
     junk.write_bytes(b"GGUF" + os.urandom(4096))
     agent = start_agent(local_models=[{"name": "local", "model": str(junk)}])
     with agent.http() as http:
-        response = http.post("/v1/chat/completions", json={"model": "local", "messages": [{"role": "user", "content": "hi"}]})
+        response = http.post(
+            "/v1/chat/completions", json={"model": "local", "messages": [{"role": "user", "content": "hi"}]}
+        )
         assert response.status_code == 503
         assert response.json()["error"]["type"] == "model_unavailable"
         assert http.get("/api/v1/me").status_code == 200
@@ -91,14 +99,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_sigterm_lets_an_in_flight_stream_finish_or_records_it_aborted(tmp_path: Path, chat_model_path: Path) -> None:
+def test_sigterm_lets_an_in_flight_stream_finish_or_records_it_aborted(
+    tmp_path: Path, chat_model_path: Path
+) -> None:
     home = tmp_path / "svc"
     port = _free_port()
     env = {**os.environ, "AIFINOPS_HOME": str(home)}
     output = (tmp_path / "agent.out").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "agent", "run", "--port", str(port)],
-        env=env, stdout=output, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=output,
+        stderr=subprocess.STDOUT,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -106,8 +118,11 @@ def test_sigterm_lets_an_in_flight_stream_finish_or_records_it_aborted(tmp_path:
         token = (home / "config" / "token").read_text().strip()
         assert (home / "config" / "config.toml").read_text().startswith("# aifinops agent configuration")
         with httpx.stream(
-            "POST", f"{base}/v1/chat/completions", json={**LONG_ANSWER, "max_tokens": 60},
-            headers={"Authorization": f"Bearer {token}"}, timeout=60,
+            "POST",
+            f"{base}/v1/chat/completions",
+            json={**LONG_ANSWER, "max_tokens": 60},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
         ) as response:
             lines = response.iter_lines()
             assert next(lines).startswith("data: ")

@@ -11,7 +11,10 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 def test_chat_answers_prices_and_records_one_row(agent: RunningAgent) -> None:
     raw = agent.client().chat.completions.with_raw_response.create(
-        model="local", messages=QUESTION, max_tokens=16, temperature=0,
+        model="local",
+        messages=QUESTION,
+        max_tokens=16,
+        temperature=0,
         extra_headers={"X-AIFinOps-Feature": "faq"},
     )
     completion = raw.parse()
@@ -21,8 +24,16 @@ def test_chat_answers_prices_and_records_one_row(agent: RunningAgent) -> None:
 
     [row] = agent.rows()
     assert row.id == completion.id == raw.headers["X-AIFinOps-Request-Id"]
-    assert (row.user_name, row.feature, row.status, row.stream) == (agent.thread.services.identity.list_users()[0].name, "faq", "ok", False)
-    assert (row.input_tokens, row.output_tokens) == (completion.usage.prompt_tokens, completion.usage.completion_tokens)
+    assert (row.user_name, row.feature, row.status, row.stream) == (
+        agent.thread.services.identity.list_users()[0].name,
+        "faq",
+        "ok",
+        False,
+    )
+    assert (row.input_tokens, row.output_tokens) == (
+        completion.usage.prompt_tokens,
+        completion.usage.completion_tokens,
+    )
     assert row.price_source == "local-compute"
     assert row.cost_micro_usd is not None and row.cost_micro_usd > 0
     assert raw.headers["X-AIFinOps-Cost-USD"] == f"{row.cost_micro_usd / 1_000_000:.6f}"
@@ -30,8 +41,12 @@ def test_chat_answers_prices_and_records_one_row(agent: RunningAgent) -> None:
 
 def test_stream_sends_usage_and_cost_that_match_the_ledger(agent: RunningAgent) -> None:
     stream = agent.client().chat.completions.create(
-        model="auto", messages=QUESTION, max_tokens=24, stream=True,
-        stream_options={"include_usage": True}, metadata={"feature": "chat-ui"},
+        model="auto",
+        messages=QUESTION,
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+        metadata={"feature": "chat-ui"},
     )
     text, usage, info = "", None, None
     for chunk in stream:
@@ -51,8 +66,9 @@ def test_stream_sends_usage_and_cost_that_match_the_ledger(agent: RunningAgent) 
 
 
 def test_stream_without_usage_option_sends_no_usage_chunk(agent: RunningAgent) -> None:
-    chunks = list(agent.client().chat.completions.create(
-        model="local", messages=QUESTION, max_tokens=8, stream=True))
+    chunks = list(
+        agent.client().chat.completions.create(model="local", messages=QUESTION, max_tokens=8, stream=True)
+    )
     assert all(c.usage is None for c in chunks)
     assert chunks[-1].choices[0].finish_reason in {"stop", "length"}
     assert len(agent.rows()) == 1

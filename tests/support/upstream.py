@@ -54,7 +54,9 @@ class ScriptedUpstream:
         app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", http="httptools")
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:
@@ -95,7 +97,9 @@ class ScriptedUpstream:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", "scripted"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": b.text}, "finish_reason": "stop"}],
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": b.text}, "finish_reason": "stop"}
+            ],
         }
         if b.kind != "ok_no_usage":
             answer["usage"] = {
@@ -110,8 +114,14 @@ class ScriptedUpstream:
         model = body.get("model", "scripted")
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-            data = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "created": 0,
-                    "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+            data = {
+                "id": "chatcmpl-scripted",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
             return f"data: {json.dumps(data)}\n\n"
 
         yield chunk({"role": "assistant", "content": ""})
@@ -122,13 +132,21 @@ class ScriptedUpstream:
         yield chunk({}, "stop")
         include_usage = (body.get("stream_options") or {}).get("include_usage")
         if include_usage and b.kind != "ok_no_usage":
-            usage = {"prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens,
-                     "total_tokens": b.prompt_tokens + b.completion_tokens}
-            data = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "created": 0,
-                    "model": model, "choices": [], "usage": usage}
+            usage = {
+                "prompt_tokens": b.prompt_tokens,
+                "completion_tokens": b.completion_tokens,
+                "total_tokens": b.prompt_tokens + b.completion_tokens,
+            }
+            data = {
+                "id": "chatcmpl-scripted",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
             yield f"data: {json.dumps(data)}\n\n"
         yield "data: [DONE]\n\n"
-
 
 
 def main() -> None:

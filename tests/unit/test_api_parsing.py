@@ -41,9 +41,7 @@ def test_host_name(header: str, name: str) -> None:
     assert host_name(header) == name
 
 
-def call_middleware(
-    host: bytes | None, allowed: tuple[str, ...] = ()
-) -> tuple[bool, list[Message]]:
+def call_middleware(host: bytes | None, allowed: tuple[str, ...] = ()) -> tuple[bool, list[Message]]:
     reached: list[bool] = []
     sent: list[Message] = []
 
@@ -68,9 +66,7 @@ def test_loopback_hosts_pass(host: bytes) -> None:
     assert reached and sent == []
 
 
-@pytest.mark.parametrize(
-    "host", [b"evil.com", b"evil.com:8765", b"localhost.evil.com", b"127.0.0.2", None]
-)
+@pytest.mark.parametrize("host", [b"evil.com", b"evil.com:8765", b"localhost.evil.com", b"127.0.0.2", None])
 def test_other_hosts_get_a_400_and_never_reach_the_app(host: bytes | None) -> None:
     reached, sent = call_middleware(host)
     assert not reached
@@ -145,8 +141,12 @@ def test_since_too_far_back_is_an_invalid_request(text: str) -> None:
 
 @given(st.integers(min_value=0, max_value=99_999), st.sampled_from("mhdw"))
 def test_since_relative_amounts(amount: int, unit: str) -> None:
-    delta = {"m": timedelta(minutes=amount), "h": timedelta(hours=amount),
-             "d": timedelta(days=amount), "w": timedelta(weeks=amount)}[unit]  # fmt: skip
+    delta = {
+        "m": timedelta(minutes=amount),
+        "h": timedelta(hours=amount),
+        "d": timedelta(days=amount),
+        "w": timedelta(weeks=amount),
+    }[unit]
     assert parse_since(f"{amount}{unit}", NOW) == NOW - delta
 
 
@@ -181,9 +181,7 @@ def test_a_minimal_body() -> None:
 
 
 def test_the_feature_header_beats_metadata() -> None:
-    assert (
-        _chat_call(body(metadata={"feature": "from-body"}), "from-header").feature == "from-header"
-    )
+    assert _chat_call(body(metadata={"feature": "from-body"}), "from-header").feature == "from-header"
     assert _chat_call(body(metadata={"feature": "from-body"}), None).feature == "from-body"
     assert _chat_call(body(metadata={"other": "x"}), None).feature == ""
 
@@ -274,10 +272,17 @@ def test_stop_becomes_a_tuple(stop: Any, expected: tuple[str, ...]) -> None:
 
 def test_sampling_parameters_are_carried() -> None:
     call = _chat_call(
-        body(max_tokens=10, max_completion_tokens=20, temperature=0.5, top_p=0.9, seed=42,
-             stream=True, stream_options={"include_usage": True}),
+        body(
+            max_tokens=10,
+            max_completion_tokens=20,
+            temperature=0.5,
+            top_p=0.9,
+            seed=42,
+            stream=True,
+            stream_options={"include_usage": True},
+        ),
         None,
-    )  # fmt: skip
+    )
     params = call.params
     assert params.max_tokens == 20  # max_completion_tokens wins over the legacy max_tokens
     assert (params.temperature, params.top_p, params.seed) == (0.5, 0.9, 42)

@@ -48,17 +48,13 @@ def all_cell_values(db: Database) -> list[object]:
     return [value for row in rows for value in row.values()]
 
 
-def test_add_user_returns_a_token_and_stores_only_its_hash(
-    identity: Identity, db: Database
-) -> None:
+def test_add_user_returns_a_token_and_stores_only_its_hash(identity: Identity, db: Database) -> None:
     token = identity.add_user("alice", "sales")
     assert token.startswith(TOKEN_PREFIX)
     assert len(token) > len(TOKEN_PREFIX) + 40  # 32 random bytes, base64url
     [row] = db.query("SELECT token_hash FROM tokens")
     assert row["token_hash"] == hashlib.sha256(token.encode()).hexdigest() == hash_token(token)
-    assert not any(
-        isinstance(v, str) and token[len(TOKEN_PREFIX) :] in v for v in all_cell_values(db)
-    )
+    assert not any(isinstance(v, str) and token[len(TOKEN_PREFIX) :] in v for v in all_cell_values(db))
 
 
 def test_tokens_are_not_reused(identity: Identity) -> None:
@@ -127,9 +123,7 @@ def test_a_duplicate_user_leaves_the_first_one_intact(identity: Identity) -> Non
     token = identity.add_user("alice", "sales")
     with pytest.raises(InvalidRequest):
         identity.add_user("alice", "marketing")
-    assert [(u.name, u.department, u.active_tokens) for u in identity.list_users()] == [
-        ("alice", "sales", 1)
-    ]
+    assert [(u.name, u.department, u.active_tokens) for u in identity.list_users()] == [("alice", "sales", 1)]
     assert identity.authenticate(token).department == "sales"
 
 
@@ -146,9 +140,7 @@ def test_a_duplicate_user_leaves_the_first_one_intact(identity: Identity) -> Non
         ("ålice", "sales"),
     ],
 )
-def test_bad_names_are_rejected_and_nothing_is_stored(
-    identity: Identity, name: str, department: str
-) -> None:
+def test_bad_names_are_rejected_and_nothing_is_stored(identity: Identity, name: str, department: str) -> None:
     with pytest.raises(InvalidRequest, match="not valid"):
         identity.add_user(name, department)
     assert identity.list_users() == []
@@ -233,9 +225,7 @@ def test_a_garbage_token_file_gets_a_new_token_for_the_same_user(
     assert [(u.name, u.active_tokens) for u in identity.list_users()] == [(os_user, 2)]
 
 
-def test_a_revoked_os_user_is_left_revoked(
-    identity: Identity, os_user: str, tmp_path: Path
-) -> None:
+def test_a_revoked_os_user_is_left_revoked(identity: Identity, os_user: str, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     first = identity.provision_os_user(token_file)
     assert first is not None

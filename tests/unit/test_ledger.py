@@ -142,9 +142,7 @@ def test_a_row_for_an_unknown_user_is_refused(log: RequestLog, db: Database) -> 
     assert row_count(db) == 0
 
 
-def test_a_request_id_is_recorded_once(
-    log: RequestLog, db: Database, user_ids: dict[str, int]
-) -> None:
+def test_a_request_id_is_recorded_once(log: RequestLog, db: Database, user_ids: dict[str, int]) -> None:
     log.record(record(user_ids["alice"], cost_micro_usd=1))
     with pytest.raises(LedgerError):
         log.record(record(user_ids["alice"], cost_micro_usd=2))
@@ -152,9 +150,7 @@ def test_a_request_id_is_recorded_once(
     assert log.get(record(user_ids["alice"]).id).cost_micro_usd == 1  # type: ignore[union-attr]
 
 
-def test_concurrent_writers_lose_no_rows(
-    log: RequestLog, db: Database, user_ids: dict[str, int]
-) -> None:
+def test_concurrent_writers_lose_no_rows(log: RequestLog, db: Database, user_ids: dict[str, int]) -> None:
     threads, per_thread = 8, 50
     errors: list[BaseException] = []
     start = threading.Barrier(threads)
@@ -215,12 +211,8 @@ def spend_rows(log: RequestLog, user_ids: dict[str, int]) -> list[RequestRecord]
     }
     rows = [
         record(a, 1, cost_micro_usd=1_500, input_tokens=100, output_tokens=50),
-        record(
-            a, 2, feature="summarise", cost_micro_usd=7, input_tokens=3, output_tokens=4, **local
-        ),
-        record(
-            a, 3, status="error", error_type="provider_timeout", cost_micro_usd=0, output_tokens=0
-        ),
+        record(a, 2, feature="summarise", cost_micro_usd=7, input_tokens=3, output_tokens=4, **local),
+        record(a, 3, status="error", error_type="provider_timeout", cost_micro_usd=0, output_tokens=0),
         record(b, 4, cost_micro_usd=None, price_source="unknown", input_tokens=11, **bob),
         record(b, 5, cost_micro_usd=300, cost_saved_micro_usd=1_200, feature="", **bob),
         record(b, 6, status="aborted", cost_micro_usd=25, **local, **bob),
@@ -232,9 +224,7 @@ def spend_rows(log: RequestLog, user_ids: dict[str, int]) -> list[RequestRecord]
     return rows
 
 
-def expected_spend(
-    rows: list[RequestRecord], by: str, user_id: int | None = None
-) -> list[SpendRow]:
+def expected_spend(rows: list[RequestRecord], by: str, user_id: int | None = None) -> list[SpendRow]:
     totals: dict[str, SpendRow] = {}
     for r in rows:
         if r.ts < SINCE or (user_id is not None and r.user_id != user_id):
@@ -289,9 +279,7 @@ def test_unpriced_rows_count_but_add_no_cost(log: RequestLog, user_ids: dict[str
     assert log.spend("user", SINCE) == [SpendRow("alice", 3, 30, 60, 0, 0, 3, 0)]
 
 
-def test_spend_of_an_empty_window_is_empty(
-    log: RequestLog, spend_rows: list[RequestRecord]
-) -> None:
+def test_spend_of_an_empty_window_is_empty(log: RequestLog, spend_rows: list[RequestRecord]) -> None:
     assert log.spend("user", "2099-01-01T00:00:00.000000+00:00") == []
     assert log.spend("user", SINCE, user_id=9999) == []
 

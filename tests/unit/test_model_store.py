@@ -64,9 +64,7 @@ def forbid_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ModelStore, "_install", refuse)
 
 
-@pytest.mark.parametrize(
-    "nested", [False, True], ids=["share/models/file", "share/models/name/file"]
-)
+@pytest.mark.parametrize("nested", [False, True], ids=["share/models/file", "share/models/name/file"])
 def test_resolve_copies_a_good_file_from_the_share_and_notes_it_verified(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, known_asset: ModelAsset, nested: bool
 ) -> None:

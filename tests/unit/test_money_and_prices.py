@@ -93,11 +93,7 @@ def book(**overrides: PriceOverride) -> PriceBook:
 
 def test_an_override_beats_the_table() -> None:
     prices = book(
-        **{
-            "gpt-4o-mini": PriceOverride(
-                input_usd_per_mtok=Decimal("1"), output_usd_per_mtok=Decimal("2")
-            )
-        }
+        **{"gpt-4o-mini": PriceOverride(input_usd_per_mtok=Decimal("1"), output_usd_per_mtok=Decimal("2"))}
     )
     assert prices.rates("gpt-4o-mini", "openai") == Rates(Decimal("1"), Decimal("2"), "override")
     price = prices.for_tokens("gpt-4o-mini", "openai", 1000, 500)
@@ -122,9 +118,7 @@ def test_an_override_prices_a_model_the_table_does_not_know() -> None:
     ("input_tokens", "output_tokens"),
     [(0, 0), (1, 0), (1000, 500), (12_345, 6_789), (250_000, 1_000)],  # the last: long context
 )
-def test_a_table_model_costs_exactly_what_the_table_says(
-    input_tokens: int, output_tokens: int
-) -> None:
+def test_a_table_model_costs_exactly_what_the_table_says(input_tokens: int, output_tokens: int) -> None:
     table = calc_price(
         Usage(input_tokens=input_tokens, output_tokens=output_tokens),
         model_ref="gpt-4o-mini",

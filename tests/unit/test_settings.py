@@ -49,8 +49,7 @@ def test_defaults_when_there_is_no_file_and_no_environment(tmp_path: Path) -> No
 def test_each_layer_beats_the_one_below_key_by_key(tmp_path: Path) -> None:
     write_config(
         tmp_path,
-        "[agent]\n"
-        'port = 9000\nhost = "127.0.0.2"\ndefault_model = "from-file"\nlog_level = "debug"\n',
+        '[agent]\nport = 9000\nhost = "127.0.0.2"\ndefault_model = "from-file"\nlog_level = "debug"\n',
     )
     file_only = load_settings(home=tmp_path, environ={})
     assert (file_only.agent.port, file_only.agent.host) == (9000, "127.0.0.2")
@@ -62,9 +61,7 @@ def test_each_layer_beats_the_one_below_key_by_key(tmp_path: Path) -> None:
     assert with_env.agent.default_model == "from-env"
     assert with_env.agent.host == "127.0.0.2"  # the file's other keys in [agent] survive
 
-    with_overrides = load_settings(
-        home=tmp_path, environ=environ, overrides={"agent": {"port": 9200}}
-    )
+    with_overrides = load_settings(home=tmp_path, environ=environ, overrides={"agent": {"port": 9200}})
     assert with_overrides.agent.port == 9200
     assert with_overrides.agent.default_model == "from-env"
     assert with_overrides.agent.host == "127.0.0.2"
@@ -72,9 +69,7 @@ def test_each_layer_beats_the_one_below_key_by_key(tmp_path: Path) -> None:
 
 
 def test_host_and_port_aliases(tmp_path: Path) -> None:
-    settings = load_settings(
-        home=tmp_path, environ={"AIFINOPS_HOST": "localhost", "AIFINOPS_PORT": "0"}
-    )
+    settings = load_settings(home=tmp_path, environ={"AIFINOPS_HOST": "localhost", "AIFINOPS_PORT": "0"})
     assert settings.agent.host == "localhost"
     assert settings.agent.port == 0
 
@@ -250,11 +245,7 @@ def test_env_parser_reads_booleans(flag: bool) -> None:
     assert _parse_env_value(str(flag).lower()) is flag
 
 
-@given(
-    st.text(
-        alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\')
-    )
-)
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\')))
 def test_env_parser_reads_quoted_strings(text: str) -> None:
     assert _parse_env_value(f'"{text}"') == text
 
