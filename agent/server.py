@@ -34,6 +34,8 @@ def _uvicorn_config(services: Services) -> uvicorn.Config:
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=math.ceil(agent.shutdown_grace_s),
+        ssl_certfile=agent.tls_certfile or None,
+        ssl_keyfile=agent.tls_keyfile or None,
     )
 
 

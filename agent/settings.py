@@ -7,6 +7,7 @@ TOML values when they parse, else taken as strings); ``AIFINOPS_HOME`` moves eve
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -15,12 +16,21 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import ConfigError
 from agent.paths import Paths
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _Section(BaseModel):
@@ -38,6 +48,18 @@ class AgentSection(_Section):
     log_level: str = "INFO"
     # Workstations: on first run, create a user for the OS account and a 0600 token file.
     provision_os_user: bool = True
+    # Required for any bind beyond loopback (edge boxes serving a LAN).
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+
+    @model_validator(mode="after")
+    def _lan_needs_tls(self) -> AgentSection:
+        if not is_loopback(self.host) and not (self.tls_certfile and self.tls_keyfile):
+            raise ValueError(
+                f"binding {self.host!r} exposes the agent beyond this machine: "
+                "set agent.tls_certfile and agent.tls_keyfile (or bind 127.0.0.1)"
+            )
+        return self
 
     @field_validator("cors_origins")
     @classmethod

@@ -264,3 +264,13 @@ def test_env_parser_never_raises_and_falls_back_to_the_raw_text(raw: str) -> Non
 )
 def test_env_parser_keeps_paths_as_strings(path: str) -> None:
     assert _parse_env_value(path) == path
+
+
+def test_a_lan_bind_without_tls_is_refused() -> None:
+    with pytest.raises(ConfigError, match="tls_certfile"):
+        load_settings(overrides={"agent": {"host": "0.0.0.0"}}, environ={})
+    settings = load_settings(
+        overrides={"agent": {"host": "0.0.0.0", "tls_certfile": "/etc/c.pem", "tls_keyfile": "/etc/k.pem"}},
+        environ={},
+    )
+    assert settings.agent.host == "0.0.0.0"
