@@ -91,10 +91,6 @@ class ProviderError(AIFinOpsError):
     status_code = 502
     error_type = "provider_error"
 
-    def __init__(self, message: str, *, code: str | None = None, attempts: int = 1) -> None:
-        super().__init__(message, code=code)
-        self.attempts = attempts
-
 
 class ProviderUnavailable(ProviderError):
     status_code = 503

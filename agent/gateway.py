@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.errors import AIFinOpsError, InvalidRequest
 from agent.identity import Caller
@@ -21,13 +21,13 @@ from agent.ledger.requests import RequestLog, RequestRecord, Status
 from agent.pricing.prices import Price, PriceBook
 from agent.pricing.tokens import count_message_tokens, count_text_tokens
 from agent.providers.base import (
+    CallProgress,
     ChatParams,
     Completion,
     Delta,
     Message,
     Provider,
     StreamEnd,
-    StreamProgress,
     Usage,
 )
 from agent.providers.registry import ProviderRegistry
@@ -91,124 +91,54 @@ class Gateway:
         return Route(provider, model, provider.kind, reason)
 
     async def chat(self, caller: Caller, call: ChatCall) -> ChatResult:
-        started, ts, request_id = time.perf_counter(), utc_now_iso(), new_request_id()
-        route = self.route(call)
+        flight = _InFlight(caller, call, self.route(call), new_request_id())
         try:
-            completion = await route.provider.complete(route.model, call.messages, call.params)
+            completion = await flight.route.provider.complete(
+                flight.route.model, call.messages, call.params, flight.progress
+            )
         except AIFinOpsError as e:
-            self._record_failure(caller, call, route, request_id, ts, started, e)
+            self._record(flight, "error", _failed_usage(flight), e.error_type)
             raise
-        except asyncio.CancelledError:
-            usage = Usage(count_message_tokens(m.content for m in call.messages), 0, True)
-            self._record(caller, call, route, request_id, ts, started, "aborted", usage, 1, 0.0)
+        except asyncio.CancelledError:  # the client left, or the agent is shutting down
+            self._record(flight, "aborted", _partial_usage(flight))
             raise
-        price = self._record(
-            caller,
-            call,
-            route,
-            request_id,
-            ts,
-            started,
-            "ok",
-            completion.usage,
-            completion.attempts,
-            completion.compute_s,
-        )
-        return ChatResult(request_id, route, completion, price)
+        price = self._record(flight, "ok", completion.usage)
+        return ChatResult(flight.request_id, flight.route, completion, price)
 
     async def stream(
         self, caller: Caller, call: ChatCall, request_id: str, route: Route
     ) -> AsyncGenerator[Delta | StreamSummary, None]:
         """Deltas, then one StreamSummary. Records the row however the stream ends."""
-        started, ts = time.perf_counter(), utc_now_iso()
-        progress = StreamProgress()
-        finished = False
+        flight = _InFlight(caller, call, route, request_id)
+        recorded = False
         try:
-            async for event in route.provider.stream(route.model, call.messages, call.params, progress):
+            events = route.provider.stream(route.model, call.messages, call.params, flight.progress)
+            async for event in events:
                 if isinstance(event, StreamEnd):
-                    finished = True
-                    price = self._record(
-                        caller,
-                        call,
-                        route,
-                        request_id,
-                        ts,
-                        started,
-                        "ok",
-                        event.usage,
-                        event.attempts,
-                        event.compute_s,
-                    )
+                    recorded = True
+                    price = self._record(flight, "ok", event.usage)
                     yield StreamSummary(event.finish_reason, event.usage, price)
                 else:
                     yield event
         except AIFinOpsError as e:
-            finished = True
-            self._record_failure(caller, call, route, request_id, ts, started, e, progress)
+            recorded = True
+            self._record(flight, "error", _failed_usage(flight), e.error_type)
             raise
         finally:
-            if not finished:  # the client went away, or the agent is shutting down
-                self._record(
-                    caller,
-                    call,
-                    route,
-                    request_id,
-                    ts,
-                    started,
-                    "aborted",
-                    _partial_usage(call, progress),
-                    max(progress.attempts, 1),
-                    progress.compute_s,
-                )
+            if not recorded:  # the client went away, or the agent is shutting down
+                self._record(flight, "aborted", _partial_usage(flight))
 
-    def _record_failure(
-        self,
-        caller: Caller,
-        call: ChatCall,
-        route: Route,
-        request_id: str,
-        ts: str,
-        started: float,
-        error: AIFinOpsError,
-        progress: StreamProgress | None = None,
-    ) -> None:
-        usage = _partial_usage(call, progress) if progress and progress.text else Usage(0, 0)
-        self._record(
-            caller,
-            call,
-            route,
-            request_id,
-            ts,
-            started,
-            "error",
-            usage,
-            getattr(error, "attempts", 1),
-            progress.compute_s if progress else 0.0,
-            error_type=error.error_type,
-        )
-
-    def _record(
-        self,
-        caller: Caller,
-        call: ChatCall,
-        route: Route,
-        request_id: str,
-        ts: str,
-        started: float,
-        status: Status,
-        usage: Usage,
-        attempts: int,
-        compute_s: float,
-        error_type: str = "",
-    ) -> Price:
-        price = self._price(route, usage, compute_s)
+    def _record(self, flight: _InFlight, status: Status, usage: Usage, error_type: str = "") -> Price:
+        """Price the call and write its one ledger row."""
+        route, call, progress = flight.route, flight.call, flight.progress
+        price = self._price(route, usage, progress.compute_s)
         self._requests.record(
             RequestRecord(
-                id=request_id,
-                ts=ts,
-                user_id=caller.user_id,
-                user_name=caller.user,
-                department=caller.department,
+                id=flight.request_id,
+                ts=flight.ts,
+                user_id=flight.caller.user_id,
+                user_name=flight.caller.user,
+                department=flight.caller.department,
                 feature=call.feature,
                 requested_model=call.requested_model,
                 model=route.model,
@@ -222,11 +152,11 @@ class Gateway:
                 price_source=price.source,
                 cost_saved_micro_usd=0,
                 cache_hit=False,
-                latency_ms=round((time.perf_counter() - started) * 1000),
+                latency_ms=round((time.perf_counter() - flight.started) * 1000),
                 status=status,
                 error_type=error_type,
                 stream=call.stream,
-                attempts=attempts,
+                attempts=max(progress.attempts, 1),
             )
         )
         return price
@@ -245,10 +175,26 @@ def new_request_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def _partial_usage(call: ChatCall, progress: StreamProgress | None) -> Usage:
-    """Tokens of a stream that ended early, estimated from what was produced."""
-    text = progress.text if progress else ""
-    input_tokens = (progress.input_tokens if progress else None) or count_message_tokens(
-        m.content for m in call.messages
-    )
-    return Usage(input_tokens, count_text_tokens(text), estimated=True)
+@dataclass
+class _InFlight:
+    """One request on its way through the pipeline: who, what, where, and since when."""
+
+    caller: Caller
+    call: ChatCall
+    route: Route
+    request_id: str
+    ts: str = field(default_factory=utc_now_iso)
+    started: float = field(default_factory=time.perf_counter)
+    progress: CallProgress = field(default_factory=CallProgress)
+
+
+def _partial_usage(flight: _InFlight) -> Usage:
+    """Tokens of a call that ended early, estimated from what it produced."""
+    progress, call = flight.progress, flight.call
+    input_tokens = progress.input_tokens or count_message_tokens(m.content for m in call.messages)
+    return Usage(input_tokens, count_text_tokens(progress.text), estimated=True)
+
+
+def _failed_usage(flight: _InFlight) -> Usage:
+    """A failed call is charged for what it produced before failing; usually nothing."""
+    return _partial_usage(flight) if flight.progress.text else Usage(0, 0)

@@ -47,8 +47,6 @@ class Completion:
     text: str
     finish_reason: str
     usage: Usage
-    attempts: int = 1
-    compute_s: float = 0.0  # time the local model spent on it (0 for cloud)
 
 
 @dataclass(frozen=True)
@@ -60,18 +58,20 @@ class Delta:
 class StreamEnd:
     finish_reason: str
     usage: Usage
-    attempts: int = 1
-    compute_s: float = 0.0
 
 
 @dataclass
-class StreamProgress:
-    """What a stream has produced so far: read by the gateway when a stream ends early."""
+class CallProgress:
+    """What a call has done so far, kept up to date by the provider while it works.
+
+    The gateway reads it when it records the call, however the call ended: finished, failed,
+    or cancelled because the client left.
+    """
 
     text_parts: list[str] = field(default_factory=list)
-    attempts: int = 0
-    compute_s: float = 0.0
-    input_tokens: int | None = None
+    attempts: int = 0  # HTTP attempts (cloud) or 1 (local)
+    compute_s: float = 0.0  # time the local model spent on it (0 for cloud)
+    input_tokens: int | None = None  # exact prompt tokens, once the provider knows them
 
     @property
     def text(self) -> str:
@@ -85,14 +85,16 @@ class Provider(Protocol):
 
     def models(self) -> tuple[str, ...]: ...
 
-    async def complete(self, model: str, messages: tuple[Message, ...], params: ChatParams) -> Completion: ...
+    async def complete(
+        self, model: str, messages: tuple[Message, ...], params: ChatParams, progress: CallProgress
+    ) -> Completion: ...
 
     def stream(
         self,
         model: str,
         messages: tuple[Message, ...],
         params: ChatParams,
-        progress: StreamProgress,
+        progress: CallProgress,
     ) -> AsyncIterator[Delta | StreamEnd]: ...
 
     async def close(self) -> None: ...

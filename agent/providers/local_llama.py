@@ -21,13 +21,13 @@ from typing import Any
 from agent.errors import InvalidRequest, ModelError
 from agent.models.store import ModelStore
 from agent.providers.base import (
+    CallProgress,
     ChatParams,
     Completion,
     Delta,
     Message,
     ProviderKind,
     StreamEnd,
-    StreamProgress,
     Usage,
 )
 from agent.settings import LocalModelConfig
@@ -118,7 +118,7 @@ class LocalLlamaProvider:
         messages: tuple[Message, ...],
         params: ChatParams,
         cancel: threading.Event,
-        progress: StreamProgress,
+        progress: CallProgress,
         emit: Callable[[str], None] | None,
     ) -> StreamEnd:
         if cancel.is_set():  # the client left while the request waited for the model
@@ -170,10 +170,12 @@ class LocalLlamaProvider:
         progress.compute_s = time.perf_counter() - started
         if cancel.is_set():
             finish_reason = "aborted"
-        return StreamEnd(finish_reason, Usage(len(prompt), output_tokens), 1, progress.compute_s)
+        return StreamEnd(finish_reason, Usage(len(prompt), output_tokens))
 
-    async def complete(self, model: str, messages: tuple[Message, ...], params: ChatParams) -> Completion:
-        progress = StreamProgress(attempts=1)
+    async def complete(
+        self, model: str, messages: tuple[Message, ...], params: ChatParams, progress: CallProgress
+    ) -> Completion:
+        progress.attempts = 1
         cancel = threading.Event()
         try:
             end = await asyncio.get_running_loop().run_in_executor(
@@ -181,14 +183,14 @@ class LocalLlamaProvider:
             )
         finally:
             cancel.set()  # if we were cancelled while generating, stop the worker too
-        return Completion(progress.text, end.finish_reason, end.usage, 1, end.compute_s)
+        return Completion(progress.text, end.finish_reason, end.usage)
 
     async def stream(
         self,
         model: str,
         messages: tuple[Message, ...],
         params: ChatParams,
-        progress: StreamProgress,
+        progress: CallProgress,
     ) -> AsyncIterator[Delta | StreamEnd]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()

@@ -32,13 +32,13 @@ from agent.errors import (
 )
 from agent.pricing.tokens import count_message_tokens, count_text_tokens
 from agent.providers.base import (
+    CallProgress,
     ChatParams,
     Completion,
     Delta,
     Message,
     ProviderKind,
     StreamEnd,
-    StreamProgress,
     Usage,
 )
 from agent.settings import CloudEndpoint
@@ -77,26 +77,27 @@ class OpenAICompatProvider:
             )
         return self._session
 
-    async def complete(self, model: str, messages: tuple[Message, ...], params: ChatParams) -> Completion:
-        progress = StreamProgress()
+    async def complete(
+        self, model: str, messages: tuple[Message, ...], params: ChatParams, progress: CallProgress
+    ) -> Completion:
         timeout = aiohttp.ClientTimeout(total=self._endpoint.timeout_s)
         response = await self._send(_body(model, messages, params), timeout, progress)
         try:
             data = json.loads(await response.read())
         except (ValueError, aiohttp.ClientError) as e:
-            raise self._bad("the cloud endpoint sent a body that is not JSON", progress) from e
+            raise self._bad("the cloud endpoint sent a body that is not JSON") from e
         except TimeoutError as e:
-            raise self._timeout(progress) from e
+            raise self._timeout() from e
         finally:
             response.release()
-        return _completion(data, messages, progress.attempts)
+        return _completion(data, messages)
 
     async def stream(
         self,
         model: str,
         messages: tuple[Message, ...],
         params: ChatParams,
-        progress: StreamProgress,
+        progress: CallProgress,
     ) -> AsyncIterator[Delta | StreamEnd]:
         body = _body(model, messages, params)
         body["stream"] = True
@@ -115,10 +116,7 @@ class OpenAICompatProvider:
                 if event == "[DONE]":
                     break
                 if "error" in event:
-                    raise ProviderError(
-                        f"{self.name}: the stream failed upstream: {_message(event)}",
-                        attempts=progress.attempts,
-                    )
+                    raise ProviderError(f"{self.name}: the stream failed upstream: {_message(event)}")
                 usage = _usage(event.get("usage")) or usage
                 for choice in event.get("choices") or ():
                     text = (choice.get("delta") or {}).get("content")
@@ -127,17 +125,17 @@ class OpenAICompatProvider:
                         yield Delta(text)
                     finish_reason = choice.get("finish_reason") or finish_reason
         except (aiohttp.ClientError, ValueError, AttributeError, TypeError) as e:
-            raise self._bad(f"the stream broke off ({type(e).__name__})", progress) from e
+            raise self._bad(f"the stream broke off ({type(e).__name__})") from e
         except TimeoutError as e:
-            raise self._timeout(progress) from e
+            raise self._timeout() from e
         finally:
             response.release()
         if finish_reason is None:
-            raise self._bad("the stream ended without a finish reason", progress)
-        yield StreamEnd(finish_reason, usage or estimate_usage(messages, progress.text), progress.attempts)
+            raise self._bad("the stream ended without a finish reason")
+        yield StreamEnd(finish_reason, usage or estimate_usage(messages, progress.text))
 
     async def _send(
-        self, body: dict[str, Any], timeout: aiohttp.ClientTimeout, progress: StreamProgress
+        self, body: dict[str, Any], timeout: aiohttp.ClientTimeout, progress: CallProgress
     ) -> aiohttp.ClientResponse:
         """POST with retries; returns a 200 response whose body is still unread."""
         endpoint = self._endpoint
@@ -148,21 +146,20 @@ class OpenAICompatProvider:
             try:
                 response = await self._http().post(self._url, data=payload, headers=headers, timeout=timeout)
             except TimeoutError as e:
-                raise self._timeout(progress) from e
+                raise self._timeout() from e
             except aiohttp.ClientConnectionError as e:
                 failure = _Failure(type(e).__name__)
             else:
                 if response.status == 200:
                     return response
-                failure = await self._refusal(response, progress)
+                failure = await self._refusal(response)
             wait_s = failure.retry_after_s
             if wait_s is None:
                 wait_s = endpoint.retry_base_s * 2 ** (progress.attempts - 1)
             if progress.attempts > endpoint.max_retries or wait_s > endpoint.retry_max_wait_s:
                 raise ProviderUnavailable(
                     f"the cloud endpoint {self.name} is unavailable ({failure.description}, "
-                    f"{progress.attempts} attempts)",
-                    attempts=progress.attempts,
+                    f"{progress.attempts} attempts)"
                 )
             log.info(
                 "%s: %s (attempt %d), retrying in %.2f s",
@@ -173,7 +170,7 @@ class OpenAICompatProvider:
             )
             await asyncio.sleep(wait_s)
 
-    async def _refusal(self, response: aiohttp.ClientResponse, progress: StreamProgress) -> _Failure:
+    async def _refusal(self, response: aiohttp.ClientResponse) -> _Failure:
         """A non-200 answer: a retryable failure, or raise the error it maps to."""
         try:
             detail = _message(json.loads(await response.read()))
@@ -188,17 +185,15 @@ class OpenAICompatProvider:
             raise InvalidRequest(f"the cloud endpoint refused the request: {detail or 'HTTP 400'}")
         raise ProviderError(
             f"the cloud endpoint {self.name} answered HTTP {status}"
-            + (" (check its API key)" if status in (401, 403) else ""),
-            attempts=progress.attempts,
+            + (" (check its API key)" if status in (401, 403) else "")
         )
 
-    def _bad(self, what: str, progress: StreamProgress) -> ProviderBadResponse:
-        return ProviderBadResponse(f"{self.name}: {what}", attempts=progress.attempts)
+    def _bad(self, what: str) -> ProviderBadResponse:
+        return ProviderBadResponse(f"{self.name}: {what}")
 
-    def _timeout(self, progress: StreamProgress) -> ProviderTimeout:
+    def _timeout(self) -> ProviderTimeout:
         return ProviderTimeout(
-            f"the cloud endpoint {self.name} did not answer within {self._endpoint.timeout_s} s",
-            attempts=progress.attempts,
+            f"the cloud endpoint {self.name} did not answer within {self._endpoint.timeout_s} s"
         )
 
     async def close(self) -> None:
@@ -224,16 +219,16 @@ def _body(model: str, messages: tuple[Message, ...], params: ChatParams) -> dict
     return body
 
 
-def _completion(data: Any, messages: tuple[Message, ...], attempts: int) -> Completion:
+def _completion(data: Any, messages: tuple[Message, ...]) -> Completion:
     try:
         choice = data["choices"][0]
         text = choice["message"]["content"] or ""
         if not isinstance(text, str):
             raise TypeError("content is not text")
     except (KeyError, IndexError, TypeError) as e:
-        raise ProviderBadResponse(f"the upstream answer has no usable choice ({e})", attempts=attempts) from e
+        raise ProviderBadResponse(f"the upstream answer has no usable choice ({e})") from e
     usage = _usage(data.get("usage")) or estimate_usage(messages, text)
-    return Completion(text, choice.get("finish_reason") or "stop", usage, attempts)
+    return Completion(text, choice.get("finish_reason") or "stop", usage)
 
 
 def _usage(raw: Any) -> Usage | None:
