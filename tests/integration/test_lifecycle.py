@@ -144,3 +144,42 @@ def _answers(base: str) -> bool:
         return httpx.get(f"{base}/api/v1/info", timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_a_killed_agent_leaves_a_consistent_ledger(tmp_path: Path, chat_model_path: Path) -> None:
+    """SIGKILL mid-stream: every row is whole (earlier ones kept), the file passes integrity_check."""
+    home, port = tmp_path / "killed", _free_port()
+    output = (tmp_path / "agent.out").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "agent", "run", "--port", str(port)],
+        env={**os.environ, "AIFINOPS_HOME": str(home)},
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for(lambda: _answers(base))
+        headers = {"Authorization": f"Bearer {(home / 'config' / 'token').read_text().strip()}"}
+        done = httpx.post(
+            f"{base}/v1/chat/completions",
+            headers=headers,
+            timeout=60,
+            json={**LONG_ANSWER, "stream": False, "max_tokens": 4},
+        )
+        assert done.status_code == 200
+        with httpx.stream(
+            "POST", f"{base}/v1/chat/completions", json=LONG_ANSWER, headers=headers, timeout=60
+        ) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")
+            proc.kill()
+            proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output.close()
+    db = Database.open(home / "data" / "ledger.db")
+    assert db.query("PRAGMA integrity_check") == [{"integrity_check": "ok"}]
+    rows = db.query("SELECT id, status, output_tokens, cost_micro_usd FROM requests")
+    assert [(r["id"], r["status"]) for r in rows] == [(done.json()["id"], "ok")]
+    assert rows[0]["output_tokens"] > 0 and rows[0]["cost_micro_usd"] > 0
