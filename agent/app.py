@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,14 +21,17 @@ from starlette.middleware.cors import CORSMiddleware
 from agent.api.errors import on_aifinops_error, on_http_exception, on_unexpected
 from agent.api.middleware import HostCheckMiddleware
 from agent.api.routes import build_routes
+from agent.cache.service import SemanticCache
 from agent.errors import AIFinOpsError
 from agent.gateway import Gateway
 from agent.identity import Identity
+from agent.ledger.cache_entries import CacheEntries
 from agent.ledger.database import Database
 from agent.ledger.requests import RequestLog
 from agent.ledger.users import UserStore
 from agent.models.store import ModelStore
 from agent.pricing.prices import PriceBook
+from agent.providers.onnx_embedder import OnnxEmbedder
 from agent.providers.registry import ProviderRegistry
 from agent.settings import Settings, write_default_config
 
@@ -43,10 +47,13 @@ class Services:
     store: ModelStore
     registry: ProviderRegistry
     gateway: Gateway
+    cache: SemanticCache | None
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
         settings.paths.ensure()
+        # numba reads this when the kernels are first imported: a writable, per-user folder.
+        os.environ.setdefault("NUMBA_CACHE_DIR", str(settings.paths.cache_dir / "numba"))
         if write_default_config(settings.paths.config_file):
             log.info("wrote a commented default config to %s", settings.paths.config_file)
         db = Database.open(settings.paths.ledger_file)
@@ -54,8 +61,9 @@ class Services:
         store = ModelStore(settings.models_dir, settings.share_dir)
         registry = ProviderRegistry.from_settings(settings, store)
         prices = PriceBook(settings.pricing.overrides, settings.pricing.local_usd_per_hour)
-        gateway = Gateway(registry, prices, requests, settings.agent.default_model)
-        return cls(settings, db, Identity(UserStore(db)), requests, store, registry, gateway)
+        cache = _semantic_cache(settings, db, store) if settings.cache.enabled else None
+        gateway = Gateway(registry, prices, requests, settings.agent.default_model, cache)
+        return cls(settings, db, Identity(UserStore(db)), requests, store, registry, gateway, cache)
 
     def provision(self) -> None:
         """Workstation first run: the OS user gets a user row and a 0600 token file."""
@@ -63,6 +71,11 @@ class Services:
             self.identity.provision_os_user(self.settings.paths.token_file)
 
     async def start(self) -> None:
+        if self.cache is not None:
+            self.cache.load()
+            # Load the embedder and compile the similarity kernels now, not on the first request.
+            warm = asyncio.create_task(asyncio.to_thread(self.cache.warm_up))
+            warm.add_done_callback(_log_load_failure)
         for provider in self.registry.local():
             if provider.config.load_at_start:
                 # Loads in the model's own thread; a failure is logged, the agent stays up.
@@ -76,7 +89,16 @@ class Services:
 
 def _log_load_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and (error := task.exception()) is not None:
-        log.error("loading a local model at start failed: %s", error)
+        log.error("loading a model at start failed: %s", error)
+
+
+def _semantic_cache(settings: Settings, db: Database, store: ModelStore) -> SemanticCache:
+    def embedder() -> OnnxEmbedder:
+        model = store.resolve(settings.cache.embedding_model)
+        tokenizer = store.resolve(settings.cache.embedding_tokenizer)
+        return OnnxEmbedder(model, tokenizer, threads=max(1, (os.cpu_count() or 2) - 1))
+
+    return SemanticCache(settings.cache, CacheEntries(db), embedder)
 
 
 def build_asgi_app(services: Services) -> Starlette:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -215,9 +216,7 @@ def users_list(obj: _Context) -> None:
 
     table = Table("user", "department", "role", "tokens", "created", "revoked")
     for u in _identity(obj).list_users():
-        table.add_row(
-            u.name, u.department, u.role, str(u.active_tokens), u.created_at[:19], (u.revoked_at or "")[:19]
-        )
+        table.add_row(u.name, u.department, u.role, str(u.active_tokens), u.created_at[:19], (u.revoked_at or "")[:19])
     Console().print(table)
 
 
@@ -229,6 +228,120 @@ def users_revoke(obj: _Context, name: str) -> None:
     if not _identity(obj).revoke(name):
         _fail(f"no active user {name!r}")
     click.echo(f"user {name} revoked")
+
+
+# -- cache (through the running agent) --------------------------------------------------------
+
+
+@main.group(cls=_Group)
+def cache() -> None:
+    """The semantic cache: what it holds and saved; empty it."""
+
+
+@cache.command("stats")
+@click.option("--all", "everything", is_flag=True, help="The whole cache (admins), not just your scope.")
+@click.option("--token", envvar="AIFINOPS_TOKEN", help="Bearer token (default: the token file).")
+@pass_ctx
+def cache_stats(obj: _Context, everything: bool, token: str | None) -> None:
+    """Entries, hits and money saved in your cache scope."""
+    from agent.api.client import AgentClient
+
+    stats = AgentClient.from_settings(obj.settings(), token).cache_stats(everything)
+    if not stats.enabled:
+        click.echo("the semantic cache is disabled (cache.enabled = false)")
+        return
+    click.echo(
+        f"scope {stats.scope}: {stats.entries} entries, {stats.hits} hits, saved ${stats.saved_usd}, "
+        f"{stats.bytes / 1e6:.1f} MB"
+        + (f", {stats.corrupt_rows_skipped} corrupt rows skipped" if stats.corrupt_rows_skipped else "")
+    )
+
+
+@cache.command("clear")
+@click.option("--all", "everything", is_flag=True, help="Empty the whole cache (admins).")
+@click.option("--token", envvar="AIFINOPS_TOKEN", help="Bearer token (default: the token file).")
+@pass_ctx
+def cache_clear(obj: _Context, everything: bool, token: str | None) -> None:
+    """Remove the cached answers of your scope (or all of them)."""
+    from agent.api.client import AgentClient
+
+    cleared = AgentClient.from_settings(obj.settings(), token).cache_clear(everything)
+    click.echo(f"removed {cleared.removed} entries from {cleared.scope}")
+
+
+# -- bench ------------------------------------------------------------------------------------
+
+
+@main.group(cls=_Group)
+def bench() -> None:
+    """Measure the cache and the similarity search on your own data."""
+
+
+@bench.command("cache-quality")
+@click.option(
+    "--pairs",
+    "pairs_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON lines with q1, q2 and duplicate (true/false).",
+)
+@click.option("--limit", type=int, default=None, help="Use the first N pairs.")
+@click.option("--threshold", type=float, default=None, help="Similarity threshold (default: the configured one).")
+@click.option("--no-guard", is_flag=True, help="Turn the second-stage guard off.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def bench_cache_quality(
+    obj: _Context, pairs_file: str, limit: int | None, threshold: float | None, no_guard: bool, as_json: bool
+) -> None:
+    """Precision and recall of the semantic cache: store q1, look up q2, for every pair."""
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from agent.benchmarks.cache_quality import read_pairs, run_cache_quality
+    from agent.models.store import ModelStore
+    from agent.providers.onnx_embedder import OnnxEmbedder
+
+    settings = obj.settings()
+    config = settings.cache.model_copy(
+        update={"guard": not no_guard} | ({"threshold": threshold} if threshold is not None else {})
+    )
+    pairs = read_pairs(Path(pairs_file), limit)
+    store = ModelStore(settings.models_dir, settings.share_dir)
+    embedder = OnnxEmbedder(store.resolve(config.embedding_model), store.resolve(config.embedding_tokenizer),
+                            threads=max(1, (os.cpu_count() or 2) - 1))  # fmt: skip
+    with Progress(disable=as_json, transient=True) as bar:
+        task = bar.add_task("embedding", total=len(pairs))
+        result = run_cache_quality(pairs, embedder, config, progress=lambda n: bar.advance(task, n))
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(
+        f"{result['pairs']} pairs ({result['duplicates']} duplicates), threshold {result['threshold']}, "
+        f"guard {'on' if result['guard'] else 'off'}: precision {result['precision']}, recall {result['recall']}, "
+        f"{result['wrong_answers_served']} wrong answers served"
+    )
+    other = "sweep_guard_off" if result["guard"] else "sweep_guard_on"
+    click.echo(f"{'threshold':>9} {'precision':>9} {'recall':>7} | {other.removeprefix('sweep_')}: precision recall")
+    for mine, theirs in zip(result["sweep"], result[other], strict=True):
+        click.echo(f"{mine['threshold']:>9.2f} {mine['precision'] or 0:>9.3f} {mine['recall']:>7.3f} | "
+                   f"{theirs['precision'] or 0:>9.3f} {theirs['recall']:>7.3f}")  # fmt: skip
+
+
+@bench.command("similarity")
+@click.option("--n", "sizes", default="100000,1000000", show_default=True, help="Stored vectors, comma-separated.")
+@click.option("--dtype", "dtypes", default="float32,float16,int8", show_default=True, help="Storage types.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def bench_similarity(obj: _Context, sizes: str, dtypes: str, as_json: bool) -> None:
+    """Top-k search speed: our kernels vs numpy and faiss, against the memory-bandwidth floor."""
+    settings = obj.settings()
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(settings.paths.cache_dir / "numba"))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from agent.benchmarks.similarity import format_markdown, run_similarity_bench
+
+    result = run_similarity_bench([int(n) for n in sizes.split(",")], dtypes.split(","))
+    click.echo(json.dumps(result) if as_json else format_markdown(result))
 
 
 # -- spend and chat (through the running agent) ---------------------------------------------
@@ -273,9 +386,7 @@ def spend(obj: _Context, by: str, since: str, as_json: bool, token: str | None) 
     table.add_row("total", "", "", "", report.total_cost_usd, str(report.unpriced_requests), "")
     Console().print(table)
     if report.unpriced_requests:
-        click.secho(
-            f"{report.unpriced_requests} request(s) have no known price: totals exclude them.", fg="yellow"
-        )
+        click.secho(f"{report.unpriced_requests} request(s) have no known price: totals exclude them.", fg="yellow")
 
 
 @main.command()
@@ -285,9 +396,7 @@ def spend(obj: _Context, by: str, since: str, as_json: bool, token: str | None) 
 @click.option("--feature", default="cli-chat", show_default=True, help="Feature tag for chargeback.")
 @click.option("--token", envvar="AIFINOPS_TOKEN", help="Bearer token (default: the token file).")
 @pass_ctx
-def chat(
-    obj: _Context, question: str, model: str, max_tokens: int | None, feature: str, token: str | None
-) -> None:
+def chat(obj: _Context, question: str, model: str, max_tokens: int | None, feature: str, token: str | None) -> None:
     """Ask through the agent and stream the answer, then print what it cost."""
     import openai
 

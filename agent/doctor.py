@@ -122,9 +122,7 @@ def _runtimes() -> list[Check]:
         providers = ", ".join(onnxruntime.get_available_providers())
         out.append(Check("onnxruntime", "ok", f"{flavours[0]} {onnxruntime.__version__}: {providers}"))
     else:
-        out.append(
-            Check("onnxruntime", "warn", "not installed (embeddings need it)", "pip install 'aifinops[cpu]'")
-        )
+        out.append(Check("onnxruntime", "warn", "not installed (embeddings need it)", "pip install 'aifinops[cpu]'"))
     return out
 
 

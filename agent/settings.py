@@ -14,7 +14,7 @@ import tomllib
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -81,6 +81,23 @@ class ModelsSection(_Section):
     dir: str = ""
 
 
+class CacheSection(_Section):
+    enabled: bool = True
+    # Who shares answers: "user" (default), "department" or "organisation".
+    scope: Literal["user", "department", "organisation"] = "user"
+    # Cosine similarity from which a stored question may answer a new one (then the guard checks).
+    threshold: float = Field(0.88, gt=0, le=1)
+    # Second-stage check: numbers, dates, negation and names must agree.
+    guard: bool = True
+    ttl_s: int = Field(7 * 86400, ge=1)
+    max_entries: int = Field(100_000, ge=1)
+    # Conversations longer than this many user turns, or hotter than this temperature, skip it.
+    max_turns: int = Field(3, ge=1)
+    max_temperature: float = Field(1.0, ge=0, le=2)
+    embedding_model: str = "minilm-l6-v2-int8"
+    embedding_tokenizer: str = "minilm-l6-v2-tokenizer"
+
+
 class ShareSection(_Section):
     path: str = ""
 
@@ -123,6 +140,7 @@ class Settings(_Section):
     agent: AgentSection = AgentSection()
     models: ModelsSection = ModelsSection()
     share: ShareSection = ShareSection()
+    cache: CacheSection = CacheSection()
     pricing: PricingSection = PricingSection()
     local_models: tuple[LocalModelConfig, ...] = (LocalModelConfig(),)
     cloud: tuple[CloudEndpoint, ...] = ()

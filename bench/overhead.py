@@ -83,7 +83,7 @@ def main() -> None:
         config = Path(home) / "config" / "config.toml"
         config.parent.mkdir(parents=True)
         config.write_text(
-            f'[agent]\nlog_level = "WARNING"\n\n[pricing.overrides."bench-model"]\n'
+            f'[agent]\nlog_level = "WARNING"\n\n[cache]\nenabled = false\n\n[pricing.overrides."bench-model"]\n'
             f'input_usd_per_mtok = "0.15"\noutput_usd_per_mtok = "0.60"\n\n'
             f'[[cloud]]\nname = "scripted"\nbase_url = "http://127.0.0.1:{up_port}/v1"\nmodels = ["bench-model"]\n'
         )

@@ -23,6 +23,8 @@ from tests.support.upstream import ScriptedUpstream
 REPO = Path(__file__).resolve().parents[1]
 # `make test` pulls the default models here once; tests read them from this shared folder.
 MODELS_DIR = Path(os.environ.get("AIFINOPS_MODELS__DIR") or REPO / ".cache" / "models")
+# Compiled numba kernels are kept between runs too (the agent would use each test's own home).
+os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".cache" / "numba"))
 
 
 @pytest.fixture(autouse=True)

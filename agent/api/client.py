@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import openai
 
-from agent.api.schemas import Info, Me, SpendReport
+from agent.api.schemas import CacheCleared, CacheStats, Info, Me, SpendReport
 from agent.errors import AgentApiError, AgentUnreachable, AuthError
 from agent.identity import read_token_file
 from agent.settings import Settings
@@ -33,17 +33,19 @@ class AgentClient:
         return cls(agent_base_url(settings), token)
 
     def _get(self, path: str, params: dict[str, str] | None = None, auth: bool = True) -> Any:
+        return self._call("GET", path, params, auth)
+
+    def _call(self, method: str, path: str, params: dict[str, str] | None = None, auth: bool = True) -> Any:
         headers = {}
         if auth:
             if not self.token:
                 raise AuthError("no token: set AIFINOPS_TOKEN, pass --token, or run the agent once")
             headers["Authorization"] = f"Bearer {self.token}"
         try:
-            response = self._http.get(path, params=params, headers=headers)
+            response = self._http.request(method, path, params=params, headers=headers)
         except httpx.TransportError as e:
             raise AgentUnreachable(
-                f"no agent answers at {self.base_url} ({type(e).__name__}): start it with "
-                "`aifinops agent run`"
+                f"no agent answers at {self.base_url} ({type(e).__name__}): start it with `aifinops agent run`"
             ) from e
         if response.status_code >= 400:
             try:
@@ -64,6 +66,13 @@ class AgentClient:
 
     def spend(self, by: str, since: str) -> SpendReport:
         return SpendReport.model_validate(self._get("/api/v1/spend", {"by": by, "since": since}))
+
+    def cache_stats(self, everything: bool) -> CacheStats:
+        return CacheStats.model_validate(self._get("/api/v1/cache", {"all": "true"} if everything else None))
+
+    def cache_clear(self, everything: bool) -> CacheCleared:
+        params = {"all": "true"} if everything else None
+        return CacheCleared.model_validate(self._call("DELETE", "/api/v1/cache", params))
 
     def openai(self) -> openai.OpenAI:
         if not self.token:

@@ -37,9 +37,7 @@ async def on_aifinops_error(request: Request, exc: Exception) -> Response:
 async def on_http_exception(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, HTTPException):
         return await on_unexpected(request, exc)
-    return error_json(
-        exc.status_code, _HTTP_TYPES.get(exc.status_code, "invalid_request_error"), str(exc.detail)
-    )
+    return error_json(exc.status_code, _HTTP_TYPES.get(exc.status_code, "invalid_request_error"), str(exc.detail))
 
 
 async def on_unexpected(_request: Request, exc: Exception) -> Response:

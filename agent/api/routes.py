@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -17,11 +18,13 @@ from starlette.routing import Route
 from agent import __version__
 from agent.api import schemas
 from agent.api.errors import error_json
-from agent.errors import AIFinOpsError, InvalidRequest, RequestTooLarge
-from agent.gateway import ChatCall, ChatResult, StreamSummary, new_request_id
+from agent.cache.keys import scope_of, visible_scopes
+from agent.errors import AIFinOpsError, InvalidRequest, PermissionDenied, RequestTooLarge
+from agent.gateway import ChatCall, ChatResult, Flight, StreamSummary
 from agent.identity import Caller
 from agent.ledger.requests import SPEND_DIMENSIONS, RequestRecord
 from agent.money import format_usd
+from agent.pricing.prices import Price
 from agent.providers.base import ChatParams, Delta, Message
 
 if TYPE_CHECKING:
@@ -39,6 +42,9 @@ def build_routes(services: Services) -> list[Route]:
         Route("/api/v1/me", api.me, methods=["GET"]),
         Route("/api/v1/spend", api.spend, methods=["GET"]),
         Route("/api/v1/requests/{request_id}", api.request_entry, methods=["GET"]),
+        Route("/api/v1/cache", api.cache_stats, methods=["GET"]),
+        Route("/api/v1/cache", api.cache_clear, methods=["DELETE"]),
+        Route("/api/v1/cache/{entry_id:int}/invalidate", api.cache_invalidate, methods=["POST"]),
     ]
 
 
@@ -77,25 +83,19 @@ class _Handlers:
 
     async def chat_completions(self, request: Request) -> Response:
         caller = self.caller(request)
-        call = _chat_call(await self.body_json(request), request.headers.get(FEATURE_HEADER))
+        call = _chat_call(await self.body_json(request), request.headers)
         gateway = self.s.gateway
+        flight = await gateway.prepare(caller, call)
         if not call.stream:
-            result = await gateway.chat(caller, call)
-            return _completion_response(result)
-        route = gateway.route(call)
-        request_id = new_request_id()
-        events = gateway.stream(caller, call, request_id, route)
+            return _completion_response(await gateway.chat(flight))
+        events = gateway.stream(flight)
         try:  # the first event decides between an HTTP error and a 200 stream
             first = await anext(events)
         except StopAsyncIteration:
             first = None
-        headers = {
-            "X-AIFinOps-Route": route.route,
-            "X-AIFinOps-Cost-USD": "pending",  # known at the end: see the last chunk
-            "X-AIFinOps-Request-Id": request_id,
-            "Cache-Control": "no-cache",
-        }
-        sse = _sse(events, first, request_id, route.model, route.route, call.include_usage)
+        headers = _headers(flight, "pending")  # the cost is known at the end: see the last chunk
+        headers["Cache-Control"] = "no-cache"
+        sse = _sse(events, first, flight)
         return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
 
     async def models(self, request: Request) -> Response:
@@ -159,12 +159,58 @@ class _Handlers:
             return error_json(404, "not_found_error", "no such request")
         return _json(_entry(record))
 
+    # -- /api/v1/cache ---------------------------------------------------------------------
+
+    def _cache_scope(self, request: Request, caller: Caller) -> str | None:
+        """The scope a cache call acts on: the caller's own, or everything for `?all=true` (admins)."""
+        if request.query_params.get("all") == "true":
+            if not caller.is_admin:
+                raise PermissionDenied("only an admin may act on the whole cache")
+            return None
+        return scope_of(caller, self.s.settings.cache.scope)
+
+    async def cache_stats(self, request: Request) -> Response:
+        caller = self.caller(request)
+        scope = self._cache_scope(request, caller)
+        cache = self.s.cache
+        if cache is None:
+            return _json(schemas.CacheStats(enabled=False, scope=scope or "all"))
+        stats = await asyncio.to_thread(cache.stats, scope)
+        return _json(
+            schemas.CacheStats(
+                enabled=True,
+                scope=scope or "all",
+                entries=stats.entries,
+                hits=stats.hits,
+                saved_usd=format_usd(stats.saved_micro_usd),
+                saved_micro_usd=stats.saved_micro_usd,
+                bytes=stats.bytes,
+                corrupt_rows_skipped=stats.corrupt_rows_skipped,
+            )
+        )
+
+    async def cache_clear(self, request: Request) -> Response:
+        caller = self.caller(request)
+        scope = self._cache_scope(request, caller)
+        removed = await asyncio.to_thread(self.s.cache.clear, scope) if self.s.cache else 0
+        return _json(schemas.CacheCleared(scope=scope or "all", removed=removed))
+
+    async def cache_invalidate(self, request: Request) -> Response:
+        """Mark a served answer wrong: it is removed. Only for entries the caller can be served."""
+        caller = self.caller(request)
+        allowed = None if caller.is_admin else visible_scopes(caller)
+        entry_id = int(request.path_params["entry_id"])
+        removed = self.s.cache is not None and await asyncio.to_thread(self.s.cache.invalidate, entry_id, allowed)
+        if not removed:  # someone else's entry answers exactly like a missing one
+            return error_json(404, "not_found_error", "no such cache entry")
+        return Response(status_code=204)
+
 
 def _json(model: Any, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status, media_type="application/json")
 
 
-def _chat_call(payload: Any, feature_header: str | None) -> ChatCall:
+def _chat_call(payload: Any, headers: Mapping[str, str]) -> ChatCall:
     if not isinstance(payload, dict):
         raise InvalidRequest("request body must be a JSON object")
     try:
@@ -177,6 +223,7 @@ def _chat_call(payload: Any, feature_header: str | None) -> ChatCall:
     unknown = sorted(set(extras) - schemas.PASSTHROUGH_FIELDS)
     if unknown:
         raise InvalidRequest(f"unsupported parameter(s): {', '.join(unknown)}", code="unsupported_parameter")
+    feature_header = headers.get(FEATURE_HEADER)
     feature = feature_header if feature_header is not None else (body.metadata or {}).get("feature", "")
     if feature and not re.fullmatch(schemas.FEATURE_PATTERN, feature):
         raise InvalidRequest("feature tag: 1-64 letters, digits, '.', '_', ':', '/' or '-'")
@@ -191,7 +238,8 @@ def _chat_call(payload: Any, feature_header: str | None) -> ChatCall:
     )
     messages = tuple(Message(m.role, m.text(), m.name) for m in body.messages)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return ChatCall(body.model, messages, params, feature, body.stream, include_usage)
+    no_cache = body.cache is False or "no-cache" in headers.get("cache-control", "").lower()
+    return ChatCall(body.model, messages, params, feature, body.stream, include_usage, not no_cache)
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
@@ -209,63 +257,66 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _info(
-    request_id: str, route: str, model: str, cost: int | None, source: str, estimated: bool
-) -> schemas.AIFinOpsInfo:
+def _info(flight: Flight, price: Price, estimated: bool) -> schemas.AIFinOpsInfo:
+    hit = flight.cache.hit
     return schemas.AIFinOpsInfo(
-        request_id=request_id,
-        route=route,
-        model=model,
-        cost_usd=format_usd(cost),
-        cost_micro_usd=cost,
-        price_source=source,
+        request_id=flight.request_id,
+        route=flight.served_by,
+        model=hit.entry.model if hit else flight.route.model,
+        cost_usd=format_usd(price.cost_micro_usd),
+        cost_micro_usd=price.cost_micro_usd,
+        price_source=price.source,
         tokens_estimated=estimated,
+        cache=flight.cache.status,
+        cache_similarity=round(hit.similarity, 4) if hit else None,
+        cache_entry_id=hit.entry.id if hit else None,
     )
 
 
+def _headers(flight: Flight, cost_usd: str) -> dict[str, str]:
+    headers = {
+        "X-AIFinOps-Route": flight.served_by,
+        "X-AIFinOps-Cost-USD": cost_usd,
+        "X-AIFinOps-Request-Id": flight.request_id,
+        "X-AIFinOps-Cache": flight.cache.status,
+    }
+    if (hit := flight.cache.hit) is not None:
+        headers["X-AIFinOps-Cache-Similarity"] = f"{hit.similarity:.4f}"
+        headers["X-AIFinOps-Cache-Entry"] = str(hit.entry.id)
+    return headers
+
+
 def _completion_response(result: ChatResult) -> Response:
-    c, route = result.completion, result.route
+    c, flight = result.completion, result.flight
+    info = _info(flight, result.price, c.usage.estimated)
     body = schemas.ChatCompletion(
-        id=result.request_id,
+        id=flight.request_id,
         created=int(time.time()),
-        model=route.model,
-        choices=[
-            schemas.Choice(message=schemas.ChatMessageOut(content=c.text), finish_reason=c.finish_reason)
-        ],
+        model=info.model,
+        choices=[schemas.Choice(message=schemas.ChatMessageOut(content=c.text), finish_reason=c.finish_reason)],
         usage=schemas.Usage(
             prompt_tokens=c.usage.input_tokens,
             completion_tokens=c.usage.output_tokens,
             total_tokens=c.usage.input_tokens + c.usage.output_tokens,
         ),
-        x_aifinops=_info(
-            result.request_id,
-            route.route,
-            route.model,
-            result.price.cost_micro_usd,
-            result.price.source,
-            c.usage.estimated,
-        ),
+        x_aifinops=info,
     )
-    response = _json(body)
-    response.headers["X-AIFinOps-Route"] = route.route
-    response.headers["X-AIFinOps-Cost-USD"] = format_usd(result.price.cost_micro_usd)
-    response.headers["X-AIFinOps-Request-Id"] = result.request_id
-    return response
+    return Response(
+        body.model_dump_json(),
+        media_type="application/json",
+        headers=_headers(flight, format_usd(result.price.cost_micro_usd)),
+    )
 
 
 async def _sse(
-    events: AsyncGenerator[Delta | StreamSummary, None],
-    first: Delta | StreamSummary | None,
-    request_id: str,
-    model: str,
-    route: str,
-    include_usage: bool,
+    events: AsyncGenerator[Delta | StreamSummary, None], first: Delta | StreamSummary | None, flight: Flight
 ) -> AsyncIterator[str]:
     created = int(time.time())
+    model = flight.cache.hit.entry.model if flight.cache.hit else flight.route.model
 
     def chunk(delta: schemas.ChunkDelta, finish: str | None = None, **extra: Any) -> str:
         body = schemas.ChatCompletionChunk(
-            id=request_id,
+            id=flight.request_id,
             created=created,
             model=model,
             choices=[] if extra.get("usage") else [schemas.ChunkChoice(delta=delta, finish_reason=finish)],
@@ -278,10 +329,10 @@ async def _sse(
         event = first
         while event is not None:
             if isinstance(event, StreamSummary):
-                u, p = event.usage, event.price
-                info = _info(request_id, route, model, p.cost_micro_usd, p.source, u.estimated)
+                u = event.usage
+                info = _info(flight, event.price, u.estimated)
                 yield chunk(schemas.ChunkDelta(), event.finish_reason, x_aifinops=info)
-                if include_usage:
+                if flight.call.include_usage:
                     usage = schemas.Usage(
                         prompt_tokens=u.input_tokens,
                         completion_tokens=u.output_tokens,
@@ -293,9 +344,7 @@ async def _sse(
             event = await anext(events, None)
         yield "data: [DONE]\n\n"
     except AIFinOpsError as e:  # mid-stream failure: OpenAI clients raise on an error event
-        error = schemas.ErrorBody(
-            error=schemas.ErrorDetail(message=e.message, type=e.error_type, code=e.code)
-        )
+        error = schemas.ErrorBody(error=schemas.ErrorDetail(message=e.message, type=e.error_type, code=e.code))
         yield f"data: {error.model_dump_json()}\n\n"
     finally:
         await events.aclose()  # records the row as aborted if the client left mid-stream

@@ -65,6 +65,7 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)
     metadata: dict[str, str] | None = None
+    cache: bool | None = None  # aifinops: false skips the semantic cache
 
     @field_validator("stop")
     @classmethod
@@ -102,6 +103,9 @@ class AIFinOpsInfo(BaseModel):
     cost_micro_usd: int | None
     price_source: str
     tokens_estimated: bool
+    cache: Literal["hit", "miss", "bypass"]
+    cache_similarity: float | None = None
+    cache_entry_id: int | None = None
 
 
 class ChatMessageOut(BaseModel):
@@ -227,3 +231,19 @@ class RequestEntry(BaseModel):
     error_type: str
     stream: bool
     attempts: int
+
+
+class CacheStats(BaseModel):
+    enabled: bool
+    scope: str  # "user:<id>", "department:<name>", "organisation" or "all"
+    entries: int = 0
+    hits: int = 0
+    saved_usd: str = "0.000000"
+    saved_micro_usd: int = 0
+    bytes: int = 0
+    corrupt_rows_skipped: int = 0
+
+
+class CacheCleared(BaseModel):
+    scope: str
+    removed: int

@@ -49,4 +49,30 @@ CREATE INDEX requests_user_ts ON requests(user_id, ts);
 CREATE INDEX requests_department_ts ON requests(department, ts);
 """
 
-MIGRATIONS: tuple[tuple[str, str], ...] = (("m001_initial", M001_INITIAL),)
+M002_CACHE = """
+CREATE TABLE cache_entries (
+    id                    INTEGER PRIMARY KEY,
+    scope                 TEXT NOT NULL,
+    fingerprint           TEXT NOT NULL,
+    model                 TEXT NOT NULL,
+    query_hash            TEXT NOT NULL,
+    query                 TEXT NOT NULL,
+    answer                TEXT NOT NULL,
+    finish_reason         TEXT NOT NULL,
+    vector                BLOB NOT NULL,
+    input_tokens          INTEGER NOT NULL,
+    output_tokens         INTEGER NOT NULL,
+    cost_micro_usd        INTEGER,
+    created_at            TEXT NOT NULL,
+    last_hit_at           TEXT,
+    hit_count             INTEGER NOT NULL DEFAULT 0,
+    expires_at            TEXT NOT NULL
+);
+CREATE INDEX cache_entries_exact ON cache_entries(scope, fingerprint, query_hash);
+CREATE INDEX cache_entries_expiry ON cache_entries(expires_at)
+"""
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    ("m001_initial", M001_INITIAL),
+    ("m002_cache", M002_CACHE),
+)

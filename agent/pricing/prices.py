@@ -62,9 +62,7 @@ class PriceBook:
                 input_usd = _table_price(model, provider_id, 1_000_000, 0)
                 output_usd = _table_price(model, provider_id, 0, 1_000_000)
                 self._cache[key] = (
-                    None
-                    if input_usd is None or output_usd is None
-                    else Rates(input_usd, output_usd, "genai-prices")
+                    None if input_usd is None or output_usd is None else Rates(input_usd, output_usd, "genai-prices")
                 )
             return self._cache[key]
 

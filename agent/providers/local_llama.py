@@ -129,9 +129,7 @@ class LocalLlamaProvider:
         llm = loaded.llm
         started = time.perf_counter()
         formatted = loaded.formatter(messages=[m.as_openai() for m in messages])
-        prompt = llm.tokenize(
-            formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True
-        )
+        prompt = llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
         progress.input_tokens = len(prompt)
         room = self.config.n_ctx - len(prompt)
         if room <= 0:

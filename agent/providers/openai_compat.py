@@ -72,9 +72,7 @@ class OpenAICompatProvider:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:  # created on first use, inside the running event loop
-            self._session = aiohttp.ClientSession(
-                headers=self._headers, connector=aiohttp.TCPConnector(limit=256)
-            )
+            self._session = aiohttp.ClientSession(headers=self._headers, connector=aiohttp.TCPConnector(limit=256))
         return self._session
 
     async def complete(
@@ -192,9 +190,7 @@ class OpenAICompatProvider:
         return ProviderBadResponse(f"{self.name}: {what}")
 
     def _timeout(self) -> ProviderTimeout:
-        return ProviderTimeout(
-            f"the cloud endpoint {self.name} did not answer within {self._endpoint.timeout_s} s"
-        )
+        return ProviderTimeout(f"the cloud endpoint {self.name} did not answer within {self._endpoint.timeout_s} s")
 
     async def close(self) -> None:
         if self._session is not None:

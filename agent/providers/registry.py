@@ -34,8 +34,7 @@ class ProviderRegistry:
         provider = self._by_model.get(model)
         if provider is None:
             raise ModelNotFound(
-                f"model {model!r} is not configured here; available: "
-                + ", ".join(["auto", *self.model_names()]),
+                f"model {model!r} is not configured here; available: " + ", ".join(["auto", *self.model_names()]),
                 code="model_not_found",
             )
         return provider

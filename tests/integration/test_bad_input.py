@@ -47,13 +47,9 @@ GOOD = {"model": "local", "messages": [{"role": "user", "content": "hi"}], "max_
         (b'{"model": "gpt-nope", "messages": [{"role": "user", "content": "x"}]}', 404, "model_not_found"),
     ],
 )
-def test_bad_bodies_get_4xx_and_leave_no_row(
-    agent: RunningAgent, body: bytes, status: int, error_type: str
-) -> None:
+def test_bad_bodies_get_4xx_and_leave_no_row(agent: RunningAgent, body: bytes, status: int, error_type: str) -> None:
     with agent.http() as http:
-        response = http.post(
-            "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
-        )
+        response = http.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
         assert response.status_code == status, response.text
         error = response.json()["error"]
         assert error["type"] == error_type and error["message"]

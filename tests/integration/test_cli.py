@@ -6,11 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import RunningAgent
+from tests.support.files import file_contains
 
 
 def aifinops(
@@ -29,14 +29,6 @@ def aifinops(
     return result
 
 
-def file_contains(path: Path, needle: str) -> bool:
-    """Read the file in another process: opening and closing a SQLite file in the agent's own
-    process would drop the agent's POSIX locks on it (a documented SQLite pitfall)."""
-    check = "import sys; print(sys.argv[2].encode() in open(sys.argv[1], 'rb').read())"
-    out = subprocess.run([sys.executable, "-c", check, str(path), needle], capture_output=True, text=True)
-    return out.stdout.strip() == "True"
-
-
 def test_users_chat_and_spend_end_to_end(agent: RunningAgent) -> None:
     port = agent.thread.port
     added = aifinops("users", "add", "dana", "--department", "legal")
@@ -53,9 +45,7 @@ def test_users_chat_and_spend_end_to_end(agent: RunningAgent) -> None:
 
     mine = json.loads(aifinops("spend", "--by", "user", "--json", port=port, token=token).stdout)
     assert mine["scope"] == "own"
-    assert [(r["key"], r["requests"], r["cost_micro_usd"]) for r in mine["rows"]] == [
-        ("dana", 1, row.cost_micro_usd)
-    ]
+    assert [(r["key"], r["requests"], r["cost_micro_usd"]) for r in mine["rows"]] == [("dana", 1, row.cost_micro_usd)]
 
     table = aifinops("spend", "--by", "department", "--since", "1d", port=port).stdout  # token file: admin
     assert "legal" in table and "everyone" in table
@@ -105,9 +95,7 @@ def test_doctor_and_models_list_report_the_models(agent: RunningAgent) -> None:
     assert "llama-cpp-python" in doctor and "running: aifinops" in doctor and "no NVIDIA GPU" in doctor
 
 
-@pytest.mark.parametrize(
-    "args", [["users", "add", "bad name!", "--department", "x"], ["users", "revoke", "nobody"]]
-)
+@pytest.mark.parametrize("args", [["users", "add", "bad name!", "--department", "x"], ["users", "revoke", "nobody"]])
 def test_user_commands_refuse_bad_input(args: list[str]) -> None:
     result = aifinops(*args, check=False)
     assert result.returncode == 1 and result.stderr.startswith("error:")

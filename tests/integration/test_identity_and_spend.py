@@ -39,17 +39,12 @@ def test_spend_by_user_and_department_and_who_sees_what(agent: RunningAgent) -> 
         for _ in range(n):
             agent.client(token).chat.completions.create(model="local", messages=HELLO, max_tokens=4)
     rows = agent.rows()
-    cost = {
-        name: sum(r.cost_micro_usd or 0 for r in rows if r.user_name == name)
-        for name in ("alice", "bob", "carol")
-    }
+    cost = {name: sum(r.cost_micro_usd or 0 for r in rows if r.user_name == name) for name in ("alice", "bob", "carol")}
 
     with agent.http(alice) as http:
         own = http.get("/api/v1/spend", params={"by": "user", "since": "1d"}).json()
     assert own["scope"] == "own"
-    assert [(r["key"], r["requests"], r["cost_micro_usd"]) for r in own["rows"]] == [
-        ("alice", 2, cost["alice"])
-    ]
+    assert [(r["key"], r["requests"], r["cost_micro_usd"]) for r in own["rows"]] == [("alice", 2, cost["alice"])]
 
     with agent.http() as http:  # the OS user: admin of this fresh ledger
         everyone = http.get("/api/v1/spend", params={"by": "user"}).json()

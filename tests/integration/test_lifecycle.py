@@ -63,9 +63,7 @@ def _patched_copy(source: Path, target: Path, old: bytes, new: bytes) -> Path:
     return target
 
 
-def test_a_gguf_without_chat_template_is_refused_clearly(
-    start_agent, chat_model_path: Path, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+def test_a_gguf_without_chat_template_is_refused_clearly(start_agent, chat_model_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # Same model, with the metadata key renamed: llama.cpp loads it, but it has no chat template.
     base = _patched_copy(
         chat_model_path, tmp_path / "base.gguf", b"tokenizer.chat_template", b"tokenizer.chat_templatX"
@@ -99,9 +97,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_sigterm_lets_an_in_flight_stream_finish_or_records_it_aborted(
-    tmp_path: Path, chat_model_path: Path
-) -> None:
+def test_sigterm_lets_an_in_flight_stream_finish_or_records_it_aborted(tmp_path: Path, chat_model_path: Path) -> None:
     home = tmp_path / "svc"
     port = _free_port()
     env = {**os.environ, "AIFINOPS_HOME": str(home)}
@@ -167,9 +163,7 @@ def test_a_killed_agent_leaves_a_consistent_ledger(tmp_path: Path, chat_model_pa
             json={**LONG_ANSWER, "stream": False, "max_tokens": 4},
         )
         assert done.status_code == 200
-        with httpx.stream(
-            "POST", f"{base}/v1/chat/completions", json=LONG_ANSWER, headers=headers, timeout=60
-        ) as r:
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=LONG_ANSWER, headers=headers, timeout=60) as r:
             lines = r.iter_lines()
             assert next(lines).startswith("data: ")
             proc.kill()

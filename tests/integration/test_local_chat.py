@@ -66,9 +66,7 @@ def test_stream_sends_usage_and_cost_that_match_the_ledger(agent: RunningAgent) 
 
 
 def test_stream_without_usage_option_sends_no_usage_chunk(agent: RunningAgent) -> None:
-    chunks = list(
-        agent.client().chat.completions.create(model="local", messages=QUESTION, max_tokens=8, stream=True)
-    )
+    chunks = list(agent.client().chat.completions.create(model="local", messages=QUESTION, max_tokens=8, stream=True))
     assert all(c.usage is None for c in chunks)
     assert chunks[-1].choices[0].finish_reason in {"stop", "length"}
     assert len(agent.rows()) == 1

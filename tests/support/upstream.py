@@ -54,9 +54,7 @@ class ScriptedUpstream:
         app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", http="httptools")
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -97,9 +95,7 @@ class ScriptedUpstream:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", "scripted"),
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": b.text}, "finish_reason": "stop"}
-            ],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": b.text}, "finish_reason": "stop"}],
         }
         if b.kind != "ok_no_usage":
             answer["usage"] = {

@@ -119,9 +119,7 @@ def test_since_defaults_to_the_current_time() -> None:
     assert before - timedelta(hours=1) <= parsed <= datetime.now(UTC) - timedelta(hours=1)
 
 
-@pytest.mark.parametrize(
-    "text", ["", "7", "d", "7y", "-7d", "7 d", "1.5h", "yesterday", "2024-13-01", "1234567d"]
-)
+@pytest.mark.parametrize("text", ["", "7", "d", "7y", "-7d", "7 d", "1.5h", "yesterday", "2024-13-01", "1234567d"])
 def test_since_garbage_is_an_invalid_request(text: str) -> None:
     with pytest.raises(InvalidRequest, match="since"):
         parse_since(text, NOW)
@@ -173,7 +171,7 @@ def body(**fields: Any) -> dict[str, Any]:
 
 
 def test_a_minimal_body() -> None:
-    call = _chat_call(body(), None)
+    call = _chat_call(body(), {})
     assert call.requested_model == "local"
     assert [(m.role, m.content) for m in call.messages] == [("user", "hi")]
     assert (call.feature, call.stream, call.include_usage) == ("", False, False)
@@ -181,33 +179,36 @@ def test_a_minimal_body() -> None:
 
 
 def test_the_feature_header_beats_metadata() -> None:
-    assert _chat_call(body(metadata={"feature": "from-body"}), "from-header").feature == "from-header"
-    assert _chat_call(body(metadata={"feature": "from-body"}), None).feature == "from-body"
-    assert _chat_call(body(metadata={"other": "x"}), None).feature == ""
+    assert (
+        _chat_call(body(metadata={"feature": "from-body"}), {"x-aifinops-feature": "from-header"}).feature
+        == "from-header"
+    )
+    assert _chat_call(body(metadata={"feature": "from-body"}), {}).feature == "from-body"
+    assert _chat_call(body(metadata={"other": "x"}), {}).feature == ""
 
 
 @pytest.mark.parametrize("feature", ["has space", "-leading", "x" * 65, "semi;colon", "ü"])
 def test_an_invalid_feature_is_refused(feature: str) -> None:
     with pytest.raises(InvalidRequest, match="feature"):
-        _chat_call(body(), feature)
+        _chat_call(body(), {"x-aifinops-feature": feature})
     with pytest.raises(InvalidRequest, match="feature"):
-        _chat_call(body(metadata={"feature": feature}), None)
+        _chat_call(body(metadata={"feature": feature}), {})
 
 
 def test_a_feature_with_a_trailing_newline_is_refused() -> None:
     with pytest.raises(InvalidRequest):
-        _chat_call(body(metadata={"feature": "chat\n"}), None)
+        _chat_call(body(metadata={"feature": "chat\n"}), {})
 
 
 def test_an_unknown_parameter_is_refused_by_name() -> None:
     with pytest.raises(InvalidRequest, match="tools") as err:
-        _chat_call(body(tools=[], presence_penalty=0.5), None)
+        _chat_call(body(tools=[], presence_penalty=0.5), {})
     assert err.value.code == "unsupported_parameter"
     assert "presence_penalty" not in err.value.message
 
 
 def test_passthrough_parameters_are_kept_sorted() -> None:
-    call = _chat_call(body(response_format={"type": "json_object"}, presence_penalty=0.5), None)
+    call = _chat_call(body(response_format={"type": "json_object"}, presence_penalty=0.5), {})
     assert call.params.passthrough == (
         ("presence_penalty", 0.5),
         ("response_format", {"type": "json_object"}),
@@ -234,7 +235,7 @@ def test_passthrough_parameters_are_kept_sorted() -> None:
 )
 def test_invalid_bodies_name_the_field(payload: dict[str, Any], where: str) -> None:
     with pytest.raises(InvalidRequest) as err:
-        _chat_call(payload, None)
+        _chat_call(payload, {})
     assert err.value.message.startswith(where)
     assert err.value.code == "invalid_value"
 
@@ -242,7 +243,7 @@ def test_invalid_bodies_name_the_field(payload: dict[str, Any], where: str) -> N
 @pytest.mark.parametrize("payload", [[HI], "hello", None, 7])
 def test_a_body_that_is_not_an_object_is_refused(payload: Any) -> None:
     with pytest.raises(InvalidRequest, match="JSON object"):
-        _chat_call(payload, None)
+        _chat_call(payload, {})
 
 
 def test_content_parts_are_joined() -> None:
@@ -254,7 +255,7 @@ def test_content_parts_are_joined() -> None:
                 {"role": "user", "content": parts},
             ]
         ),
-        None,
+        {},
     )
     assert [(m.role, m.content) for m in call.messages] == [
         ("system", "Be brief."),
@@ -267,7 +268,7 @@ def test_content_parts_are_joined() -> None:
     [("END", ("END",)), (["a", "b"], ("a", "b")), (None, ()), ([], ())],
 )
 def test_stop_becomes_a_tuple(stop: Any, expected: tuple[str, ...]) -> None:
-    assert _chat_call(body(stop=stop), None).params.stop == expected
+    assert _chat_call(body(stop=stop), {}).params.stop == expected
 
 
 def test_sampling_parameters_are_carried() -> None:
@@ -281,15 +282,15 @@ def test_sampling_parameters_are_carried() -> None:
             stream=True,
             stream_options={"include_usage": True},
         ),
-        None,
+        {},
     )
     params = call.params
     assert params.max_tokens == 20  # max_completion_tokens wins over the legacy max_tokens
     assert (params.temperature, params.top_p, params.seed) == (0.5, 0.9, 42)
     assert (call.stream, call.include_usage) == (True, True)
-    assert _chat_call(body(max_tokens=10), None).params.max_tokens == 10
+    assert _chat_call(body(max_tokens=10), {}).params.max_tokens == 10
 
 
 def test_a_message_name_is_kept() -> None:
-    call = _chat_call(body(messages=[{"role": "user", "content": "x", "name": "alice"}]), None)
+    call = _chat_call(body(messages=[{"role": "user", "content": "x", "name": "alice"}]), {})
     assert call.messages[0].name == "alice"

@@ -79,13 +79,13 @@ def row_count(db: Database) -> int:
 def test_open_applies_the_migrations_once(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     db = Database.open(path)
-    assert db.applied_migrations() == [name for name, _ in MIGRATIONS] == ["m001_initial"]
+    assert db.applied_migrations() == [name for name, _ in MIGRATIONS] == ["m001_initial", "m002_cache"]
     UserStore(db).add("alice", "sales", "user", "hash-a")
     db.close()
 
     again = Database.open(path)  # a second start must not re-run m001 (it would fail)
     try:
-        assert again.applied_migrations() == ["m001_initial"]
+        assert again.applied_migrations() == ["m001_initial", "m002_cache"]
         assert again.query("SELECT count(*) AS n FROM _migrations")[0]["n"] == 1
         assert UserStore(again).count() == 1
         assert again.query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
@@ -120,9 +120,7 @@ def test_a_non_sqlite_error_in_a_transaction_rolls_back_and_propagates(db: Datab
 
 
 def test_record_and_get_round_trip(log: RequestLog, user_ids: dict[str, int]) -> None:
-    original = record(
-        user_ids["alice"], tokens_estimated=True, cache_hit=True, stream=True, cost_micro_usd=None
-    )
+    original = record(user_ids["alice"], tokens_estimated=True, cache_hit=True, stream=True, cost_micro_usd=None)
     log.record(original)
     assert log.get(original.id) == original
     assert log.get("no-such-id") is None
@@ -245,9 +243,7 @@ def expected_spend(rows: list[RequestRecord], by: str, user_id: int | None = Non
 
 
 @pytest.mark.parametrize("by", SPEND_DIMENSIONS)
-def test_spend_totals_are_exact_for_every_dimension(
-    log: RequestLog, spend_rows: list[RequestRecord], by: str
-) -> None:
+def test_spend_totals_are_exact_for_every_dimension(log: RequestLog, spend_rows: list[RequestRecord], by: str) -> None:
     rows = log.spend(by, SINCE)  # type: ignore[arg-type]
     assert rows == expected_spend(spend_rows, by)
     assert sum(r.requests for r in rows) == 6

@@ -39,9 +39,7 @@ def test_mask_secrets_hides_keys_and_tokens(text: str, secret: str) -> None:
 
 
 def test_mask_secrets_keeps_the_rest_of_the_line() -> None:
-    assert mask_secrets("calling openai with sk-abc123456789 for alice") == (
-        "calling openai with sk-*** for alice"
-    )
+    assert mask_secrets("calling openai with sk-abc123456789 for alice") == ("calling openai with sk-*** for alice")
     assert mask_secrets("Bearer afo_abcdefgh") == "Bearer ***"
 
 

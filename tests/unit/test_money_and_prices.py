@@ -92,9 +92,7 @@ def book(**overrides: PriceOverride) -> PriceBook:
 
 
 def test_an_override_beats_the_table() -> None:
-    prices = book(
-        **{"gpt-4o-mini": PriceOverride(input_usd_per_mtok=Decimal("1"), output_usd_per_mtok=Decimal("2"))}
-    )
+    prices = book(**{"gpt-4o-mini": PriceOverride(input_usd_per_mtok=Decimal("1"), output_usd_per_mtok=Decimal("2"))})
     assert prices.rates("gpt-4o-mini", "openai") == Rates(Decimal("1"), Decimal("2"), "override")
     price = prices.for_tokens("gpt-4o-mini", "openai", 1000, 500)
     # 1000 x 1 USD/M + 500 x 2 USD/M = 0.002 USD
@@ -103,11 +101,7 @@ def test_an_override_beats_the_table() -> None:
 
 def test_an_override_prices_a_model_the_table_does_not_know() -> None:
     prices = book(
-        **{
-            "in-house-7b": PriceOverride(
-                input_usd_per_mtok=Decimal("0.3"), output_usd_per_mtok=Decimal("0.7")
-            )
-        }
+        **{"in-house-7b": PriceOverride(input_usd_per_mtok=Decimal("0.3"), output_usd_per_mtok=Decimal("0.7"))}
     )
     price = prices.for_tokens("in-house-7b", "", 3, 7)
     # 3 x 0.3 + 7 x 0.7 = 5.8 USD per million = 5.8 micro-USD -> 6
@@ -155,9 +149,7 @@ def test_an_unknown_model_has_an_unknown_price_not_zero() -> None:
         (36.0, "0", 0),
     ],
 )
-def test_local_compute_is_seconds_times_the_hourly_rate(
-    compute_s: float, usd_per_hour: str, micros: int
-) -> None:
+def test_local_compute_is_seconds_times_the_hourly_rate(compute_s: float, usd_per_hour: str, micros: int) -> None:
     price = PriceBook({}, Decimal(usd_per_hour)).for_compute(compute_s)
     assert (price.cost_micro_usd, price.source) == (micros, "local-compute")
 

@@ -16,6 +16,7 @@ from agent.errors import ConfigError
 from agent.paths import Paths
 from agent.settings import (
     AgentSection,
+    CacheSection,
     LocalModelConfig,
     ModelsSection,
     PricingSection,
@@ -205,6 +206,7 @@ def test_every_key_in_the_default_config_is_a_setting_and_every_setting_is_shown
         "models": ModelsSection,
         "share": ShareSection,
         "pricing": PricingSection,
+        "cache": CacheSection,
     }
     assert set(data) == {*sections, "local_models"}
     for name, model in sections.items():
@@ -218,7 +220,7 @@ def test_every_key_in_the_default_config_is_a_setting_and_every_setting_is_shown
 
 def test_default_config_values_match_the_field_defaults() -> None:
     data: dict[str, Any] = tomllib.loads(default_config_text())
-    for section, model in (("agent", AgentSection), ("pricing", PricingSection)):
+    for section, model in (("agent", AgentSection), ("pricing", PricingSection), ("cache", CacheSection)):
         for key, value in data[section].items():
             assert model.model_validate({key: value}) == model(), f"{section}.{key}"
     assert LocalModelConfig.model_validate(data["local_models"][0]) == LocalModelConfig()

@@ -1,0 +1,737 @@
+"""Exact top-k inner-product search over stored vectors: float32, float16 or int8 rows.
+
+``search(matrix, query, k)`` scans every row (no approximate index: at a million rows a scan is
+memory-bound and takes milliseconds) and returns the ``k`` rows with the highest inner product,
+best first, as ``TopK(indices, scores)``. ``search_batch`` does the same for ``m`` queries in one
+pass over the matrix and returns ``(m, k)`` arrays.
+
+Storage types:
+
+- float32 and float16 rows; float16 is converted to float32 in registers (F16C/AVX-512) and
+  accumulated in float32.
+- int8 rows with one float32 scale per row, ``row_i ~= int8_i * scale_i`` (``quantize_int8``
+  makes them). The query is quantised to int16 for each call (relative error ~3e-5, far below
+  the int8 rows' own) and the dot product runs in int32 (``vpmaddwd``).
+
+Row filter (the semantic cache's partitions and deleted rows): ``labels`` is one int64 per row.
+A negative label marks a row that never matches (a deleted row). ``want=None`` accepts every
+row with a non-negative label; ``want=w`` (w >= 0) only rows whose label is ``w``. Without
+``labels`` every row is a candidate and no label is read.
+
+Results: indices are int64 row numbers, scores float32, best first; ties are broken by the lower
+row number, whatever the number of threads. With fewer than ``k`` candidates the tail is padded
+with index ``-1`` and score ``-inf``. A row whose score is NaN or ``-inf`` is never returned.
+
+Threads: a scan larger than a few MiB runs in parallel over row chunks (numba ``prange``, one
+chunk per thread, each keeping its own top-k, then merged); smaller ones run on the calling
+thread. Every kernel releases the GIL, so concurrent small searches from several threads run at
+once; parallel scans are serialised by a lock (they use every core anyway, and numba's fallback
+``workqueue`` threading layer does not allow concurrent launches).
+
+Compilation: the kernels have explicit signatures but are compiled (or loaded from numba's
+on-disk cache, ``cache=True``) on first use, not at import. Importing this module costs importing
+numba (about 0.3-0.5 s) and nothing else; ``warm_up()`` compiles every kernel (about 15-30 s on
+two cores the first time, a fraction of a second from the cache). Set ``NUMBA_CACHE_DIR`` to a
+writable folder before importing: numba refuses to cache where it cannot write. ``llvmlite`` is
+imported for one intrinsic (the half-to-float conversion); it is numba's own code generator,
+installed with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple, TypeVar, cast
+
+import numba
+import numpy as np
+import numpy.typing as npt
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
+
+log = logging.getLogger(__name__)
+
+F32Vector = npt.NDArray[np.float32]
+I64Vector = npt.NDArray[np.int64]
+
+# reassoc lets LLVM split each dot product over several vector accumulators; contract allows FMA.
+# Not the full "fast" set: that assumes no NaN/inf, and the heaps start at -inf.
+_FASTMATH: Final = {"reassoc", "contract"}
+# A single query scans in parallel from this many bytes of rows on (below: the thread-pool wake-up
+# costs more than it saves). A batch counts bytes x queries.
+_PARALLEL_MIN_BYTES: Final = 32 << 20
+# Query quantisation for int8 rows: |int8| <= 128, so d * 128 * _Q16_MAX must fit in int32.
+_Q16_MAX: Final = 32767
+_INT32_MAX: Final = 2**31 - 1
+_ANY: Final = -1  # the kernels' "any non-negative label"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class TopK(NamedTuple):
+    """Best-first row numbers (int64, -1 = padding) and their scores (float32, -inf = padding)."""
+
+    indices: npt.NDArray[np.int64]
+    scores: npt.NDArray[np.float32]
+
+
+# -- numba plumbing -------------------------------------------------------------------------------
+
+_SIGNATURES: dict[str, tuple[Any, str]] = {}  # kernel name -> (dispatcher, signature)
+_SEARCH_KERNELS: list[str] = []  # what warm_up() compiles
+_compile_lock = threading.Lock()
+_parallel_lock = threading.Lock()
+_compiled: set[str] = set()
+
+
+def _helper(func: _F) -> _F:
+    """A small jitted helper, compiled into the kernels that call it."""
+    return cast(_F, numba.njit(inline="always", nogil=True, fastmath=_FASTMATH)(func))
+
+
+def _kernel(signature: str, *, parallel: bool = False, search: bool = True) -> Callable[[_F], _F]:
+    """A kernel with an explicit signature, compiled (or loaded from cache) on first use."""
+
+    def decorate(func: _F) -> _F:
+        dispatcher = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, parallel=parallel)(func)
+        _SIGNATURES[func.__name__] = (dispatcher, signature)
+        if search:
+            _SEARCH_KERNELS.append(func.__name__)
+        return cast(_F, dispatcher)
+
+    return decorate
+
+
+def _ready(name: str) -> Any:
+    """The compiled kernel `name`; compiles it (and nothing else) the first time."""
+    dispatcher, signature = _SIGNATURES[name]
+    if name not in _compiled:
+        with _compile_lock:
+            if name not in _compiled:
+                dispatcher.compile(signature)
+                dispatcher.disable_compile()  # any other argument types: TypeError, not a new build
+                _compiled.add(name)
+    return dispatcher
+
+
+def _half_to_float_typing(typingctx: Any, bits: Any) -> Any:
+    """IEEE half (as its uint16 bits) to float32: one vcvtph2ps lane when vectorised."""
+    if bits != types.uint16:
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+# numba CPU has no float16 type: float16 matrices are passed as their uint16 bits.
+_half_to_float = cast(Callable[[Any], Any], intrinsic(_half_to_float_typing))
+
+
+@_helper
+def _push(heap_s: F32Vector, heap_i: I64Vector, score: Any, index: int, size: int) -> None:
+    """Put (score, index) at the root of the min-heap heap[:size] and sift it down.
+
+    The root is the worst entry: lowest score, then highest index (so lower rows win ties).
+    """
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        right = child + 1
+        if right < size and (
+            heap_s[right] < heap_s[child] or (heap_s[right] == heap_s[child] and heap_i[right] > heap_i[child])
+        ):
+            child = right
+        if heap_s[child] < score or (heap_s[child] == score and heap_i[child] > index):
+            heap_s[pos] = heap_s[child]
+            heap_i[pos] = heap_i[child]
+            pos = child
+        else:
+            break
+    heap_s[pos] = score
+    heap_i[pos] = index
+
+
+@_helper
+def _wanted(labels: I64Vector, use_labels: bool, want: int, row: int) -> bool:
+    if not use_labels:
+        return True
+    label = labels[row]
+    return label >= 0 and (want < 0 or label == want)
+
+
+# -- single query: one row at a time, the dot product vectorised over d --------------------------
+# Rows are scanned in increasing order, so `score > heap root` is the whole tie rule here.
+
+_SCAN_ARGS = "int64[::1], boolean, int64, int64, int64, float32[::1], int64[::1]"
+
+
+@_kernel(f"void(float32[:, ::1], float32[::1], {_SCAN_ARGS})")
+def _scan_f32(
+    matrix: Any, query: Any, labels: Any, use_labels: bool, want: int, lo: int, hi: int, heap_s: Any, heap_i: Any
+) -> None:
+    k, d = heap_s.size, query.size
+    worst = heap_s[0]
+    for row in range(lo, hi):
+        if not _wanted(labels, use_labels, want, row):
+            continue
+        x = matrix[row]
+        s = np.float32(0.0)
+        for j in range(d):
+            s += x[j] * query[j]
+        if s > worst:
+            _push(heap_s, heap_i, s, row, k)
+            worst = heap_s[0]
+
+
+@_kernel(f"void(uint16[:, ::1], float32[::1], {_SCAN_ARGS})")
+def _scan_f16(
+    matrix: Any, query: Any, labels: Any, use_labels: bool, want: int, lo: int, hi: int, heap_s: Any, heap_i: Any
+) -> None:
+    k, d = heap_s.size, query.size
+    worst = heap_s[0]
+    for row in range(lo, hi):
+        if not _wanted(labels, use_labels, want, row):
+            continue
+        x = matrix[row]
+        s = np.float32(0.0)
+        for j in range(d):
+            s += _half_to_float(x[j]) * query[j]
+        if s > worst:
+            _push(heap_s, heap_i, s, row, k)
+            worst = heap_s[0]
+
+
+@_kernel(f"void(int8[:, ::1], float32[::1], int16[::1], float32, {_SCAN_ARGS})")
+def _scan_i8(
+    matrix: Any,
+    scales: Any,
+    query: Any,
+    query_scale: float,
+    labels: Any,
+    use_labels: bool,
+    want: int,
+    lo: int,
+    hi: int,
+    heap_s: Any,
+    heap_i: Any,
+) -> None:
+    k, d = heap_s.size, query.size
+    worst = heap_s[0]
+    for row in range(lo, hi):
+        if not _wanted(labels, use_labels, want, row):
+            continue
+        x = matrix[row]
+        acc = np.int32(0)
+        for j in range(d):  # int16 x int16 -> int32: LLVM emits vpmaddwd
+            acc = np.int32(acc + np.int32(np.int16(x[j]) * query[j]))
+        s = np.float32(acc) * (scales[row] * query_scale)
+        if s > worst:
+            _push(heap_s, heap_i, s, row, k)
+            worst = heap_s[0]
+
+
+# -- batches: rows copied (or converted) to two float32 buffers, scored 2 rows x 4 queries at once --
+
+_BATCH_ARGS = "int64[::1], boolean, int64, int64, int64, float32[:, ::1], int64[:, ::1]"
+
+
+@_helper
+def _score_rows(xa: Any, xb: Any, ra: int, rb: int, queries: Any, heap_s: Any, heap_i: Any) -> None:
+    """Score the buffered rows ra (even) and rb (odd) against every query; update their heaps.
+
+    A negative row number marks an empty slot: it is scored but dropped. Even rows always take
+    slot a and odd rows slot b, so a row's score does not depend on how the rows were chunked.
+    """
+    m, k = heap_s.shape
+    d = queries.shape[1]
+    m4 = m - m % 4
+    for qb in range(0, m4, 4):
+        q0, q1, q2, q3 = queries[qb], queries[qb + 1], queries[qb + 2], queries[qb + 3]
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        b0 = np.float32(0.0)
+        b1 = np.float32(0.0)
+        b2 = np.float32(0.0)
+        b3 = np.float32(0.0)
+        for j in range(d):
+            xj = xa[j]
+            yj = xb[j]
+            v = q0[j]
+            a0 += xj * v
+            b0 += yj * v
+            v = q1[j]
+            a1 += xj * v
+            b1 += yj * v
+            v = q2[j]
+            a2 += xj * v
+            b2 += yj * v
+            v = q3[j]
+            a3 += xj * v
+            b3 += yj * v
+        _offer(heap_s[qb], heap_i[qb], a0, ra, b0, rb, k)
+        _offer(heap_s[qb + 1], heap_i[qb + 1], a1, ra, b1, rb, k)
+        _offer(heap_s[qb + 2], heap_i[qb + 2], a2, ra, b2, rb, k)
+        _offer(heap_s[qb + 3], heap_i[qb + 3], a3, ra, b3, rb, k)
+    for qi in range(m4, m):
+        q = queries[qi]
+        sa = np.float32(0.0)
+        sb = np.float32(0.0)
+        for j in range(d):
+            v = q[j]
+            sa += xa[j] * v
+            sb += xb[j] * v
+        _offer(heap_s[qi], heap_i[qi], sa, ra, sb, rb, k)
+
+
+@_helper
+def _offer(hs: Any, hx: Any, sa: Any, ra: int, sb: Any, rb: int, k: int) -> None:
+    if ra >= 0 and sa > hs[0]:
+        _push(hs, hx, sa, ra, k)
+    if rb >= 0 and sb > hs[0]:
+        _push(hs, hx, sb, rb, k)
+
+
+@_kernel(f"void(float32[:, ::1], float32[:, ::1], {_BATCH_ARGS})")
+def _batch_f32(
+    matrix: Any, queries: Any, labels: Any, use_labels: bool, want: int, lo: int, hi: int, heap_s: Any, heap_i: Any
+) -> None:
+    d = queries.shape[1]
+    bufs = np.zeros((2, d), np.float32)
+    ra = -1  # the even row in bufs[0], or -1
+    rb = -1  # the odd row in bufs[1], or -1
+    row = lo
+    while True:  # one call site for _score_rows: each inlined copy could round differently
+        if row < hi:
+            if not _wanted(labels, use_labels, want, row):
+                row += 1
+                continue
+            slot = row & 1
+            if slot == 0 and ra < 0:
+                x = matrix[row]
+                buf = bufs[0]
+                for j in range(d):
+                    buf[j] = x[j]
+                ra = row
+                row += 1
+                continue
+            if slot == 1:
+                x = matrix[row]
+                buf = bufs[1]
+                for j in range(d):
+                    buf[j] = x[j]
+                rb = row
+                row += 1
+        elif ra < 0:
+            break
+        _score_rows(bufs[0], bufs[1], ra, rb, queries, heap_s, heap_i)
+        ra = -1
+        rb = -1
+
+
+@_kernel(f"void(uint16[:, ::1], float32[:, ::1], {_BATCH_ARGS})")
+def _batch_f16(
+    matrix: Any, queries: Any, labels: Any, use_labels: bool, want: int, lo: int, hi: int, heap_s: Any, heap_i: Any
+) -> None:
+    d = queries.shape[1]
+    bufs = np.zeros((2, d), np.float32)
+    ra = -1  # the even row in bufs[0], or -1
+    rb = -1  # the odd row in bufs[1], or -1
+    row = lo
+    while True:  # one call site for _score_rows: each inlined copy could round differently
+        if row < hi:
+            if not _wanted(labels, use_labels, want, row):
+                row += 1
+                continue
+            slot = row & 1
+            if slot == 0 and ra < 0:
+                x = matrix[row]
+                buf = bufs[0]
+                for j in range(d):
+                    buf[j] = _half_to_float(x[j])
+                ra = row
+                row += 1
+                continue
+            if slot == 1:
+                x = matrix[row]
+                buf = bufs[1]
+                for j in range(d):
+                    buf[j] = _half_to_float(x[j])
+                rb = row
+                row += 1
+        elif ra < 0:
+            break
+        _score_rows(bufs[0], bufs[1], ra, rb, queries, heap_s, heap_i)
+        ra = -1
+        rb = -1
+
+
+@_kernel(f"void(int8[:, ::1], float32[::1], int16[:, ::1], float32[::1], {_BATCH_ARGS})")
+def _batch_i8(
+    matrix: Any,
+    scales: Any,
+    queries: Any,
+    query_scales: Any,
+    labels: Any,
+    use_labels: bool,
+    want: int,
+    lo: int,
+    hi: int,
+    heap_s: Any,
+    heap_i: Any,
+) -> None:
+    m, k = heap_s.shape
+    d = queries.shape[1]
+    x = np.empty(d, np.int16)  # the row widened once, then one vpmaddwd dot per query
+    for row in range(lo, hi):
+        if not _wanted(labels, use_labels, want, row):
+            continue
+        xr = matrix[row]
+        for j in range(d):
+            x[j] = xr[j]
+        scale = scales[row]
+        for qi in range(m):
+            q = queries[qi]
+            acc = np.int32(0)
+            for j in range(d):
+                acc = np.int32(acc + np.int32(x[j] * q[j]))
+            s = np.float32(acc) * (scale * query_scales[qi])
+            if s > heap_s[qi, 0]:
+                _push(heap_s[qi], heap_i[qi], s, row, k)
+
+
+# -- parallel drivers: one chunk of rows per heap, chunks spread over the threads ----------------
+
+
+@_helper
+def _chunk(n: int, chunks: int, c: int) -> tuple[int, int]:
+    step = (n + chunks - 1) // chunks
+    return min(n, c * step), min(n, (c + 1) * step)
+
+
+_PAR_ARGS = "int64[::1], boolean, int64, float32[:, :, ::1], int64[:, :, ::1]"
+
+
+@_kernel(f"void(float32[:, ::1], float32[::1], {_PAR_ARGS})", parallel=True)
+def _par_f32(matrix: Any, query: Any, labels: Any, use_labels: bool, want: int, heap_s: Any, heap_i: Any) -> None:
+    chunks = heap_s.shape[0]
+    for c in prange(chunks):
+        lo, hi = _chunk(matrix.shape[0], chunks, c)
+        _scan_f32(matrix, query, labels, use_labels, want, lo, hi, heap_s[c, 0], heap_i[c, 0])
+
+
+@_kernel(f"void(uint16[:, ::1], float32[::1], {_PAR_ARGS})", parallel=True)
+def _par_f16(matrix: Any, query: Any, labels: Any, use_labels: bool, want: int, heap_s: Any, heap_i: Any) -> None:
+    chunks = heap_s.shape[0]
+    for c in prange(chunks):
+        lo, hi = _chunk(matrix.shape[0], chunks, c)
+        _scan_f16(matrix, query, labels, use_labels, want, lo, hi, heap_s[c, 0], heap_i[c, 0])
+
+
+@_kernel(f"void(int8[:, ::1], float32[::1], int16[::1], float32, {_PAR_ARGS})", parallel=True)
+def _par_i8(
+    matrix: Any,
+    scales: Any,
+    query: Any,
+    query_scale: float,
+    labels: Any,
+    use_labels: bool,
+    want: int,
+    heap_s: Any,
+    heap_i: Any,
+) -> None:
+    chunks = heap_s.shape[0]
+    for c in prange(chunks):
+        lo, hi = _chunk(matrix.shape[0], chunks, c)
+        _scan_i8(matrix, scales, query, query_scale, labels, use_labels, want, lo, hi, heap_s[c, 0], heap_i[c, 0])
+
+
+@_kernel(f"void(float32[:, ::1], float32[:, ::1], {_PAR_ARGS})", parallel=True)
+def _par_batch_f32(
+    matrix: Any, queries: Any, labels: Any, use_labels: bool, want: int, heap_s: Any, heap_i: Any
+) -> None:
+    chunks = heap_s.shape[0]
+    for c in prange(chunks):
+        lo, hi = _chunk(matrix.shape[0], chunks, c)
+        _batch_f32(matrix, queries, labels, use_labels, want, lo, hi, heap_s[c], heap_i[c])
+
+
+@_kernel(f"void(uint16[:, ::1], float32[:, ::1], {_PAR_ARGS})", parallel=True)
+def _par_batch_f16(
+    matrix: Any, queries: Any, labels: Any, use_labels: bool, want: int, heap_s: Any, heap_i: Any
+) -> None:
+    chunks = heap_s.shape[0]
+    for c in prange(chunks):
+        lo, hi = _chunk(matrix.shape[0], chunks, c)
+        _batch_f16(matrix, queries, labels, use_labels, want, lo, hi, heap_s[c], heap_i[c])
+
+
+@_kernel(f"void(int8[:, ::1], float32[::1], int16[:, ::1], float32[::1], {_PAR_ARGS})", parallel=True)
+def _par_batch_i8(
+    matrix: Any,
+    scales: Any,
+    queries: Any,
+    query_scales: Any,
+    labels: Any,
+    use_labels: bool,
+    want: int,
+    heap_s: Any,
+    heap_i: Any,
+) -> None:
+    chunks = heap_s.shape[0]
+    for c in prange(chunks):
+        lo, hi = _chunk(matrix.shape[0], chunks, c)
+        _batch_i8(matrix, scales, queries, query_scales, labels, use_labels, want, lo, hi, heap_s[c], heap_i[c])
+
+
+@_kernel("void(float32[:, :, ::1], int64[:, :, ::1], float32[:, ::1], int64[:, ::1])")
+def _merge(heap_s: Any, heap_i: Any, out_s: Any, out_i: Any) -> None:
+    """Merge the chunks' heaps into one best-first (m, k) result, padded with (-inf, -1)."""
+    chunks, m, k = heap_s.shape
+    for qi in range(m):
+        hs = out_s[qi]
+        hx = out_i[qi]
+        hs[:] = -np.inf
+        hx[:] = -1
+        for c in range(chunks):
+            for t in range(k):
+                s = heap_s[c, qi, t]
+                i = heap_i[c, qi, t]
+                if i >= 0 and (s > hs[0] or (s == hs[0] and (hx[0] < 0 or i < hx[0]))):
+                    _push(hs, hx, s, i, k)
+        for size in range(k - 1, 0, -1):  # heap sort: the worst goes to the back
+            s, i = hs[0], hx[0]
+            _push(hs, hx, hs[size], hx[size], size)
+            hs[size] = s
+            hx[size] = i
+
+
+@_kernel("uint64(uint64[::1], int64)", parallel=True, search=False)
+def _read_through(words: Any, chunks: int) -> int:
+    sums = np.zeros(chunks, np.uint64)
+    for c in prange(chunks):
+        lo, hi = _chunk(words.size, chunks, c)
+        part = words[lo:hi]  # a slice: its loop vectorises, a[lo + i] would not
+        total = np.uint64(0)
+        for i in range(part.size):
+            total += part[i]
+        sums[c] = total
+    return int(sums.sum())
+
+
+# -- the Python API --------------------------------------------------------------------------------
+
+
+def quantize_int8(matrix: npt.NDArray[np.floating[Any]]) -> tuple[npt.NDArray[np.int8], F32Vector]:
+    """Per-row symmetric int8 quantisation: ``row_i ~= q_i * scale_i``, |error| <= scale_i / 2.
+
+    ``scale_i = max|row_i| / 127`` (0 for an all-zero row). Returns C-contiguous arrays.
+    """
+    if not isinstance(matrix, np.ndarray) or matrix.ndim != 2:
+        raise ValueError("quantize_int8 expects a 2-D array")
+    if matrix.dtype not in (np.float32, np.float64, np.float16):
+        raise ValueError(f"quantize_int8 expects floating-point rows, not {matrix.dtype}")
+    rows = matrix.astype(np.float32, copy=False)
+    if not np.isfinite(rows).all():
+        raise ValueError("quantize_int8: the matrix holds NaN or infinity")
+    scales = np.abs(rows).max(axis=1, initial=0.0) / np.float32(127.0)
+    divisors = np.where(scales > 0, scales, np.float32(1.0))
+    quantised = np.clip(np.rint(rows / divisors[:, None]), -127, 127).astype(np.int8)
+    return np.ascontiguousarray(quantised), np.ascontiguousarray(scales, dtype=np.float32)
+
+
+def search(
+    matrix: npt.NDArray[Any],
+    query: F32Vector,
+    k: int,
+    *,
+    labels: I64Vector | None = None,
+    want: int | None = None,
+    scales: F32Vector | None = None,
+) -> TopK:
+    """The k rows of `matrix` with the highest inner product with `query`, best first.
+
+    `matrix`: (n, d) C-contiguous float32, float16 or int8 (then `scales`, (n,) float32, is
+    required); `query`: (d,) float32. Returns arrays of shape (k,). See the module docstring for
+    `labels`/`want`, padding and ties. Raises ValueError on bad shapes, dtypes or layouts.
+    """
+    if not isinstance(query, np.ndarray) or query.ndim != 1:
+        raise ValueError("query must be a 1-D numpy array")
+    result = _search(matrix, query[None, :], k, labels, want, scales, True)
+    return TopK(result.indices[0], result.scores[0])
+
+
+def search_batch(
+    matrix: npt.NDArray[Any],
+    queries: npt.NDArray[np.float32],
+    k: int,
+    *,
+    labels: I64Vector | None = None,
+    want: int | None = None,
+    scales: F32Vector | None = None,
+) -> TopK:
+    """`search` for m queries ((m, d) float32, C-contiguous) in one pass: (m, k) arrays."""
+    if not isinstance(queries, np.ndarray) or queries.ndim != 2:
+        raise ValueError("queries must be a 2-D numpy array of shape (m, d)")
+    return _search(matrix, queries, k, labels, want, scales, False)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel, then run each once on tiny inputs."""
+    started = time.perf_counter()
+    for name in _SEARCH_KERNELS:
+        _ready(name)
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((8, 16)).astype(np.float32)
+    quantised, scales = quantize_int8(rows)
+    labels = np.zeros(8, np.int64)
+    for matrix, row_scales in ((rows, None), (rows.astype(np.float16), None), (quantised, scales)):
+        search(matrix, rows[0], 3, scales=row_scales, labels=labels, want=0)
+        search_batch(matrix, rows[:5], 3, scales=row_scales)
+        for single in (True, False):  # the parallel drivers too, whatever the size threshold
+            queries = rows[:1] if single else rows[:5]
+            _run(matrix, queries, 3, labels, 0, row_scales, single, chunks=2)
+    log.debug("similarity kernels ready in %.2f s", time.perf_counter() - started)
+
+
+def read_through(buffer: npt.NDArray[Any]) -> int:
+    """Read every byte of a C-contiguous array once, on every thread, as a scan does.
+
+    Returns a checksum (so the reads cannot be optimised away). The benchmark times it to measure
+    the memory bandwidth a scan of the same buffer can reach. A tail of under 8 bytes is skipped.
+    """
+    if not isinstance(buffer, np.ndarray) or not buffer.flags.c_contiguous:
+        raise ValueError("read_through needs a C-contiguous numpy array")
+    raw = buffer.reshape(-1).view(np.uint8)
+    words = raw[: raw.size // 8 * 8].view(np.uint64)
+    return int(_ready("_read_through")(words, numba.get_num_threads()))
+
+
+def _search(
+    matrix: npt.NDArray[Any],
+    queries: npt.NDArray[Any],
+    k: int,
+    labels: I64Vector | None,
+    want: int | None,
+    scales: F32Vector | None,
+    single: bool,
+) -> TopK:
+    _validate(matrix, queries, k, labels, want, scales)
+    n, d = matrix.shape
+    work_bytes = n * d * matrix.itemsize * (1 if single else queries.shape[0])
+    threads = numba.get_num_threads()
+    chunks = threads if threads > 1 and work_bytes >= _PARALLEL_MIN_BYTES else 1
+    return _run(matrix, queries, k, labels, want, scales, single, chunks)
+
+
+def _run(
+    matrix: npt.NDArray[Any],
+    queries: npt.NDArray[Any],
+    k: int,
+    labels: I64Vector | None,
+    want: int | None,
+    scales: F32Vector | None,
+    single: bool,
+    chunks: int,
+) -> TopK:
+    n = matrix.shape[0]
+    m = queries.shape[0]
+    use_labels = labels is not None
+    label_arg = labels if labels is not None else np.empty(0, np.int64)
+    want_arg = _ANY if want is None else int(want)
+    heap_s = np.full((chunks, m, k), -np.inf, np.float32)
+    heap_i = np.full((chunks, m, k), -1, np.int64)
+    kind = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16", np.dtype(np.int8): "i8"}[matrix.dtype]
+    stored = matrix.view(np.uint16) if kind == "f16" else matrix
+    args: tuple[Any, ...]
+    if kind == "i8":
+        q16, q_scales = _quantize_queries(queries)
+        args = (stored, scales, q16[0], q_scales[0]) if single else (stored, scales, q16, q_scales)
+    else:
+        args = (stored, queries[0]) if single else (stored, queries)
+    filter_args = (label_arg, use_labels, want_arg)
+    if chunks == 1:
+        name = f"_scan_{kind}" if single else f"_batch_{kind}"
+        h_s, h_i = (heap_s[0, 0], heap_i[0, 0]) if single else (heap_s[0], heap_i[0])
+        _ready(name)(*args, *filter_args, 0, n, h_s, h_i)
+    else:
+        name = f"_par_{kind}" if single else f"_par_batch_{kind}"
+        kernel = _ready(name)
+        with _parallel_lock:
+            kernel(*args, *filter_args, heap_s, heap_i)
+    out_s = np.empty((m, k), np.float32)
+    out_i = np.empty((m, k), np.int64)
+    _ready("_merge")(heap_s, heap_i, out_s, out_i)
+    return TopK(out_i, out_s)
+
+
+def _quantize_queries(queries: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int16], F32Vector]:
+    """Each query to int16 with its own scale, small enough that the int32 dot cannot overflow."""
+    d = queries.shape[1]
+    q_max = min(_Q16_MAX, _INT32_MAX // (128 * d))
+    top = np.abs(queries).max(axis=1)
+    q_scales = np.where(top > 0, top / np.float32(q_max), np.float32(1.0)).astype(np.float32)
+    q16 = np.rint(queries / q_scales[:, None]).astype(np.int16)
+    return np.ascontiguousarray(q16), q_scales
+
+
+_DTYPES: Final = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.int8))
+
+
+def _validate(
+    matrix: npt.NDArray[Any],
+    queries: npt.NDArray[Any],
+    k: int,
+    labels: I64Vector | None,
+    want: int | None,
+    scales: F32Vector | None,
+) -> None:
+    if not isinstance(matrix, np.ndarray) or matrix.ndim != 2:
+        raise ValueError("matrix must be a 2-D numpy array of shape (n, d)")
+    if matrix.dtype not in _DTYPES:
+        raise ValueError(f"matrix dtype must be float32, float16 or int8, not {matrix.dtype}")
+    if not matrix.flags.c_contiguous:
+        raise ValueError("matrix must be C-contiguous (np.ascontiguousarray copies it once)")
+    n, d = matrix.shape
+    if d == 0:
+        raise ValueError("matrix rows are empty (d == 0)")
+    if queries.dtype != np.float32:
+        raise ValueError(f"queries must be float32, not {queries.dtype}")
+    if queries.shape[1] != d:
+        raise ValueError(f"query dimension {queries.shape[1]} does not match the matrix's {d}")
+    if not queries.flags.c_contiguous:
+        raise ValueError("queries must be C-contiguous")
+    if not np.isfinite(queries).all():
+        raise ValueError("queries hold NaN or infinity")
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer, not {k!r}")
+    if matrix.dtype == np.int8:
+        if scales is None:
+            raise ValueError("int8 rows need their scales (quantize_int8 returns them)")
+        _check_vector(scales, "scales", np.float32, n)
+    elif scales is not None:
+        raise ValueError(f"scales only apply to int8 rows, not {matrix.dtype}")
+    if labels is not None:
+        _check_vector(labels, "labels", np.int64, n)
+    if want is not None:
+        if labels is None:
+            raise ValueError("want needs labels")
+        if isinstance(want, bool) or not isinstance(want, int | np.integer) or want < 0:
+            raise ValueError(f"want must be a non-negative integer label, not {want!r}")
+
+
+def _check_vector(array: Any, name: str, dtype: type[np.generic], n: int) -> None:
+    if not isinstance(array, np.ndarray) or array.ndim != 1 or array.shape[0] != n:
+        raise ValueError(f"{name} must be a 1-D array with one entry per row ({n})")
+    if array.dtype != dtype:
+        raise ValueError(f"{name} must be {np.dtype(dtype)}, not {array.dtype}")
+    if not array.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
