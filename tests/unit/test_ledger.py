@@ -86,7 +86,7 @@ def test_open_applies_the_migrations_once(tmp_path: Path) -> None:
     again = Database.open(path)  # a second start must not re-run m001 (it would fail)
     try:
         assert again.applied_migrations() == ["m001_initial", "m002_cache"]
-        assert again.query("SELECT count(*) AS n FROM _migrations")[0]["n"] == 1
+        assert again.query("SELECT count(*) AS n FROM _migrations")[0]["n"] == len(MIGRATIONS)
         assert UserStore(again).count() == 1
         assert again.query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
     finally:
