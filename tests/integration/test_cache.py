@@ -181,3 +181,9 @@ def test_least_recently_used_entries_are_evicted(start_agent: Callable[..., Runn
     ask(agent, "Why is the sky blue?")  # over the limit: the spider goes
     assert ask(agent, "What is the capital of France?").headers["X-AIFinOps-Cache"] == "hit"
     assert ask(agent, "How many legs does a spider have?").headers["X-AIFinOps-Cache"] == "miss"
+
+
+def test_an_empty_question_skips_the_cache(agent: RunningAgent) -> None:
+    assert ask(agent, "   ").headers["X-AIFinOps-Cache"] == "bypass"
+    assert ask(agent, "   ").headers["X-AIFinOps-Cache"] == "bypass"
+    assert agent.thread.services.db.query("SELECT count(*) AS n FROM cache_entries")[0]["n"] == 0
