@@ -18,20 +18,25 @@ A negative label marks a row that never matches (a deleted row). ``want=None`` a
 row with a non-negative label; ``want=w`` (w >= 0) only rows whose label is ``w``. Without
 ``labels`` every row is a candidate and no label is read.
 
-Results: indices are int64 row numbers, scores float32, best first; ties are broken by the lower
-row number, whatever the number of threads. With fewer than ``k`` candidates the tail is padded
-with index ``-1`` and score ``-inf``. A row whose score is NaN or ``-inf`` is never returned.
+Results: indices are int64 row numbers, scores float32, best first; equal scores go to the lower
+row number, and a row's score does not depend on the number of threads (``search`` and
+``search_batch`` sum in different orders, so they may differ in the last bit). With fewer than
+``k`` candidates the tail is padded with index ``-1`` and score ``-inf``. A row whose score is NaN
+or ``-inf`` is never returned.
 
-Threads: a scan larger than a few MiB runs in parallel over row chunks (numba ``prange``, one
-chunk per thread, each keeping its own top-k, then merged); smaller ones run on the calling
-thread. Every kernel releases the GIL, so concurrent small searches from several threads run at
+Inputs may be read-only (a memory map, ``np.frombuffer``); they must be C-contiguous and of the
+exact dtype (ValueError otherwise: the kernels never copy a matrix behind the caller's back).
+
+Threads: a scan of 32 MiB or more (bytes x queries for a batch) runs in parallel over row chunks
+(numba ``prange``, one chunk per thread, each keeping its own top-k, then merged); smaller ones
+run on the calling thread, which on a 2-core VM was as fast (waking the pool costs 0.1-1 ms). Every kernel releases the GIL, so concurrent small searches from several threads run at
 once; parallel scans are serialised by a lock (they use every core anyway, and numba's fallback
 ``workqueue`` threading layer does not allow concurrent launches).
 
 Compilation: the kernels have explicit signatures but are compiled (or loaded from numba's
 on-disk cache, ``cache=True``) on first use, not at import. Importing this module costs importing
-numba (about 0.3-0.5 s) and nothing else; ``warm_up()`` compiles every kernel (about 15-30 s on
-two cores the first time, a fraction of a second from the cache). Set ``NUMBA_CACHE_DIR`` to a
+numba (about 0.2-0.3 s here) and nothing else; ``warm_up()`` compiles every search kernel (about
+12-16 s on a 2-core VM the first time, 0.2-0.3 s from the cache). Set ``NUMBA_CACHE_DIR`` to a
 writable folder before importing: numba refuses to cache where it cannot write. ``llvmlite`` is
 imported for one intrinsic (the half-to-float conversion); it is numba's own code generator,
 installed with it.
@@ -169,10 +174,17 @@ def _wanted(labels: I64Vector, use_labels: bool, want: int, row: int) -> bool:
 # -- single query: one row at a time, the dot product vectorised over d --------------------------
 # Rows are scanned in increasing order, so `score > heap root` is the whole tie rule here.
 
-_SCAN_ARGS = "int64[::1], boolean, int64, int64, int64, float32[::1], int64[::1]"
+
+def _in(dtype: str, ndim: int) -> str:
+    """An input array in a signature: C-contiguous, read-only (a writable array converts to it)."""
+    return f"Array({dtype}, {ndim}, 'C', readonly=True)"
 
 
-@_kernel(f"void(float32[:, ::1], float32[::1], {_SCAN_ARGS})")
+# labels, use_labels, want, first row, end row, heap scores, heap rows
+_SCAN_ARGS = f"{_in('int64', 1)}, boolean, int64, int64, int64, float32[::1], int64[::1]"
+
+
+@_kernel(f"void({_in('float32', 2)}, {_in('float32', 1)}, {_SCAN_ARGS})")
 def _scan_f32(
     matrix: Any, query: Any, labels: Any, use_labels: bool, want: int, lo: int, hi: int, heap_s: Any, heap_i: Any
 ) -> None:
@@ -190,7 +202,7 @@ def _scan_f32(
             worst = heap_s[0]
 
 
-@_kernel(f"void(uint16[:, ::1], float32[::1], {_SCAN_ARGS})")
+@_kernel(f"void({_in('uint16', 2)}, {_in('float32', 1)}, {_SCAN_ARGS})")
 def _scan_f16(
     matrix: Any, query: Any, labels: Any, use_labels: bool, want: int, lo: int, hi: int, heap_s: Any, heap_i: Any
 ) -> None:
@@ -208,7 +220,7 @@ def _scan_f16(
             worst = heap_s[0]
 
 
-@_kernel(f"void(int8[:, ::1], float32[::1], int16[::1], float32, {_SCAN_ARGS})")
+@_kernel(f"void({_in('int8', 2)}, {_in('float32', 1)}, {_in('int16', 1)}, float32, {_SCAN_ARGS})")
 def _scan_i8(
     matrix: Any,
     scales: Any,
@@ -239,7 +251,7 @@ def _scan_i8(
 
 # -- batches: rows copied (or converted) to two float32 buffers, scored 2 rows x 4 queries at once --
 
-_BATCH_ARGS = "int64[::1], boolean, int64, int64, int64, float32[:, ::1], int64[:, ::1]"
+_BATCH_ARGS = f"{_in('int64', 1)}, boolean, int64, int64, int64, float32[:, ::1], int64[:, ::1]"
 
 
 @_helper
@@ -300,7 +312,7 @@ def _offer(hs: Any, hx: Any, sa: Any, ra: int, sb: Any, rb: int, k: int) -> None
         _push(hs, hx, sb, rb, k)
 
 
-@_kernel(f"void(float32[:, ::1], float32[:, ::1], {_BATCH_ARGS})")
+@_kernel(f"void({_in('float32', 2)}, {_in('float32', 2)}, {_BATCH_ARGS})")
 def _batch_f32(
     matrix: Any, queries: Any, labels: Any, use_labels: bool, want: int, lo: int, hi: int, heap_s: Any, heap_i: Any
 ) -> None:
@@ -337,7 +349,7 @@ def _batch_f32(
         rb = -1
 
 
-@_kernel(f"void(uint16[:, ::1], float32[:, ::1], {_BATCH_ARGS})")
+@_kernel(f"void({_in('uint16', 2)}, {_in('float32', 2)}, {_BATCH_ARGS})")
 def _batch_f16(
     matrix: Any, queries: Any, labels: Any, use_labels: bool, want: int, lo: int, hi: int, heap_s: Any, heap_i: Any
 ) -> None:
@@ -374,7 +386,7 @@ def _batch_f16(
         rb = -1
 
 
-@_kernel(f"void(int8[:, ::1], float32[::1], int16[:, ::1], float32[::1], {_BATCH_ARGS})")
+@_kernel(f"void({_in('int8', 2)}, {_in('float32', 1)}, {_in('int16', 2)}, {_in('float32', 1)}, {_BATCH_ARGS})")
 def _batch_i8(
     matrix: Any,
     scales: Any,
@@ -417,10 +429,10 @@ def _chunk(n: int, chunks: int, c: int) -> tuple[int, int]:
     return min(n, c * step), min(n, (c + 1) * step)
 
 
-_PAR_ARGS = "int64[::1], boolean, int64, float32[:, :, ::1], int64[:, :, ::1]"
+_PAR_ARGS = f"{_in('int64', 1)}, boolean, int64, float32[:, :, ::1], int64[:, :, ::1]"
 
 
-@_kernel(f"void(float32[:, ::1], float32[::1], {_PAR_ARGS})", parallel=True)
+@_kernel(f"void({_in('float32', 2)}, {_in('float32', 1)}, {_PAR_ARGS})", parallel=True)
 def _par_f32(matrix: Any, query: Any, labels: Any, use_labels: bool, want: int, heap_s: Any, heap_i: Any) -> None:
     chunks = heap_s.shape[0]
     for c in prange(chunks):
@@ -428,7 +440,7 @@ def _par_f32(matrix: Any, query: Any, labels: Any, use_labels: bool, want: int, 
         _scan_f32(matrix, query, labels, use_labels, want, lo, hi, heap_s[c, 0], heap_i[c, 0])
 
 
-@_kernel(f"void(uint16[:, ::1], float32[::1], {_PAR_ARGS})", parallel=True)
+@_kernel(f"void({_in('uint16', 2)}, {_in('float32', 1)}, {_PAR_ARGS})", parallel=True)
 def _par_f16(matrix: Any, query: Any, labels: Any, use_labels: bool, want: int, heap_s: Any, heap_i: Any) -> None:
     chunks = heap_s.shape[0]
     for c in prange(chunks):
@@ -436,7 +448,7 @@ def _par_f16(matrix: Any, query: Any, labels: Any, use_labels: bool, want: int, 
         _scan_f16(matrix, query, labels, use_labels, want, lo, hi, heap_s[c, 0], heap_i[c, 0])
 
 
-@_kernel(f"void(int8[:, ::1], float32[::1], int16[::1], float32, {_PAR_ARGS})", parallel=True)
+@_kernel(f"void({_in('int8', 2)}, {_in('float32', 1)}, {_in('int16', 1)}, float32, {_PAR_ARGS})", parallel=True)
 def _par_i8(
     matrix: Any,
     scales: Any,
@@ -454,7 +466,7 @@ def _par_i8(
         _scan_i8(matrix, scales, query, query_scale, labels, use_labels, want, lo, hi, heap_s[c, 0], heap_i[c, 0])
 
 
-@_kernel(f"void(float32[:, ::1], float32[:, ::1], {_PAR_ARGS})", parallel=True)
+@_kernel(f"void({_in('float32', 2)}, {_in('float32', 2)}, {_PAR_ARGS})", parallel=True)
 def _par_batch_f32(
     matrix: Any, queries: Any, labels: Any, use_labels: bool, want: int, heap_s: Any, heap_i: Any
 ) -> None:
@@ -464,7 +476,7 @@ def _par_batch_f32(
         _batch_f32(matrix, queries, labels, use_labels, want, lo, hi, heap_s[c], heap_i[c])
 
 
-@_kernel(f"void(uint16[:, ::1], float32[:, ::1], {_PAR_ARGS})", parallel=True)
+@_kernel(f"void({_in('uint16', 2)}, {_in('float32', 2)}, {_PAR_ARGS})", parallel=True)
 def _par_batch_f16(
     matrix: Any, queries: Any, labels: Any, use_labels: bool, want: int, heap_s: Any, heap_i: Any
 ) -> None:
@@ -474,7 +486,9 @@ def _par_batch_f16(
         _batch_f16(matrix, queries, labels, use_labels, want, lo, hi, heap_s[c], heap_i[c])
 
 
-@_kernel(f"void(int8[:, ::1], float32[::1], int16[:, ::1], float32[::1], {_PAR_ARGS})", parallel=True)
+@_kernel(
+    f"void({_in('int8', 2)}, {_in('float32', 1)}, {_in('int16', 2)}, {_in('float32', 1)}, {_PAR_ARGS})", parallel=True
+)
 def _par_batch_i8(
     matrix: Any,
     scales: Any,
@@ -514,7 +528,7 @@ def _merge(heap_s: Any, heap_i: Any, out_s: Any, out_i: Any) -> None:
             hx[size] = i
 
 
-@_kernel("uint64(uint64[::1], int64)", parallel=True, search=False)
+@_kernel(f"uint64({_in('uint64', 1)}, int64)", parallel=True, search=False)
 def _read_through(words: Any, chunks: int) -> int:
     sums = np.zeros(chunks, np.uint64)
     for c in prange(chunks):

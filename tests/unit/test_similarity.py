@@ -199,6 +199,22 @@ def test_deleted_rows_never_match_and_missing_candidates_are_padded(dtype: str) 
     assert unfiltered.indices.tolist() == [3]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_read_only_inputs_are_searched_in_place(dtype: str) -> None:
+    rng = np.random.default_rng(4)
+    stored = Stored(make_rows(rng, 300, 24), dtype)
+    labels = rng.integers(0, 2, 300).astype(np.int64)
+    query = make_rows(rng, 1, 24)[0]
+    expected = search(stored.matrix, query, 5, labels=labels, want=1, scales=stored.scales)
+    for array in (stored.matrix, stored.scales, labels, query):
+        if array is not None:
+            array.flags.writeable = False
+    found = search(stored.matrix, query, 5, labels=labels, want=1, scales=stored.scales)
+    np.testing.assert_array_equal(found.indices, expected.indices)
+    batch = search_batch(stored.matrix, query[None, :], 5, labels=labels, want=1, scales=stored.scales)
+    assert_top_k(TopK(batch.indices[0], batch.scores[0]), stored, query, candidates(300, labels, 1), 5)
+
+
 def test_an_empty_batch_and_an_empty_matrix() -> None:
     rows = np.zeros((0, 5), np.float32)
     found = search(rows, np.ones(5, np.float32), 2)
