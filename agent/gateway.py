@@ -132,7 +132,11 @@ class Gateway:
         if isinstance(key, str):
             return CacheLookup("bypass", reason=key)
         # Embedding and search run off the event loop (ONNX and numba release the GIL).
-        return await asyncio.get_running_loop().run_in_executor(None, self._cache.lookup, key)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, self._cache.lookup, key)
+        except Exception:  # noqa: BLE001 - the cache saves money; it must never fail a request
+            log.exception("semantic cache lookup failed; answering without the cache")
+            return CacheLookup("bypass", reason="cache unavailable")
 
     async def chat(self, flight: Flight) -> ChatResult:
         if (hit := flight.cache.hit) is not None:
@@ -186,18 +190,21 @@ class Gateway:
             return
         if finish_reason not in ("stop", "length") or not text.strip():
             return
-        await asyncio.get_running_loop().run_in_executor(
-            None,
-            self._cache.store,
-            lookup.key,
-            lookup.vector,
-            flight.route.model,
-            text,
-            finish_reason,
-            usage.input_tokens,
-            usage.output_tokens,
-            price.cost_micro_usd,
-        )
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None,
+                self._cache.store,
+                lookup.key,
+                lookup.vector,
+                flight.route.model,
+                text,
+                finish_reason,
+                usage.input_tokens,
+                usage.output_tokens,
+                price.cost_micro_usd,
+            )
+        except Exception:  # noqa: BLE001 - the answer was delivered and recorded; only the cache missed out
+            log.exception("storing an answer in the semantic cache failed")
 
     def _record_hit(self, flight: Flight) -> None:
         hit = flight.cache.hit

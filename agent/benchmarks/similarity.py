@@ -107,7 +107,7 @@ def run_similarity_bench(
             rows.append(row)
             del stored, scales
     return {
-        "machine": _machine(numba),
+        "machine": _machine(numba) | {"stream_1gib_gbps": _stream_gbps(similarity, repeats)},
         "params": {
             "d": d,
             "k": k,
@@ -129,7 +129,8 @@ def format_markdown(result: dict[str, Any]) -> str:
     head = (
         f"{m['cpu']}, {m['cores']} cores, numba {m['numba']} ({m['threading_layer']} threads: "
         f"{m['numba_threads']}), numpy {m['numpy']}, faiss {m['faiss'] or 'not installed'}, "
-        f"OMP_WAIT_POLICY={m['omp_wait_policy'] or 'unset'}.\n"
+        f"OMP_WAIT_POLICY={m['omp_wait_policy'] or 'unset'}; parallel read of 1 GiB: "
+        f"{m['stream_1gib_gbps']:.1f} GB/s.\n"
         f"d={p['d']}, top-{p['k']}, p50 of {p['repeats']} single queries, batches of {p['batch']}; "
         f"recall over {p['recall_queries']} noisy copies of stored rows (noise {p['noise']}) "
         f"against exact float32. Kernels ready in {result['warm_up_s']:.2f} s.\n\n"
@@ -282,6 +283,13 @@ def _each(call: Callable[[npt.NDArray[np.float32]], object], queries: F32Matrix)
         call(query)
         times.append(time.perf_counter() - t0)
     return times
+
+
+def _stream_gbps(similarity: Any, repeats: int) -> float:
+    """Bandwidth of a parallel read of a fresh 1 GiB array (context for the per-matrix figures)."""
+    buffer = np.ones(1 << 27, np.uint64)
+    similarity.read_through(buffer)
+    return buffer.nbytes / float(np.median(_runs(lambda: similarity.read_through(buffer), repeats))) / 1e9
 
 
 def _runs(call: Callable[[], object], count: int, budget_s: float | None = None) -> list[float]:

@@ -187,3 +187,13 @@ def test_an_empty_question_skips_the_cache(agent: RunningAgent) -> None:
     assert ask(agent, "   ").headers["X-AIFinOps-Cache"] == "bypass"
     assert ask(agent, "   ").headers["X-AIFinOps-Cache"] == "bypass"
     assert agent.thread.services.db.query("SELECT count(*) AS n FROM cache_entries")[0]["n"] == 0
+
+
+def test_a_broken_embedding_model_never_fails_a_request(start_agent: Callable[..., RunningAgent], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    agent = start_agent(cache={"embedding_model": str(junk)})
+    answer = ask(agent, "What is the capital of France?")
+    assert answer.headers["X-AIFinOps-Cache"] == "bypass"
+    assert answer.json()["choices"][0]["message"]["content"]
+    assert [r.status for r in agent.rows()] == ["ok"]
