@@ -134,7 +134,7 @@ class Gateway:
         # Embedding and search run off the event loop (ONNX and numba release the GIL).
         try:
             return await asyncio.get_running_loop().run_in_executor(None, self._cache.lookup, key)
-        except Exception:  # noqa: BLE001 - the cache saves money; it must never fail a request
+        except Exception:  # the cache saves money; it must never fail a request (logged with traceback)
             log.exception("semantic cache lookup failed; answering without the cache")
             return CacheLookup("bypass", reason="cache unavailable")
 
@@ -203,7 +203,7 @@ class Gateway:
                 usage.output_tokens,
                 price.cost_micro_usd,
             )
-        except Exception:  # noqa: BLE001 - the answer was delivered and recorded; only the cache missed out
+        except Exception:  # the answer was delivered and recorded; only the cache misses out
             log.exception("storing an answer in the semantic cache failed")
 
     def _record_hit(self, flight: Flight) -> None:
