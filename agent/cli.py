@@ -340,7 +340,10 @@ def bench_similarity(obj: _Context, sizes: str, dtypes: str, as_json: bool) -> N
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from agent.benchmarks.similarity import format_markdown, run_similarity_bench
 
-    result = run_similarity_bench([int(n) for n in sizes.split(",")], dtypes.split(","))
+    try:
+        result = run_similarity_bench([int(n) for n in sizes.split(",")], dtypes.split(","))
+    except ValueError as e:
+        _fail(f"bad --n or --dtype: {e}")
     click.echo(json.dumps(result) if as_json else format_markdown(result))
 
 

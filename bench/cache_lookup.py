@@ -75,7 +75,9 @@ def main() -> None:
         db.close()
     timings.sort()
     p50, p99 = statistics.median(timings), timings[int(len(timings) * 0.99) - 1]
-    print(f"{len(cache)} entries: lookup p50 {p50:.2f} ms, p99 {p99:.2f} ms, {hits}/{len(pairs)} hits (fill {fill_s:.1f} s)")
+    print(
+        f"{len(cache)} entries: lookup p50 {p50:.2f} ms, p99 {p99:.2f} ms, {hits}/{len(pairs)} hits (fill {fill_s:.1f} s)"
+    )
     body = (
         f"| entries | lookups | p50 (ms) | p99 (ms) |\n|---|---|---|---|\n| {len(cache)} | {len(pairs)} | {p50:.2f} | {p99:.2f} |\n\n"
         "Each lookup: embed the question (MiniLM int8, ONNX Runtime, 1 thread), exact-hash check, float16 top-k\n"

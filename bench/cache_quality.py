@@ -1,6 +1,6 @@
 """Runs `aifinops bench cache-quality` on the shared pairs files and writes the figures.
 
-    .venv/bin/python bench/cache_quality.py [--limit N]
+.venv/bin/python bench/cache_quality.py [--limit N]
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def main() -> None:
         "\nThe guard (numbers, dates, negation and names must agree) is the second stage; the sweep with it off\n"
         "shows what it buys. Each pair gets its own user scope, so q2 can only be served q1's answer.\n"
     )
-    command = ".venv/bin/aifinops bench cache-quality --pairs ../shared/data/<file> --json   # via bench/cache_quality.py"
+    command = (
+        ".venv/bin/aifinops bench cache-quality --pairs ../shared/data/<file> --json   # via bench/cache_quality.py"
+    )
     update_section("cache-quality", "Semantic cache: quality on labelled pairs", command, body)
 
 

@@ -13,9 +13,7 @@ import time
 from urllib.parse import urlsplit
 
 
-async def worker(
-    host: str, port: int, request: bytes, count: int, latencies: list[float], errors: list[str]
-) -> None:
+async def worker(host: str, port: int, request: bytes, count: int, latencies: list[float], errors: list[str]) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     for _ in range(count):
         started = time.perf_counter()

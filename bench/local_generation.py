@@ -57,9 +57,7 @@ def main() -> None:
             },
         )
         agent = AgentThread(settings).start()
-        client = openai.OpenAI(
-            base_url=f"{agent.base_url}/v1", api_key=read_token_file(settings.paths.token_file)
-        )
+        client = openai.OpenAI(base_url=f"{agent.base_url}/v1", api_key=read_token_file(settings.paths.token_file))
         raw_tps, agent_tps, tokens = [], [], set()
         try:
             for run in range(args.runs + 1):  # the first round warms both up and is not counted

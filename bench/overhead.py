@@ -24,9 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.report import update_section  # noqa: E402
 
-BODY = json.dumps(
-    {"model": "bench-model", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16}
-)
+BODY = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16})
 
 
 def free_port() -> int:

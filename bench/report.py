@@ -39,10 +39,6 @@ def update_section(name: str, title: str, command: str, body: str) -> None:
         f"Machine: {machine()}\n\n{body.strip()}\n<!-- /bench:{name} -->"
     )
     pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
-    text = (
-        pattern.sub(lambda _m: section, text)
-        if pattern.search(text)
-        else text.rstrip() + "\n\n" + section + "\n"
-    )
+    text = pattern.sub(lambda _m: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)

@@ -8,6 +8,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("overhead.py", "local_generation.py"):
+for script in ("overhead.py", "local_generation.py", "similarity.py", "cache_lookup.py", "cache_quality.py"):
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)

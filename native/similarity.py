@@ -5,38 +5,44 @@ memory-bound and takes milliseconds) and returns the ``k`` rows with the highest
 best first, as ``TopK(indices, scores)``. ``search_batch`` does the same for ``m`` queries in one
 pass over the matrix and returns ``(m, k)`` arrays.
 
-Storage types:
+Storage types and how they are scanned:
 
-- float32 and float16 rows; float16 is converted to float32 in registers (F16C/AVX-512) and
-  accumulated in float32.
+- float32 and float16 rows, accumulated in float32; float16 is converted in registers
+  (``vcvtph2ps``: numba has no CPU float16 type, so the kernels read the uint16 bits).
 - int8 rows with one float32 scale per row, ``row_i ~= int8_i * scale_i`` (``quantize_int8``
-  makes them). The query is quantised to int16 for each call (relative error ~3e-5, far below
-  the int8 rows' own) and the dot product runs in int32 (``vpmaddwd``).
+  makes them). A single query is quantised to int16 (relative error ~3e-5, far below the int8
+  rows' own) and dotted in int32 (``vpmaddwd``); a batch dequantises each row to float32 instead.
+- ``search``: one row at a time, the dot product vectorised over d. ``search_batch``: each pair
+  of rows converted once into a float32 buffer and scored against 4 queries at a time.
 
 Row filter (the semantic cache's partitions and deleted rows): ``labels`` is one int64 per row.
 A negative label marks a row that never matches (a deleted row). ``want=None`` accepts every
 row with a non-negative label; ``want=w`` (w >= 0) only rows whose label is ``w``. Without
-``labels`` every row is a candidate and no label is read.
+``labels`` every row is a candidate. The filter is applied after scoring: every row is scored
+whatever its label (``search`` reads a label only for a score that would enter the top k,
+``search_batch`` reads each row's), so a filtered search runs at the unfiltered speed and its
+time does not depend on which rows match (no timing oracle on other partitions' contents).
 
 Results: indices are int64 row numbers, scores float32, best first; equal scores go to the lower
-row number, and a row's score does not depend on the number of threads (``search`` and
-``search_batch`` sum in different orders, so they may differ in the last bit). With fewer than
-``k`` candidates the tail is padded with index ``-1`` and score ``-inf``. A row whose score is NaN
-or ``-inf`` is never returned.
+row number, and a row's score does not depend on the number of threads. ``search`` and
+``search_batch`` sum in different orders (and differ for int8 as above), so their scores may
+differ slightly. With fewer than ``k`` candidates the tail is padded with index ``-1`` and score
+``-inf``. A row whose score is NaN or ``-inf`` is never returned.
 
 Inputs may be read-only (a memory map, ``np.frombuffer``); they must be C-contiguous and of the
 exact dtype (ValueError otherwise: the kernels never copy a matrix behind the caller's back).
 
 Threads: a scan of 32 MiB or more (bytes x queries for a batch) runs in parallel over row chunks
 (numba ``prange``, one chunk per thread, each keeping its own top-k, then merged); smaller ones
-run on the calling thread, which on a 2-core VM was as fast (waking the pool costs 0.1-1 ms). Every kernel releases the GIL, so concurrent small searches from several threads run at
-once; parallel scans are serialised by a lock (they use every core anyway, and numba's fallback
+run on the calling thread, which on a 2-core VM was as fast (waking the pool costs 0.1-1 ms).
+Every kernel releases the GIL, so concurrent small searches from several threads run at once;
+parallel scans are serialised by a lock (they use every core anyway, and numba's fallback
 ``workqueue`` threading layer does not allow concurrent launches).
 
 Compilation: the kernels have explicit signatures but are compiled (or loaded from numba's
 on-disk cache, ``cache=True``) on first use, not at import. Importing this module costs importing
 numba (about 0.2-0.3 s here) and nothing else; ``warm_up()`` compiles every search kernel (about
-12-16 s on a 2-core VM the first time, 0.2-0.3 s from the cache). Set ``NUMBA_CACHE_DIR`` to a
+10 s on a 2-core VM the first time, 0.2-0.3 s from the cache). Set ``NUMBA_CACHE_DIR`` to a
 writable folder before importing: numba refuses to cache where it cannot write. ``llvmlite`` is
 imported for one intrinsic (the half-to-float conversion); it is numba's own code generator,
 installed with it.
@@ -93,8 +99,13 @@ _compiled: set[str] = set()
 
 
 def _helper(func: _F) -> _F:
-    """A small jitted helper, compiled into the kernels that call it."""
+    """A small jitted helper, inlined into the kernels that call it."""
     return cast(_F, numba.njit(inline="always", nogil=True, fastmath=_FASTMATH)(func))
+
+
+def _subroutine(func: _F) -> _F:
+    """A jitted function called (not inlined) from kernels: compiled once, keeps them small."""
+    return cast(_F, numba.njit(nogil=True, fastmath=_FASTMATH)(func))
 
 
 def _kernel(signature: str, *, parallel: bool = False, search: bool = True) -> Callable[[_F], _F]:
@@ -108,6 +119,11 @@ def _kernel(signature: str, *, parallel: bool = False, search: bool = True) -> C
         return cast(_F, dispatcher)
 
     return decorate
+
+
+def _in(dtype: str, ndim: int) -> str:
+    """An input array in a signature: C-contiguous, read-only (a writable array converts to it)."""
+    return f"Array({dtype}, {ndim}, 'C', readonly=True)"
 
 
 def _ready(name: str) -> Any:
@@ -137,9 +153,13 @@ def _half_to_float_typing(typingctx: Any, bits: Any) -> Any:
 _half_to_float = cast(Callable[[Any], Any], intrinsic(_half_to_float_typing))
 
 
-@_helper
-def _push(heap_s: F32Vector, heap_i: I64Vector, score: Any, index: int, size: int) -> None:
-    """Put (score, index) at the root of the min-heap heap[:size] and sift it down.
+# The hot loops index 2-D arrays directly (matrix[row, j], heap_s[q, 0]) rather than through row
+# views: each view costs an atomic reference-count increment and decrement.
+
+
+@_subroutine
+def _push(heap_s: Any, heap_i: Any, q: int, score: Any, index: int, size: int) -> None:
+    """Put (score, index) at the root of the min-heap heap[q, :size] and sift it down.
 
     The root is the worst entry: lowest score, then highest index (so lower rows win ties).
     """
@@ -150,17 +170,18 @@ def _push(heap_s: F32Vector, heap_i: I64Vector, score: Any, index: int, size: in
             break
         right = child + 1
         if right < size and (
-            heap_s[right] < heap_s[child] or (heap_s[right] == heap_s[child] and heap_i[right] > heap_i[child])
+            heap_s[q, right] < heap_s[q, child]
+            or (heap_s[q, right] == heap_s[q, child] and heap_i[q, right] > heap_i[q, child])
         ):
             child = right
-        if heap_s[child] < score or (heap_s[child] == score and heap_i[child] > index):
-            heap_s[pos] = heap_s[child]
-            heap_i[pos] = heap_i[child]
+        if heap_s[q, child] < score or (heap_s[q, child] == score and heap_i[q, child] > index):
+            heap_s[q, pos] = heap_s[q, child]
+            heap_i[q, pos] = heap_i[q, child]
             pos = child
         else:
             break
-    heap_s[pos] = score
-    heap_i[pos] = index
+    heap_s[q, pos] = score
+    heap_i[q, pos] = index
 
 
 @_helper
@@ -171,53 +192,45 @@ def _wanted(labels: I64Vector, use_labels: bool, want: int, row: int) -> bool:
     return label >= 0 and (want < 0 or label == want)
 
 
+@_helper
+def _offer(heap_s: Any, heap_i: Any, q: int, score: Any, row: int) -> None:
+    """Push (score, row) into query q's heap if it beats the worst there; row < 0: drop it."""
+    if row >= 0 and score > heap_s[q, 0]:
+        _push(heap_s, heap_i, q, score, row, heap_s.shape[1])
+
+
 # -- single query: one row at a time, the dot product vectorised over d --------------------------
-# Rows are scanned in increasing order, so `score > heap root` is the whole tie rule here.
+# Rows are scanned in increasing order, so `score > heap root` is the whole tie rule here. Every
+# row is scored; the label is read only for a score that would enter the heap.
 
-
-def _in(dtype: str, ndim: int) -> str:
-    """An input array in a signature: C-contiguous, read-only (a writable array converts to it)."""
-    return f"Array({dtype}, {ndim}, 'C', readonly=True)"
-
-
-# labels, use_labels, want, first row, end row, heap scores, heap rows
-_SCAN_ARGS = f"{_in('int64', 1)}, boolean, int64, int64, int64, float32[::1], int64[::1]"
+# labels, use_labels, want, first row, end row, heap scores (1, k), heap rows (1, k)
+_SCAN_ARGS = f"{_in('int64', 1)}, boolean, int64, int64, int64, float32[:, ::1], int64[:, ::1]"
 
 
 @_kernel(f"void({_in('float32', 2)}, {_in('float32', 1)}, {_SCAN_ARGS})")
 def _scan_f32(
     matrix: Any, query: Any, labels: Any, use_labels: bool, want: int, lo: int, hi: int, heap_s: Any, heap_i: Any
 ) -> None:
-    k, d = heap_s.size, query.size
-    worst = heap_s[0]
+    d, k = query.size, heap_s.shape[1]
     for row in range(lo, hi):
-        if not _wanted(labels, use_labels, want, row):
-            continue
-        x = matrix[row]
         s = np.float32(0.0)
         for j in range(d):
-            s += x[j] * query[j]
-        if s > worst:
-            _push(heap_s, heap_i, s, row, k)
-            worst = heap_s[0]
+            s += matrix[row, j] * query[j]
+        if s > heap_s[0, 0] and _wanted(labels, use_labels, want, row):
+            _push(heap_s, heap_i, 0, s, row, k)
 
 
 @_kernel(f"void({_in('uint16', 2)}, {_in('float32', 1)}, {_SCAN_ARGS})")
 def _scan_f16(
     matrix: Any, query: Any, labels: Any, use_labels: bool, want: int, lo: int, hi: int, heap_s: Any, heap_i: Any
 ) -> None:
-    k, d = heap_s.size, query.size
-    worst = heap_s[0]
+    d, k = query.size, heap_s.shape[1]
     for row in range(lo, hi):
-        if not _wanted(labels, use_labels, want, row):
-            continue
-        x = matrix[row]
         s = np.float32(0.0)
         for j in range(d):
-            s += _half_to_float(x[j]) * query[j]
-        if s > worst:
-            _push(heap_s, heap_i, s, row, k)
-            worst = heap_s[0]
+            s += _half_to_float(matrix[row, j]) * query[j]
+        if s > heap_s[0, 0] and _wanted(labels, use_labels, want, row):
+            _push(heap_s, heap_i, 0, s, row, k)
 
 
 @_kernel(f"void({_in('int8', 2)}, {_in('float32', 1)}, {_in('int16', 1)}, float32, {_SCAN_ARGS})")
@@ -234,38 +247,34 @@ def _scan_i8(
     heap_s: Any,
     heap_i: Any,
 ) -> None:
-    k, d = heap_s.size, query.size
-    worst = heap_s[0]
+    d, k = query.size, heap_s.shape[1]
     for row in range(lo, hi):
-        if not _wanted(labels, use_labels, want, row):
-            continue
-        x = matrix[row]
         acc = np.int32(0)
         for j in range(d):  # int16 x int16 -> int32: LLVM emits vpmaddwd
-            acc = np.int32(acc + np.int32(np.int16(x[j]) * query[j]))
+            acc = np.int32(acc + np.int32(np.int16(matrix[row, j]) * query[j]))
         s = np.float32(acc) * (scales[row] * query_scale)
-        if s > worst:
-            _push(heap_s, heap_i, s, row, k)
-            worst = heap_s[0]
+        if s > heap_s[0, 0] and _wanted(labels, use_labels, want, row):
+            _push(heap_s, heap_i, 0, s, row, k)
 
 
 # -- batches: rows copied (or converted) to two float32 buffers, scored 2 rows x 4 queries at once --
+# Even rows always take buffer a and odd rows buffer b, and _score_rows is one compiled function
+# (inlined copies could be vectorised, so rounded, differently): a row's score does not depend on
+# how the rows were chunked.
 
 _BATCH_ARGS = f"{_in('int64', 1)}, boolean, int64, int64, int64, float32[:, ::1], int64[:, ::1]"
 
 
-@_helper
-def _score_rows(xa: Any, xb: Any, ra: int, rb: int, queries: Any, heap_s: Any, heap_i: Any) -> None:
-    """Score the buffered rows ra (even) and rb (odd) against every query; update their heaps.
+@_subroutine
+def _score_rows(bufs: Any, ra: int, rb: int, queries: Any, heap_s: Any, heap_i: Any) -> None:
+    """Score the buffered rows ra (bufs[0], even) and rb (bufs[1], odd) against every query.
 
-    A negative row number marks an empty slot: it is scored but dropped. Even rows always take
-    slot a and odd rows slot b, so a row's score does not depend on how the rows were chunked.
+    A negative row number marks an empty or unwanted buffer: it is scored but dropped. (No label
+    array in here: an array handed to an inlined helper costs reference counting at each call.)
     """
-    m, k = heap_s.shape
-    d = queries.shape[1]
+    m, d = queries.shape
     m4 = m - m % 4
     for qb in range(0, m4, 4):
-        q0, q1, q2, q3 = queries[qb], queries[qb + 1], queries[qb + 2], queries[qb + 3]
         a0 = np.float32(0.0)
         a1 = np.float32(0.0)
         a2 = np.float32(0.0)
@@ -275,41 +284,37 @@ def _score_rows(xa: Any, xb: Any, ra: int, rb: int, queries: Any, heap_s: Any, h
         b2 = np.float32(0.0)
         b3 = np.float32(0.0)
         for j in range(d):
-            xj = xa[j]
-            yj = xb[j]
-            v = q0[j]
+            xj = bufs[0, j]
+            yj = bufs[1, j]
+            v = queries[qb, j]
             a0 += xj * v
             b0 += yj * v
-            v = q1[j]
+            v = queries[qb + 1, j]
             a1 += xj * v
             b1 += yj * v
-            v = q2[j]
+            v = queries[qb + 2, j]
             a2 += xj * v
             b2 += yj * v
-            v = q3[j]
+            v = queries[qb + 3, j]
             a3 += xj * v
             b3 += yj * v
-        _offer(heap_s[qb], heap_i[qb], a0, ra, b0, rb, k)
-        _offer(heap_s[qb + 1], heap_i[qb + 1], a1, ra, b1, rb, k)
-        _offer(heap_s[qb + 2], heap_i[qb + 2], a2, ra, b2, rb, k)
-        _offer(heap_s[qb + 3], heap_i[qb + 3], a3, ra, b3, rb, k)
+        _offer(heap_s, heap_i, qb, a0, ra)
+        _offer(heap_s, heap_i, qb, b0, rb)
+        _offer(heap_s, heap_i, qb + 1, a1, ra)
+        _offer(heap_s, heap_i, qb + 1, b1, rb)
+        _offer(heap_s, heap_i, qb + 2, a2, ra)
+        _offer(heap_s, heap_i, qb + 2, b2, rb)
+        _offer(heap_s, heap_i, qb + 3, a3, ra)
+        _offer(heap_s, heap_i, qb + 3, b3, rb)
     for qi in range(m4, m):
-        q = queries[qi]
         sa = np.float32(0.0)
         sb = np.float32(0.0)
         for j in range(d):
-            v = q[j]
-            sa += xa[j] * v
-            sb += xb[j] * v
-        _offer(heap_s[qi], heap_i[qi], sa, ra, sb, rb, k)
-
-
-@_helper
-def _offer(hs: Any, hx: Any, sa: Any, ra: int, sb: Any, rb: int, k: int) -> None:
-    if ra >= 0 and sa > hs[0]:
-        _push(hs, hx, sa, ra, k)
-    if rb >= 0 and sb > hs[0]:
-        _push(hs, hx, sb, rb, k)
+            v = queries[qi, j]
+            sa += bufs[0, j] * v
+            sb += bufs[1, j] * v
+        _offer(heap_s, heap_i, qi, sa, ra)
+        _offer(heap_s, heap_i, qi, sb, rb)
 
 
 @_kernel(f"void({_in('float32', 2)}, {_in('float32', 2)}, {_BATCH_ARGS})")
@@ -318,35 +323,22 @@ def _batch_f32(
 ) -> None:
     d = queries.shape[1]
     bufs = np.zeros((2, d), np.float32)
-    ra = -1  # the even row in bufs[0], or -1
-    rb = -1  # the odd row in bufs[1], or -1
     row = lo
-    while True:  # one call site for _score_rows: each inlined copy could round differently
-        if row < hi:
-            if not _wanted(labels, use_labels, want, row):
-                row += 1
-                continue
-            slot = row & 1
-            if slot == 0 and ra < 0:
-                x = matrix[row]
-                buf = bufs[0]
-                for j in range(d):
-                    buf[j] = x[j]
-                ra = row
-                row += 1
-                continue
-            if slot == 1:
-                x = matrix[row]
-                buf = bufs[1]
-                for j in range(d):
-                    buf[j] = x[j]
-                rb = row
-                row += 1
-        elif ra < 0:
-            break
-        _score_rows(bufs[0], bufs[1], ra, rb, queries, heap_s, heap_i)
-        ra = -1
-        rb = -1
+    while row < hi:
+        ra = row if row % 2 == 0 else -1  # an odd first row leaves buffer a empty
+        rb = ra + 1 if ra >= 0 else row
+        if rb >= hi:  # an even last row leaves buffer b empty
+            rb = -1
+        if ra >= 0:
+            for j in range(d):
+                bufs[0, j] = matrix[ra, j]
+        if rb >= 0:
+            for j in range(d):
+                bufs[1, j] = matrix[rb, j]
+        keep_a = ra if ra >= 0 and _wanted(labels, use_labels, want, ra) else -1
+        keep_b = rb if rb >= 0 and _wanted(labels, use_labels, want, rb) else -1
+        _score_rows(bufs, keep_a, keep_b, queries, heap_s, heap_i)
+        row = max(ra, rb) + 1
 
 
 @_kernel(f"void({_in('uint16', 2)}, {_in('float32', 2)}, {_BATCH_ARGS})")
@@ -355,43 +347,29 @@ def _batch_f16(
 ) -> None:
     d = queries.shape[1]
     bufs = np.zeros((2, d), np.float32)
-    ra = -1  # the even row in bufs[0], or -1
-    rb = -1  # the odd row in bufs[1], or -1
     row = lo
-    while True:  # one call site for _score_rows: each inlined copy could round differently
-        if row < hi:
-            if not _wanted(labels, use_labels, want, row):
-                row += 1
-                continue
-            slot = row & 1
-            if slot == 0 and ra < 0:
-                x = matrix[row]
-                buf = bufs[0]
-                for j in range(d):
-                    buf[j] = _half_to_float(x[j])
-                ra = row
-                row += 1
-                continue
-            if slot == 1:
-                x = matrix[row]
-                buf = bufs[1]
-                for j in range(d):
-                    buf[j] = _half_to_float(x[j])
-                rb = row
-                row += 1
-        elif ra < 0:
-            break
-        _score_rows(bufs[0], bufs[1], ra, rb, queries, heap_s, heap_i)
-        ra = -1
-        rb = -1
+    while row < hi:
+        ra = row if row % 2 == 0 else -1  # an odd first row leaves buffer a empty
+        rb = ra + 1 if ra >= 0 else row
+        if rb >= hi:  # an even last row leaves buffer b empty
+            rb = -1
+        if ra >= 0:
+            for j in range(d):
+                bufs[0, j] = _half_to_float(matrix[ra, j])
+        if rb >= 0:
+            for j in range(d):
+                bufs[1, j] = _half_to_float(matrix[rb, j])
+        keep_a = ra if ra >= 0 and _wanted(labels, use_labels, want, ra) else -1
+        keep_b = rb if rb >= 0 and _wanted(labels, use_labels, want, rb) else -1
+        _score_rows(bufs, keep_a, keep_b, queries, heap_s, heap_i)
+        row = max(ra, rb) + 1
 
 
-@_kernel(f"void({_in('int8', 2)}, {_in('float32', 1)}, {_in('int16', 2)}, {_in('float32', 1)}, {_BATCH_ARGS})")
+@_kernel(f"void({_in('int8', 2)}, {_in('float32', 1)}, {_in('float32', 2)}, {_BATCH_ARGS})")
 def _batch_i8(
     matrix: Any,
     scales: Any,
     queries: Any,
-    query_scales: Any,
     labels: Any,
     use_labels: bool,
     want: int,
@@ -400,24 +378,26 @@ def _batch_i8(
     heap_s: Any,
     heap_i: Any,
 ) -> None:
-    m, k = heap_s.shape
     d = queries.shape[1]
-    x = np.empty(d, np.int16)  # the row widened once, then one vpmaddwd dot per query
-    for row in range(lo, hi):
-        if not _wanted(labels, use_labels, want, row):
-            continue
-        xr = matrix[row]
-        for j in range(d):
-            x[j] = xr[j]
-        scale = scales[row]
-        for qi in range(m):
-            q = queries[qi]
-            acc = np.int32(0)
+    bufs = np.zeros((2, d), np.float32)  # dequantised rows: the float32 path, queries unquantised
+    row = lo
+    while row < hi:
+        ra = row if row % 2 == 0 else -1  # an odd first row leaves buffer a empty
+        rb = ra + 1 if ra >= 0 else row
+        if rb >= hi:  # an even last row leaves buffer b empty
+            rb = -1
+        if ra >= 0:
+            scale = scales[ra]
             for j in range(d):
-                acc = np.int32(acc + np.int32(x[j] * q[j]))
-            s = np.float32(acc) * (scale * query_scales[qi])
-            if s > heap_s[qi, 0]:
-                _push(heap_s[qi], heap_i[qi], s, row, k)
+                bufs[0, j] = np.float32(matrix[ra, j]) * scale
+        if rb >= 0:
+            scale = scales[rb]
+            for j in range(d):
+                bufs[1, j] = np.float32(matrix[rb, j]) * scale
+        keep_a = ra if ra >= 0 and _wanted(labels, use_labels, want, ra) else -1
+        keep_b = rb if rb >= 0 and _wanted(labels, use_labels, want, rb) else -1
+        _score_rows(bufs, keep_a, keep_b, queries, heap_s, heap_i)
+        row = max(ra, rb) + 1
 
 
 # -- parallel drivers: one chunk of rows per heap, chunks spread over the threads ----------------
@@ -437,7 +417,7 @@ def _par_f32(matrix: Any, query: Any, labels: Any, use_labels: bool, want: int, 
     chunks = heap_s.shape[0]
     for c in prange(chunks):
         lo, hi = _chunk(matrix.shape[0], chunks, c)
-        _scan_f32(matrix, query, labels, use_labels, want, lo, hi, heap_s[c, 0], heap_i[c, 0])
+        _scan_f32(matrix, query, labels, use_labels, want, lo, hi, heap_s[c], heap_i[c])
 
 
 @_kernel(f"void({_in('uint16', 2)}, {_in('float32', 1)}, {_PAR_ARGS})", parallel=True)
@@ -445,7 +425,7 @@ def _par_f16(matrix: Any, query: Any, labels: Any, use_labels: bool, want: int, 
     chunks = heap_s.shape[0]
     for c in prange(chunks):
         lo, hi = _chunk(matrix.shape[0], chunks, c)
-        _scan_f16(matrix, query, labels, use_labels, want, lo, hi, heap_s[c, 0], heap_i[c, 0])
+        _scan_f16(matrix, query, labels, use_labels, want, lo, hi, heap_s[c], heap_i[c])
 
 
 @_kernel(f"void({_in('int8', 2)}, {_in('float32', 1)}, {_in('int16', 1)}, float32, {_PAR_ARGS})", parallel=True)
@@ -463,7 +443,7 @@ def _par_i8(
     chunks = heap_s.shape[0]
     for c in prange(chunks):
         lo, hi = _chunk(matrix.shape[0], chunks, c)
-        _scan_i8(matrix, scales, query, query_scale, labels, use_labels, want, lo, hi, heap_s[c, 0], heap_i[c, 0])
+        _scan_i8(matrix, scales, query, query_scale, labels, use_labels, want, lo, hi, heap_s[c], heap_i[c])
 
 
 @_kernel(f"void({_in('float32', 2)}, {_in('float32', 2)}, {_PAR_ARGS})", parallel=True)
@@ -486,14 +466,11 @@ def _par_batch_f16(
         _batch_f16(matrix, queries, labels, use_labels, want, lo, hi, heap_s[c], heap_i[c])
 
 
-@_kernel(
-    f"void({_in('int8', 2)}, {_in('float32', 1)}, {_in('int16', 2)}, {_in('float32', 1)}, {_PAR_ARGS})", parallel=True
-)
+@_kernel(f"void({_in('int8', 2)}, {_in('float32', 1)}, {_in('float32', 2)}, {_PAR_ARGS})", parallel=True)
 def _par_batch_i8(
     matrix: Any,
     scales: Any,
     queries: Any,
-    query_scales: Any,
     labels: Any,
     use_labels: bool,
     want: int,
@@ -503,29 +480,27 @@ def _par_batch_i8(
     chunks = heap_s.shape[0]
     for c in prange(chunks):
         lo, hi = _chunk(matrix.shape[0], chunks, c)
-        _batch_i8(matrix, scales, queries, query_scales, labels, use_labels, want, lo, hi, heap_s[c], heap_i[c])
+        _batch_i8(matrix, scales, queries, labels, use_labels, want, lo, hi, heap_s[c], heap_i[c])
 
 
 @_kernel("void(float32[:, :, ::1], int64[:, :, ::1], float32[:, ::1], int64[:, ::1])")
 def _merge(heap_s: Any, heap_i: Any, out_s: Any, out_i: Any) -> None:
     """Merge the chunks' heaps into one best-first (m, k) result, padded with (-inf, -1)."""
     chunks, m, k = heap_s.shape
-    for qi in range(m):
-        hs = out_s[qi]
-        hx = out_i[qi]
-        hs[:] = -np.inf
-        hx[:] = -1
+    out_s[:] = -np.inf
+    out_i[:] = -1
+    for q in range(m):
         for c in range(chunks):
             for t in range(k):
-                s = heap_s[c, qi, t]
-                i = heap_i[c, qi, t]
-                if i >= 0 and (s > hs[0] or (s == hs[0] and (hx[0] < 0 or i < hx[0]))):
-                    _push(hs, hx, s, i, k)
+                s = heap_s[c, q, t]
+                i = heap_i[c, q, t]
+                if i >= 0 and (s > out_s[q, 0] or (s == out_s[q, 0] and (out_i[q, 0] < 0 or i < out_i[q, 0]))):
+                    _push(out_s, out_i, q, s, i, k)
         for size in range(k - 1, 0, -1):  # heap sort: the worst goes to the back
-            s, i = hs[0], hx[0]
-            _push(hs, hx, hs[size], hx[size], size)
-            hs[size] = s
-            hx[size] = i
+            s, i = out_s[q, 0], out_i[q, 0]
+            _push(out_s, out_i, q, out_s[q, size], out_i[q, size], size)
+            out_s[q, size] = s
+            out_i[q, size] = i
 
 
 @_kernel(f"uint64({_in('uint64', 1)}, int64)", parallel=True, search=False)
@@ -533,7 +508,7 @@ def _read_through(words: Any, chunks: int) -> int:
     sums = np.zeros(chunks, np.uint64)
     for c in prange(chunks):
         lo, hi = _chunk(words.size, chunks, c)
-        part = words[lo:hi]  # a slice: its loop vectorises, a[lo + i] would not
+        part = words[lo:hi]  # a slice: its loop vectorises, words[lo + i] would not
         total = np.uint64(0)
         for i in range(part.size):
             total += part[i]
@@ -666,16 +641,17 @@ def _run(
     kind = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16", np.dtype(np.int8): "i8"}[matrix.dtype]
     stored = matrix.view(np.uint16) if kind == "f16" else matrix
     args: tuple[Any, ...]
-    if kind == "i8":
+    if kind == "i8" and single:
         q16, q_scales = _quantize_queries(queries)
-        args = (stored, scales, q16[0], q_scales[0]) if single else (stored, scales, q16, q_scales)
+        args = (stored, scales, q16[0], q_scales[0])
+    elif kind == "i8":
+        args = (stored, scales, queries)
     else:
         args = (stored, queries[0]) if single else (stored, queries)
     filter_args = (label_arg, use_labels, want_arg)
     if chunks == 1:
         name = f"_scan_{kind}" if single else f"_batch_{kind}"
-        h_s, h_i = (heap_s[0, 0], heap_i[0, 0]) if single else (heap_s[0], heap_i[0])
-        _ready(name)(*args, *filter_args, 0, n, h_s, h_i)
+        _ready(name)(*args, *filter_args, 0, n, heap_s[0], heap_i[0])
     else:
         name = f"_par_{kind}" if single else f"_par_batch_{kind}"
         kernel = _ready(name)

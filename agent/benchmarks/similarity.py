@@ -4,8 +4,9 @@ For each size and storage type, in one process: the single-query p50 latency and
 throughput of ``native.similarity``; the memory bandwidth a parallel read of the same matrix
 reaches (measured alternately with the searches, so both see the same machine state), the floor
 it implies (bytes scanned / bandwidth) and our ratio to it; numpy (``X @ q`` + argpartition, on
-the stored type as numpy handles it); faiss ``IndexFlatIP`` on float32 and faiss's scalar
-quantiser of the same width (when faiss is installed); and the recall of float16 and int8
+the stored type as numpy handles it); faiss ``IndexFlatIP`` on float32 (its single queries
+alternate with ours too) and faiss's scalar quantiser of the same width (when faiss is
+installed); and the recall of float16 and int8
 against exact float32 search on noisy copies of stored rows (the shape of a cache lookup: a
 paraphrase lands near its original).
 
@@ -65,7 +66,9 @@ def run_similarity_bench(
     notes: list[str] = [faiss_note] if faiss is None else []
     if faiss is not None:
         notes.append(
-            "faiss figures are the better of 1 thread and all threads (one query split over threads can be slower)"
+            "faiss runs with the better of 1 thread and all threads (one query split over threads can be "
+            "slower); its flat float32 single queries alternate with ours, so each row's speedup compares "
+            "the two under the same machine state"
         )
 
     rng = np.random.default_rng(SEED)
@@ -79,22 +82,23 @@ def run_similarity_bench(
         probes = _noisy_copies(vectors, recall_queries, rng)
         say(f"n={n:,}: exact float32 neighbours of {recall_queries} queries")
         exact = _exact_top(vectors, probes, k)
-        flat = _faiss_timings(faiss, vectors, singles, queries, k, "flat", repeats) if faiss is not None else {}
+        flat_index = _faiss_index(faiss, vectors, "flat") if faiss is not None else None
+        flat = _faiss_timings(faiss, flat_index, singles, queries, k, repeats) if faiss is not None else {}
         for dtype in (t for t in DTYPES if t in dtypes):
             say(f"n={n:,} {dtype}")
             stored, scales = _store(vectors, dtype)
             row: dict[str, Any] = {"n": n, "dtype": dtype, "d": d, "k": k}
-            row |= _our_timings(similarity, stored, scales, singles, queries, k, repeats)
+            row |= _our_timings(similarity, stored, scales, singles, queries, k, repeats, faiss, flat_index, flat)
             time.sleep(PAUSE_S)
             row |= _numpy_timings(stored, scales, singles, queries, k, repeats)
             time.sleep(PAUSE_S)
-            row["faiss_flat_f32_p50_ms"] = flat.get("p50_ms")
             row["faiss_flat_f32_threads"] = flat.get("threads")
             row["faiss_flat_f32_batch_qps"] = flat.get("batch_qps")
             if faiss is not None:
-                same = (
-                    flat if dtype == "float32" else _faiss_timings(faiss, vectors, singles, queries, k, dtype, repeats)
-                )
+                if dtype == "float32":
+                    same = flat | {"p50_ms": row["faiss_flat_f32_p50_ms"]}
+                else:
+                    same = _faiss_timings(faiss, _faiss_index(faiss, vectors, dtype), singles, queries, k, repeats)
                 row["faiss_same_type"] = same.get("index")
                 row["faiss_same_type_p50_ms"] = same.get("p50_ms")
                 row["faiss_same_type_batch_qps"] = same.get("batch_qps")
@@ -102,10 +106,11 @@ def run_similarity_bench(
             found = similarity.search_batch(stored, probes, k, scales=scales).indices
             row["recall_at_1"] = float(np.mean(found[:, 0] == exact[:, 0]))
             row["recall_at_k"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, exact, strict=True)]))
-            if row["faiss_flat_f32_p50_ms"]:
+            if row.get("faiss_flat_f32_p50_ms"):
                 row["speedup_vs_faiss_flat_f32"] = row["faiss_flat_f32_p50_ms"] / row["ours_p50_ms"]
             rows.append(row)
             del stored, scales
+        del flat_index
     return {
         "machine": _machine(numba) | {"stream_1gib_gbps": _stream_gbps(similarity, repeats)},
         "params": {
@@ -177,20 +182,34 @@ def _our_timings(
     queries: F32Matrix,
     k: int,
     repeats: int,
+    faiss: Any,
+    flat_index: Any,
+    flat: dict[str, Any],
 ) -> dict[str, Any]:
-    """Single-query latency alternated with a parallel read of the same bytes; then batches."""
+    """Single queries, each after a parallel read of the same bytes (and before a faiss flat query
+    when faiss is here), so the three see the same machine state; then batches."""
     scanned = stored.nbytes + (scales.nbytes if scales is not None else 0)
     similarity.read_through(stored)
     similarity.search(stored, singles[0], k, scales=scales)
-    latency_s, bandwidth = [], []
-    for query in singles[:repeats]:
-        t0 = time.perf_counter()
-        similarity.read_through(stored)
-        t1 = time.perf_counter()
-        similarity.search(stored, query, k, scales=scales)
-        t2 = time.perf_counter()
-        bandwidth.append(stored.nbytes / (t1 - t0) / 1e9)
-        latency_s.append(t2 - t1)
+    latency_s, bandwidth, baseline_s = [], [], []
+    default_threads = faiss.omp_get_max_threads() if faiss is not None else 0
+    try:
+        if faiss is not None:
+            faiss.omp_set_num_threads(flat["threads"])
+        for query in singles[:repeats]:
+            t0 = time.perf_counter()
+            similarity.read_through(stored)
+            t1 = time.perf_counter()
+            similarity.search(stored, query, k, scales=scales)
+            t2 = time.perf_counter()
+            if flat_index is not None:
+                flat_index.search(query[None, :], k)
+                baseline_s.append(time.perf_counter() - t2)
+            bandwidth.append(stored.nbytes / (t1 - t0) / 1e9)
+            latency_s.append(t2 - t1)
+    finally:
+        if faiss is not None:
+            faiss.omp_set_num_threads(default_threads)
     p50_ms = float(np.median(latency_s)) * 1e3
     gbps = float(np.median(bandwidth))
     floor_ms = scanned / (gbps * 1e9) * 1e3
@@ -202,6 +221,7 @@ def _our_timings(
         "bandwidth_gbps": gbps,
         "floor_ms": floor_ms,
         "ratio_to_floor": p50_ms / floor_ms,
+        "faiss_flat_f32_p50_ms": float(np.median(baseline_s)) * 1e3 if baseline_s else None,
     }
 
 
@@ -242,22 +262,27 @@ def _numpy_timings(
     return row
 
 
-def _faiss_timings(
-    faiss: Any, vectors: F32Matrix, singles: F32Matrix, queries: F32Matrix, k: int, kind: str, repeats: int
-) -> dict[str, Any]:
-    """faiss IndexFlatIP (kind "flat") or its scalar quantiser for float16 / int8 (8-bit, per dimension).
-
-    Single-query p50 and batch throughput, each the better of 1 thread and all of faiss's threads.
-    """
+def _faiss_index(faiss: Any, vectors: F32Matrix, kind: str) -> Any:
+    """IndexFlatIP (kind "flat"), or faiss's scalar quantiser for float16 / int8 (8-bit, per dimension)."""
     d = vectors.shape[1]
     if kind == "flat":
-        index, name = faiss.IndexFlatIP(d), "IndexFlatIP (float32)"
+        index = faiss.IndexFlatIP(d)
     else:
         qtype = faiss.ScalarQuantizer.QT_fp16 if kind == "float16" else faiss.ScalarQuantizer.QT_8bit
         index = faiss.IndexScalarQuantizer(d, qtype, faiss.METRIC_INNER_PRODUCT)
-        name = "IndexScalarQuantizer " + ("QT_fp16" if kind == "float16" else "QT_8bit (per-dimension ranges)")
         index.train(vectors)
     index.add(vectors)
+    return index
+
+
+def _faiss_timings(
+    faiss: Any, index: Any, singles: F32Matrix, queries: F32Matrix, k: int, repeats: int
+) -> dict[str, Any]:
+    """Single-query p50 and batch throughput, each the better of 1 thread and all of faiss's threads."""
+    names = {"IndexFlatIP": "IndexFlatIP (float32)", "IndexScalarQuantizer": "IndexScalarQuantizer"}
+    name = names.get(type(index).__name__, type(index).__name__)
+    if name == "IndexScalarQuantizer":
+        name += " QT_fp16" if index.sq.qtype == faiss.ScalarQuantizer.QT_fp16 else " QT_8bit (per-dimension ranges)"
     threads = faiss.omp_get_max_threads()
     best: dict[str, Any] = {"index": name}
     try:  # faiss splits one query over its threads; on few cores that can be much slower: try both

@@ -316,8 +316,21 @@ def test_bad_batches_raise_value_error() -> None:
 
 def test_warm_up_compiles_each_kernel_for_its_one_signature() -> None:
     similarity.warm_up()
-    for name, (dispatcher, _) in similarity._SIGNATURES.items():
+    for name in similarity._SEARCH_KERNELS:
+        dispatcher, _ = similarity._SIGNATURES[name]
         assert len(dispatcher.signatures) == 1, name
+
+
+@pytest.mark.parametrize("shape", [(0,), (7,), (1000, 384), (3, 5)])
+def test_read_through_sums_every_whole_word(shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(9)
+    array = rng.integers(-128, 128, shape, dtype=np.int8)
+    raw = array.reshape(-1).view(np.uint8)
+    words = raw[: raw.size // 8 * 8].view(np.uint64)
+    expected = int(words.sum(dtype=np.uint64)) if words.size else 0
+    assert similarity.read_through(array) == expected
+    with pytest.raises(ValueError, match="C-contiguous"):
+        similarity.read_through(np.ones((4, 4))[:, ::2])
 
 
 def test_concurrent_searches_agree_with_sequential_ones() -> None:
