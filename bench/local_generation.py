@@ -53,6 +53,7 @@ def main() -> None:
             overrides={
                 "agent": {"port": 0, "log_level": "WARNING"},
                 "models": {"dir": str(models_dir)},
+                "cache": {"enabled": False},  # the same prompt again would be a cache hit
                 "local_models": [{"name": "local", "n_threads": threads, "max_tokens": args.max_tokens}],
             },
         )
