@@ -269,6 +269,66 @@ def cache_clear(obj: _Context, everything: bool, token: str | None) -> None:
     click.echo(f"removed {cleared.removed} entries from {cleared.scope}")
 
 
+# -- router -----------------------------------------------------------------------------------
+
+
+@main.group(cls=_Group)
+def router() -> None:
+    """The learned difficulty score that picks a tier."""
+
+
+@router.command("train")
+@click.option(
+    "--data",
+    "files",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON lines with prompt, weak_correct, strong_correct (repeatable).",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the .npz artifact.")
+@click.option("--holdout", default=0.2, show_default=True, help="Share of rows kept out for the report.")
+@click.option("--seed", default=1, show_default=True)
+@pass_ctx
+def router_train(obj: _Context, files: tuple[str, ...], out: str, holdout: float, seed: int) -> None:
+    """Train the difficulty model; print its held-out report; save the artifact."""
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from agent.models.store import ModelStore
+    from agent.providers.onnx_embedder import OnnxEmbedder
+    from agent.routing.training import file_sha256, read_labelled, train_router
+
+    settings = obj.settings()
+    rows = [row for f in files for row in read_labelled(Path(f))]
+    store = ModelStore(settings.models_dir, settings.share_dir)
+    embedder = OnnxEmbedder(store.resolve(settings.cache.embedding_model),
+                            store.resolve(settings.cache.embedding_tokenizer), threads=os.cpu_count() or 1)  # fmt: skip
+    with Progress(transient=True) as bar:
+        task = bar.add_task("embedding prompts", total=len(rows))
+
+        def embed(texts: list[str]) -> Any:
+            out = []
+            for start in range(0, len(texts), 32):
+                out.append(embedder.embed(texts[start : start + 32]))
+                bar.advance(task, len(texts[start : start + 32]))
+            return np.vstack(out)
+
+        import numpy as np
+
+        provenance = {
+            "command": "aifinops router train "
+            + " ".join(f"--data {Path(f).name}" for f in files)
+            + f" --out {Path(out).name} --holdout {holdout} --seed {seed}",
+            "data": {Path(f).name: file_sha256(Path(f)) for f in files},
+        }
+        model = train_router(rows, embed, holdout=holdout, seed=seed, provenance=provenance)
+    model.save(Path(out))
+    click.echo(json.dumps(model.report, indent=2))
+    click.echo(f"saved {out}")
+
+
 # -- bench ------------------------------------------------------------------------------------
 
 

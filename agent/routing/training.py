@@ -1,0 +1,139 @@
+"""Training the difficulty model from labelled prompts, with a held-out split and a report.
+
+Rows are the ``../shared/data/routing_*`` format: ``prompt``, ``weak_correct``,
+``strong_correct``. The label is "the weak tier is good enough": the weak model was right, or
+the strong one was wrong as well. Rows flagged ``in_routellm_train_contamination_list`` are kept
+out of the held-out set, so the report never scores on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.errors import InvalidRequest
+from agent.routing.difficulty import DifficultyModel, fit_logistic
+from agent.routing.features import FEATURE_NAMES, prompt_features
+
+F32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class LabelledPrompt:
+    prompt: str
+    weak_correct: bool
+    strong_correct: bool
+    source: str
+    contaminated: bool
+
+    @property
+    def weak_ok(self) -> bool:
+        return self.weak_correct or not self.strong_correct
+
+
+def read_labelled(path: Path) -> list[LabelledPrompt]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                rows.append(
+                    LabelledPrompt(
+                        prompt=str(row["prompt"]),
+                        weak_correct=bool(row["weak_correct"]),
+                        strong_correct=bool(row["strong_correct"]),
+                        source=str(row.get("source") or path.stem),
+                        contaminated=bool(row.get("in_routellm_train_contamination_list", False)),
+                    )
+                )
+            except (ValueError, KeyError, TypeError) as e:
+                raise InvalidRequest(f"{path}:{number}: expected prompt, weak_correct, strong_correct ({e})") from e
+    return rows
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def inputs_for(prompts: list[str], embed: Callable[[list[str]], F32]) -> F32:
+    """Embedding then hand-made features, one row per prompt."""
+    vectors = embed(prompts)
+    features = np.vstack([prompt_features(p) for p in prompts]) if prompts else np.zeros((0, len(FEATURE_NAMES)))
+    return np.hstack([vectors, features]).astype(np.float32)
+
+
+def train_router(
+    rows: list[LabelledPrompt],
+    embed: Callable[[list[str]], F32],
+    holdout: float = 0.2,
+    seed: int = 1,
+    provenance: dict[str, Any] | None = None,
+) -> DifficultyModel:
+    if len(rows) < 20:
+        raise InvalidRequest(f"{len(rows)} labelled prompts are too few to train on")
+    rng = np.random.default_rng(seed)
+    eligible = np.array([not r.contaminated for r in rows])
+    test = eligible & (rng.random(len(rows)) < holdout)
+    x = inputs_for([r.prompt for r in rows], embed)
+    y = np.array([r.weak_ok for r in rows])
+    weights, bias, mean, scale = fit_logistic(x[~test], y[~test])
+    model = DifficultyModel(weights, bias, mean, scale, FEATURE_NAMES, {})
+    scores = model.weak_ok_probability(x[test])
+    held_out = [r for r, t in zip(rows, test, strict=True) if t]
+    report = {
+        "train_rows": int((~test).sum()),
+        "held_out_rows": int(test.sum()),
+        "held_out_auc": round(_auc(scores, y[test]), 4),
+        "by_source": {
+            source: routing_curve(scores[idx], [held_out[i] for i in idx])
+            for source in sorted({r.source for r in held_out})
+            if len(idx := [i for i, r in enumerate(held_out) if r.source == source]) > 0
+        },
+        "features": list(FEATURE_NAMES),
+        "seed": seed,
+        "holdout": holdout,
+    } | (provenance or {})
+    return DifficultyModel(weights, bias, mean, scale, FEATURE_NAMES, report)
+
+
+def routing_curve(weak_ok: F32 | npt.NDArray[Any], rows: list[LabelledPrompt]) -> dict[str, Any]:
+    """Route to strong when P(weak ok) is below t; accuracy and strong share for each t."""
+    weak = np.array([r.weak_correct for r in rows])
+    strong = np.array([r.strong_correct for r in rows])
+    all_strong = float(strong.mean())
+    points = []
+    for t in np.unique(np.concatenate([[0.0, 1.01], np.quantile(weak_ok, np.linspace(0, 1, 41))])):
+        to_strong = weak_ok < t
+        accuracy = float(np.where(to_strong, strong, weak).mean())
+        points.append((float(to_strong.mean()), accuracy, float(t)))
+    points.sort()
+    target = 0.95 * all_strong
+    reaching = [p for p in points if p[1] >= target]
+    best = min(reaching) if reaching else points[-1]
+    return {
+        "rows": len(rows),
+        "all_strong_accuracy": round(all_strong, 4),
+        "all_weak_accuracy": round(float(weak.mean()), 4),
+        "strong_share_at_95": round(best[0], 4),
+        "threshold_at_95": round(best[2], 4),
+    }
+
+
+def _auc(scores: F32, labels: npt.NDArray[np.bool_]) -> float:
+    order = np.argsort(scores)
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    positives = labels.sum()
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
