@@ -51,7 +51,7 @@ def read_labelled(path: Path) -> list[LabelledPrompt]:
                         prompt=str(row["prompt"]),
                         weak_correct=bool(row["weak_correct"]),
                         strong_correct=bool(row["strong_correct"]),
-                        source=str(row.get("source") or path.stem),
+                        source=path.stem,  # the report groups by file (MMLU, GSM8K, ...)
                         contaminated=bool(row.get("in_routellm_train_contamination_list", False)),
                     )
                 )
