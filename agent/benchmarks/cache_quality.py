@@ -8,10 +8,10 @@ wrong answer served. Figures for a threshold sweep, with the guard on and off.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from agent.cache.keys import cache_key
 from agent.cache.service import Embedder, SemanticCache
 from agent.errors import InvalidRequest
 from agent.identity import Caller
+from agent.jsonlines import read_records
 from agent.ledger.cache_entries import CacheEntries
 from agent.ledger.database import Database
 from agent.providers.base import ChatParams, Message
@@ -37,19 +38,10 @@ class Pair:
 
 
 def read_pairs(path: Path, limit: int | None) -> list[Pair]:
-    pairs = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                pairs.append(Pair(str(row["q1"]), str(row["q2"]), bool(row["duplicate"])))
-            except (ValueError, KeyError, TypeError) as e:
-                raise InvalidRequest(f"{path}:{number}: expected a JSON object with q1, q2, duplicate ({e})") from e
-            if limit is not None and len(pairs) >= limit:
-                break
-    return pairs
+    def pair(row: dict[str, Any]) -> Pair:
+        return Pair(str(row["q1"]), str(row["q2"]), bool(row["duplicate"]))
+
+    return list(islice(read_records(path, pair, "q1, q2, duplicate"), limit))
 
 
 def run_cache_quality(

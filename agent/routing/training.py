@@ -9,7 +9,6 @@ out of the held-out set, so the report never scores on them.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import InvalidRequest
+from agent.jsonlines import read_records
 from agent.routing.difficulty import DifficultyModel, fit_logistic
 from agent.routing.features import FEATURE_NAMES, prompt_features
 
@@ -39,25 +39,16 @@ class LabelledPrompt:
 
 
 def read_labelled(path: Path) -> list[LabelledPrompt]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                rows.append(
-                    LabelledPrompt(
-                        prompt=str(row["prompt"]),
-                        weak_correct=bool(row["weak_correct"]),
-                        strong_correct=bool(row["strong_correct"]),
-                        source=path.stem,  # the report groups by file (MMLU, GSM8K, ...)
-                        contaminated=bool(row.get("in_routellm_train_contamination_list", False)),
-                    )
-                )
-            except (ValueError, KeyError, TypeError) as e:
-                raise InvalidRequest(f"{path}:{number}: expected prompt, weak_correct, strong_correct ({e})") from e
-    return rows
+    def labelled(row: dict[str, Any]) -> LabelledPrompt:
+        return LabelledPrompt(
+            prompt=str(row["prompt"]),
+            weak_correct=bool(row["weak_correct"]),
+            strong_correct=bool(row["strong_correct"]),
+            source=path.stem,  # the report groups by file (MMLU, GSM8K, ...)
+            contaminated=bool(row.get("in_routellm_train_contamination_list", False)),
+        )
+
+    return list(read_records(path, labelled, "prompt, weak_correct, strong_correct"))
 
 
 def file_sha256(path: Path) -> str:
