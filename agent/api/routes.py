@@ -25,7 +25,7 @@ from agent.identity import Caller
 from agent.ledger.requests import SPEND_DIMENSIONS, RequestRecord
 from agent.money import format_usd
 from agent.pricing.prices import Price
-from agent.providers.base import ChatParams, Delta, Message
+from agent.providers.base import ChatParams, Delta, Message, Usage
 
 if TYPE_CHECKING:
     from agent.app import Services
@@ -286,6 +286,14 @@ def _headers(flight: Flight, cost_usd: str) -> dict[str, str]:
     return headers
 
 
+def _wire_usage(usage: Usage) -> schemas.Usage:
+    return schemas.Usage(
+        prompt_tokens=usage.input_tokens,
+        completion_tokens=usage.output_tokens,
+        total_tokens=usage.input_tokens + usage.output_tokens,
+    )
+
+
 def _completion_response(result: ChatResult) -> Response:
     c, flight = result.completion, result.flight
     info = _info(flight, result.price, c.usage.estimated)
@@ -294,11 +302,7 @@ def _completion_response(result: ChatResult) -> Response:
         created=int(time.time()),
         model=info.model,
         choices=[schemas.Choice(message=schemas.ChatMessageOut(content=c.text), finish_reason=c.finish_reason)],
-        usage=schemas.Usage(
-            prompt_tokens=c.usage.input_tokens,
-            completion_tokens=c.usage.output_tokens,
-            total_tokens=c.usage.input_tokens + c.usage.output_tokens,
-        ),
+        usage=_wire_usage(c.usage),
         x_aifinops=info,
     )
     return Response(
@@ -333,12 +337,7 @@ async def _sse(
                 info = _info(flight, event.price, u.estimated)
                 yield chunk(schemas.ChunkDelta(), event.finish_reason, x_aifinops=info)
                 if flight.call.include_usage:
-                    usage = schemas.Usage(
-                        prompt_tokens=u.input_tokens,
-                        completion_tokens=u.output_tokens,
-                        total_tokens=u.input_tokens + u.output_tokens,
-                    )
-                    yield chunk(schemas.ChunkDelta(), usage=usage, x_aifinops=info)
+                    yield chunk(schemas.ChunkDelta(), usage=_wire_usage(u), x_aifinops=info)
                 break
             yield chunk(schemas.ChunkDelta(content=event.text))
             event = await anext(events, None)
