@@ -98,6 +98,44 @@ class CacheSection(_Section):
     embedding_tokenizer: str = "minilm-l6-v2-tokenizer"
 
 
+class TiersSection(_Section):
+    """Which configured model answers for each tier; "" means the tier is absent."""
+
+    local: str = "local"  # a [[local_models]] name
+    cheap: str = ""  # a model of a [[cloud]] endpoint
+    strong: str = ""
+
+
+class RoutingSection(_Section):
+    # Model "auto" is routed by difficulty; false: "auto" means agent.default_model.
+    enabled: bool = True
+    # Trained difficulty model (aifinops router train). Empty: the bundled default.
+    artifact: str = ""
+    # P(the cheaper tier's answer is good enough) below this sends the request up a tier.
+    threshold: float = Field(0.5, ge=0, le=1)
+    # Prompts up to this many tokens, with no code, math or steps, may stay on the local tier.
+    local_max_prompt_tokens: int = Field(400, ge=0)
+    # From this share of a budget used, the router prefers the next cheaper tier.
+    budget_downgrade_at: float = Field(0.8, gt=0, le=1)
+    # Cascade: the local model answers first; below this confidence (geometric mean of the
+    # answer's token probabilities, 0..1) the request escalates to cascade_to.
+    cascade: bool = False
+    cascade_to: Literal["cheap", "strong"] = "cheap"
+    cascade_threshold: float = Field(0.5, ge=0, le=1)
+
+
+class OptimizerSection(_Section):
+    # Lossless steps: whitespace and markup normalisation, repeated blocks, old turns.
+    enabled: bool = True
+    # Older turns beyond this many tokens are dropped (the system prompt and latest turns stay).
+    max_history_tokens: int = Field(3000, ge=64)
+    # Lossy: drop the least informative tokens of long prompts (by local-model surprisal).
+    lossy: bool = False
+    lossy_min_tokens: int = Field(600, ge=32)
+    lossy_keep_ratio: float = Field(0.6, gt=0, le=1)
+    scoring_model: str = "smollm2-135m-instruct"
+
+
 class ShareSection(_Section):
     path: str = ""
 
@@ -141,6 +179,9 @@ class Settings(_Section):
     models: ModelsSection = ModelsSection()
     share: ShareSection = ShareSection()
     cache: CacheSection = CacheSection()
+    tiers: TiersSection = TiersSection()
+    routing: RoutingSection = RoutingSection()
+    optimizer: OptimizerSection = OptimizerSection()
     pricing: PricingSection = PricingSection()
     local_models: tuple[LocalModelConfig, ...] = (LocalModelConfig(),)
     cloud: tuple[CloudEndpoint, ...] = ()

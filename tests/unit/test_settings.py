@@ -19,9 +19,12 @@ from agent.settings import (
     CacheSection,
     LocalModelConfig,
     ModelsSection,
+    OptimizerSection,
     PricingSection,
+    RoutingSection,
     Settings,
     ShareSection,
+    TiersSection,
     _parse_env_value,
     default_config_text,
     load_settings,
@@ -207,6 +210,9 @@ def test_every_key_in_the_default_config_is_a_setting_and_every_setting_is_shown
         "share": ShareSection,
         "pricing": PricingSection,
         "cache": CacheSection,
+        "tiers": TiersSection,
+        "routing": RoutingSection,
+        "optimizer": OptimizerSection,
     }
     assert set(data) == {*sections, "local_models"}
     for name, model in sections.items():
@@ -220,7 +226,14 @@ def test_every_key_in_the_default_config_is_a_setting_and_every_setting_is_shown
 
 def test_default_config_values_match_the_field_defaults() -> None:
     data: dict[str, Any] = tomllib.loads(default_config_text())
-    for section, model in (("agent", AgentSection), ("pricing", PricingSection), ("cache", CacheSection)):
+    for section, model in (
+        ("agent", AgentSection),
+        ("pricing", PricingSection),
+        ("cache", CacheSection),
+        ("tiers", TiersSection),
+        ("routing", RoutingSection),
+        ("optimizer", OptimizerSection),
+    ):
         for key, value in data[section].items():
             assert model.model_validate({key: value}) == model(), f"{section}.{key}"
     assert LocalModelConfig.model_validate(data["local_models"][0]) == LocalModelConfig()
