@@ -72,6 +72,9 @@ class CallProgress:
     attempts: int = 0  # HTTP attempts (cloud) or 1 (local)
     compute_s: float = 0.0  # time the local model spent on it (0 for cloud)
     input_tokens: int | None = None  # exact prompt tokens, once the provider knows them
+    # Local models: geometric mean of the probabilities of the tokens the model chose (0..1),
+    # the cascade's confidence signal; None when the provider does not measure it.
+    confidence: float | None = None
 
     @property
     def text(self) -> str:
