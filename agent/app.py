@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -22,7 +25,7 @@ from agent.api.errors import on_aifinops_error, on_http_exception, on_unexpected
 from agent.api.middleware import HostCheckMiddleware
 from agent.api.routes import build_routes
 from agent.cache.service import SemanticCache
-from agent.errors import AIFinOpsError
+from agent.errors import AIFinOpsError, ConfigError
 from agent.gateway import Gateway
 from agent.identity import Identity
 from agent.ledger.cache_entries import CacheEntries
@@ -33,6 +36,8 @@ from agent.models.store import ModelStore
 from agent.pricing.prices import PriceBook
 from agent.providers.onnx_embedder import OnnxEmbedder
 from agent.providers.registry import ProviderRegistry
+from agent.routing.difficulty import DifficultyModel
+from agent.routing.router import TIERS, Router, Tier
 from agent.settings import Settings, write_default_config
 
 log = logging.getLogger(__name__)
@@ -61,8 +66,19 @@ class Services:
         store = ModelStore(settings.models_dir, settings.share_dir)
         registry = ProviderRegistry.from_settings(settings, store)
         prices = PriceBook(settings.pricing.overrides, settings.pricing.local_usd_per_hour)
-        cache = _semantic_cache(settings, db, store) if settings.cache.enabled else None
-        gateway = Gateway(registry, prices, requests, settings.agent.default_model, cache)
+        embedder = _shared_embedder(settings, store)
+        cache = SemanticCache(settings.cache, CacheEntries(db), embedder) if settings.cache.enabled else None
+        gateway = Gateway(
+            registry,
+            prices,
+            requests,
+            settings.agent.default_model,
+            cache,
+            router=build_router(settings, registry),
+            routing=settings.routing,
+            embedder=embedder,
+            tiers={tier: getattr(settings.tiers, tier) for tier in TIERS},
+        )
         return cls(settings, db, Identity(UserStore(db)), requests, store, registry, gateway, cache)
 
     def provision(self) -> None:
@@ -92,13 +108,57 @@ def _log_load_failure(task: asyncio.Task[None]) -> None:
         log.error("loading a model at start failed: %s", error)
 
 
-def _semantic_cache(settings: Settings, db: Database, store: ModelStore) -> SemanticCache:
-    def embedder() -> OnnxEmbedder:
-        model = store.resolve(settings.cache.embedding_model)
-        tokenizer = store.resolve(settings.cache.embedding_tokenizer)
-        return OnnxEmbedder(model, tokenizer, threads=max(1, (os.cpu_count() or 2) - 1))
+def _shared_embedder(settings: Settings, store: ModelStore) -> Callable[[], OnnxEmbedder]:
+    """One embedding model for the router and the cache, loaded on first use."""
+    lock = threading.Lock()
+    loaded: list[OnnxEmbedder] = []
 
-    return SemanticCache(settings.cache, CacheEntries(db), embedder)
+    def embedder() -> OnnxEmbedder:
+        with lock:
+            if not loaded:
+                model = store.resolve(settings.cache.embedding_model)
+                tokenizer = store.resolve(settings.cache.embedding_tokenizer)
+                loaded.append(OnnxEmbedder(model, tokenizer, threads=max(1, (os.cpu_count() or 2) - 1)))
+            return loaded[0]
+
+    return embedder
+
+
+def default_router_artifact() -> Path:
+    return Path(str(resources.files("agent.routing").joinpath("default_router.npz")))
+
+
+def build_router(settings: Settings, registry: ProviderRegistry) -> Router | None:
+    """The router for "auto", or None when routing is off. A tier naming an unknown model is a
+    config error; an unreadable artifact is not: the router runs on rules and says so."""
+    if not settings.routing.enabled:
+        return None
+    tiers: dict[Tier, str] = {}
+    known = set(registry.model_names())
+    for tier in TIERS:
+        model = getattr(settings.tiers, tier)
+        if model and model not in known:
+            raise ConfigError(
+                f"tiers.{tier} = {model!r}: no such model is configured (known: {', '.join(sorted(known))})"
+            )
+        if model:
+            tiers[tier] = model
+    if not tiers:
+        return None
+    model, problem = build_router_model(settings)
+    return Router(tiers, settings.routing, model, problem)
+
+
+def build_router_model(settings: Settings, path: Path | None = None) -> tuple[DifficultyModel | None, str]:
+    """The trained difficulty model, or None and why (then the router runs on rules)."""
+    if path is None:
+        artifact = settings.routing.artifact
+        path = Path(artifact).expanduser() if artifact else default_router_artifact()
+    try:
+        return DifficultyModel.load(path), ""
+    except ConfigError as e:
+        log.warning("%s; routing by rules until it is fixed", e.message)
+        return None, "router artifact unavailable"
 
 
 def build_asgi_app(services: Services) -> Starlette:

@@ -388,6 +388,153 @@ def bench_cache_quality(
                    f"{theirs['precision'] or 0:>9.3f} {theirs['recall']:>7.3f}")  # fmt: skip
 
 
+@bench.command("routing")
+@click.option(
+    "--prompts",
+    "prompts_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON lines with prompt, weak_correct, strong_correct.",
+)
+@click.option("--limit", type=int, default=None, help="Use the first N rows (after leaving contaminated ones out).")
+@click.option("--router", "artifact", default=None, type=click.Path(dir_okay=False), help="Artifact to use.")
+@click.option("--cheap-model", default=None, help="Weak tier's model (default: tiers.cheap, else gpt-4o-mini).")
+@click.option("--strong-model", default=None, help="Strong tier's model (default: tiers.strong, else gpt-4o).")
+@click.option("--provider-id", default="openai", show_default=True, help="Price table provider for both.")
+@click.option("--output-tokens", default=200, show_default=True, help="Answer length assumed for the costs.")
+@click.option("--include-contaminated", is_flag=True, help="Keep rows flagged in RouteLLM's training list.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def bench_routing(
+    obj: _Context,
+    prompts_file: str,
+    limit: int | None,
+    artifact: str | None,
+    cheap_model: str | None,
+    strong_model: str | None,
+    provider_id: str,
+    output_tokens: int,
+    include_contaminated: bool,
+    as_json: bool,
+) -> None:
+    """Route labelled prompts with the real router; strong share, accuracy and cost per threshold."""
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from agent.app import build_router_model
+    from agent.benchmarks.routing import embed_in_batches, run_routing_bench, tier_price
+    from agent.models.store import ModelStore
+    from agent.pricing.prices import PriceBook
+    from agent.providers.onnx_embedder import OnnxEmbedder
+    from agent.routing.router import Router
+    from agent.routing.training import read_labelled
+
+    settings = obj.settings()
+    rows = read_labelled(Path(prompts_file))
+    kept = [r for r in rows if include_contaminated or not r.contaminated]
+    kept = kept[:limit] if limit is not None else kept
+    if not kept:
+        _fail(f"{prompts_file}: no rows to route")
+    prices = PriceBook(settings.pricing.overrides, settings.pricing.local_usd_per_hour)
+    try:
+        cheap = tier_price(prices, cheap_model or settings.tiers.cheap or "gpt-4o-mini", provider_id)
+        strong = tier_price(prices, strong_model or settings.tiers.strong or "gpt-4o", provider_id)
+    except ValueError as e:
+        _fail(str(e))
+    model, problem = build_router_model(settings, Path(artifact) if artifact else None)
+    router = Router({"cheap": cheap.model, "strong": strong.model}, settings.routing, model, problem)
+    store = ModelStore(settings.models_dir, settings.share_dir)
+    embedder = OnnxEmbedder(store.resolve(settings.cache.embedding_model),
+                            store.resolve(settings.cache.embedding_tokenizer), threads=os.cpu_count() or 1)  # fmt: skip
+    with Progress(disable=as_json, transient=True) as bar:
+        task = bar.add_task("embedding prompts", total=len(kept))
+        vectors = embed_in_batches(embedder.embed, [r.prompt for r in kept], lambda n: bar.advance(task, n))
+    result = run_routing_bench(kept, vectors, router, cheap, strong, output_tokens)
+    result["excluded_contaminated"] = (
+        len(rows) - len([r for r in rows if not r.contaminated]) if not include_contaminated else 0
+    )
+    result["file"] = Path(prompts_file).name
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(
+        f"{result['file']}: {result['rows']} prompts ({result['excluded_contaminated']} contaminated left out), "
+        f"scoring by {result['scoring']}{' (' + problem + ')' if problem else ''}; "
+        f"all-strong accuracy {result['all_strong_accuracy']}, all-weak {result['all_weak_accuracy']}"
+    )
+    click.echo(
+        f"at 95% of all-strong quality: strong share {result['strong_share_at_95']}, "
+        f"cost reduction {result['cost_reduction_at_95']} (threshold {result['threshold_at_95']}); "
+        f"decision p50 {result['decision_ms_p50']} ms"
+    )
+    click.echo(f"{'threshold':>9} {'strong':>7} {'accuracy':>8} {'quality':>7} {'saved':>6}")
+    for p in result["sweep"]:
+        click.echo(f"{p['threshold']:>9.3f} {p['strong_share']:>7.3f} {p['accuracy']:>8.3f} "
+                   f"{p['quality_retained'] or 0:>7.3f} {p['cost_reduction'] or 0:>6.3f}")  # fmt: skip
+
+
+@bench.command("compress")
+@click.option(
+    "--prompts",
+    "prompts_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON lines with prompt (a string) or turns (a list of strings).",
+)
+@click.option("--limit", type=int, default=None, help="Use the first N rows.")
+@click.option("--concat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Join every K rows into one message (long inputs for lossy compression).")  # fmt: skip
+@click.option("--lossy/--no-lossy", default=None, help="Lossy compression on or off (default: as configured).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def bench_compress(
+    obj: _Context, prompts_file: str, limit: int | None, concat: int, lossy: bool | None, as_json: bool
+) -> None:
+    """Prompt optimiser: tokens after / before, ms per 1k tokens, numbers and names kept."""
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from agent.benchmarks.compress import read_conversations, run_compress_bench
+    from agent.models.store import ModelStore
+    from agent.optimizer import PromptOptimizer
+
+    settings = obj.settings()
+    config = settings.optimizer.model_copy(update={"enabled": True} | ({"lossy": lossy} if lossy is not None else {}))
+    conversations = read_conversations(Path(prompts_file), limit, concat)
+    if not conversations:
+        _fail(f"{prompts_file}: no prompts")
+    optimizer = PromptOptimizer(config, ModelStore(settings.models_dir, settings.share_dir))
+    try:
+        with Progress(disable=as_json, transient=True) as bar:
+            task = bar.add_task("optimising", total=len(conversations))
+            result = run_compress_bench(conversations, optimizer, lambda n: bar.advance(task, n))
+    finally:
+        optimizer.close()
+    result["file"] = Path(prompts_file).name
+    result["concat"] = concat
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(
+        f"{result['file']}: {result['conversations']} conversations (concat {concat}), lossy "
+        f"{'on (keep ' + str(result['lossy_keep_ratio']) + ')' if result['lossy'] else 'off'}: "
+        f"tokens {result['tokens_before']} -> {result['tokens_after']} (ratio {result['ratio']}), "
+        f"{result['ms_per_1k_tokens']} ms per 1k tokens"
+    )
+    click.echo(
+        f"over {result['lossy_min_tokens']} tokens: {result['long_conversations']} conversations, "
+        f"ratio {result['long_ratio']}, {result['long_ms_per_1k_tokens']} ms per 1k tokens; steps {result['steps']}"
+    )
+    click.echo(
+        f"numbers and names: {result['terms_checked']} checked, "
+        f"{result['conversations_losing_terms']} conversations lost one"
+    )
+    for example in result["lost_examples"]:
+        click.echo(f"  conversation {example['conversation']}: lost {', '.join(example['lost'])}")
+
+
 @bench.command("similarity")
 @click.option("--n", "sizes", default="100000,1000000", show_default=True, help="Stored vectors, comma-separated.")
 @click.option("--dtype", "dtypes", default="float32,float16,int8", show_default=True, help="Storage types.")

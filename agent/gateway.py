@@ -1,9 +1,11 @@
-"""The request pipeline, top to bottom: route -> semantic cache -> provider -> price -> ledger.
+"""The request pipeline, top to bottom: embed -> route -> semantic cache -> optimiser ->
+provider (cascade: local first, then escalate) -> price -> ledger.
 
-``prepare()`` decides who answers (the route, or the cache); ``chat()`` / ``stream()`` then
-deliver. Later stages (policy gate, prompt optimiser, router, budget reservation) slot in here
-in the order ARCHITECTURE.md gives. Every request that reaches this point leaves exactly one
-ledger row: ok, error or aborted.
+``prepare()`` decides who answers (the router's tier, or the cache) and what is sent (the
+optimised messages); ``chat()`` / ``stream()`` then deliver. The latest user message is embedded
+once and shared by the router and the cache. Every request that reaches this point leaves
+exactly one ledger row (ok, error or aborted), plus, when a cascade escalates, one row for the
+local attempt that points at it (``parent_id``).
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from agent.cache.keys import cache_key
-from agent.cache.service import CacheLookup, SemanticCache
+from agent.cache.service import CacheLookup, Embedder, SemanticCache
 from agent.errors import AIFinOpsError, InvalidRequest
 from agent.identity import Caller
 from agent.ledger.database import utc_now_iso
@@ -34,10 +40,34 @@ from agent.providers.base import (
     Usage,
 )
 from agent.providers.registry import ProviderRegistry
+from agent.routing.router import TIERS, Decision, Router, RouteSignals, Tier
+from agent.settings import RoutingSection
 
 log = logging.getLogger(__name__)
 
 CACHE_PRICE = Price(0, "cache")
+# Room left for the chat template's own tokens when fitting history into a local context.
+_TEMPLATE_MARGIN_TOKENS = 64
+
+
+class Optimized(Protocol):
+    """What the prompt optimiser returns (agent.optimizer.Optimized)."""
+
+    @property
+    def messages(self) -> tuple[Message, ...]: ...
+    @property
+    def tokens_before(self) -> int: ...
+    @property
+    def tokens_after(self) -> int: ...
+    @property
+    def note(self) -> str: ...
+
+
+class Optimizer(Protocol):
+    def optimize(self, messages: tuple[Message, ...], budget_tokens: int | None = None) -> Optimized: ...
+
+
+BudgetState = Callable[[Caller], float | None]
 
 
 @dataclass(frozen=True)
@@ -55,8 +85,10 @@ class ChatCall:
 class Route:
     provider: Provider
     model: str
-    route: str  # the tier that answers: "local" or "cloud"
+    route: str  # where it runs: "local" or "cloud" (the provider's kind)
     reason: str
+    tier: str = ""  # "local", "cheap" or "strong" when the model is a tier's, else ""
+    score: float | None = None  # the router's score, when the router decided
 
 
 @dataclass
@@ -67,6 +99,9 @@ class Flight:
     call: ChatCall
     route: Route
     cache: CacheLookup
+    messages: tuple[Message, ...] = ()  # what is sent: the call's messages after the optimiser
+    optimized: Optimized | None = None
+    escalation: Route | None = None  # cascade: where to go when the local answer is not confident
     request_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     ts: str = field(default_factory=utc_now_iso)
     started: float = field(default_factory=time.perf_counter)
@@ -102,50 +137,160 @@ class Gateway:
         requests: RequestLog,
         default_model: str,
         cache: SemanticCache | None = None,
+        *,
+        router: Router | None = None,
+        routing: RoutingSection | None = None,
+        embedder: Callable[[], Embedder] | None = None,
+        optimizer: Optimizer | None = None,
+        budget_used: BudgetState | None = None,
+        tiers: Mapping[Tier, str] | None = None,
     ) -> None:
         self._registry = registry
         self._prices = prices
         self._requests = requests
         self._default_model = default_model
         self._cache = cache
+        self.router = router
+        self._routing = routing or RoutingSection()
+        self._embedder = embedder
+        self._optimizer = optimizer
+        self._budget_used = budget_used
+        # Which tier a model belongs to, for the ledger, whoever chose it (router, client, default).
+        self._tier_of: dict[str, Tier] = {model: tier for tier, model in (tiers or {}).items() if model}
 
-    def route(self, call: ChatCall) -> Route:
-        if call.requested_model == "auto":
-            model, reason = self._default_model, "auto -> configured default model"
+    # -- deciding ---------------------------------------------------------------------------
+
+    def route(self, call: ChatCall, decision: Decision | None = None) -> Route:
+        """The route for a named model, or for the router's decision on an ``auto`` request."""
+        if decision is not None and self.router is not None:
+            model = self.router.tiers[decision.tier]
+            reason, score = decision.reason, decision.score
+        elif call.requested_model == "auto":
+            model, reason, score = self._default_model, "auto -> configured default model (routing off)", None
         else:
-            model, reason = call.requested_model, "model named by the client"
+            model, reason, score = call.requested_model, "model named by the client", None
         provider = self._registry.resolve(model)
         if provider.kind == "local" and call.params.passthrough:
             names = ", ".join(name for name, _ in call.params.passthrough)
             raise InvalidRequest(f"local models do not support: {names}", code="unsupported_parameter")
-        return Route(provider, model, provider.kind, reason)
+        return Route(provider, model, provider.kind, reason, self._tier_of.get(model, ""), score)
 
     async def prepare(self, caller: Caller, call: ChatCall) -> Flight:
-        """Route the request and ask the cache; nothing is spent or recorded yet."""
-        route = self.route(call)
-        return Flight(caller, call, route, await self._lookup(caller, call, route))
+        """Embed, route, ask the cache and optimise the prompt; nothing is spent or recorded yet."""
+        auto = call.requested_model == "auto" and self.router is not None
+        cacheable = self._cache is not None and not isinstance(
+            cache_key(self._cache.settings, caller, call, "auto"), str
+        )
+        wants_vector = cacheable or (auto and self.router is not None and self.router.wants_embedding)
+        vector = await self._embed(call.messages[-1].content) if wants_vector else None
+        escalation = None
+        if auto and self.router is not None:
+            decision = self.router.decide(self._signals(caller, call, vector))
+            route = self.route(call, decision)
+            escalation = self._cascade_plan(call, route)
+            if escalation is not None:
+                route = replace(
+                    self.route(call, replace(decision, tier="local")),
+                    reason=f"{decision.reason}; cascade: local answers first",
+                )
+        else:
+            route = self.route(call)
+        # Auto requests share cached answers whichever tier gave them: the router chose it.
+        lookup = await self._lookup(caller, call, "auto" if auto else route.model, vector)
+        flight = Flight(caller, call, route, lookup, messages=call.messages, escalation=escalation)
+        if lookup.hit is None:
+            await self._optimize(flight)
+        return flight
 
-    async def _lookup(self, caller: Caller, call: ChatCall, route: Route) -> CacheLookup:
+    def _signals(self, caller: Caller, call: ChatCall, vector: npt.NDArray[np.float32] | None) -> RouteSignals:
+        return RouteSignals(
+            prompt=call.messages[-1].content,
+            prompt_tokens=count_message_tokens(m.content for m in call.messages),
+            user_turns=sum(m.role == "user" for m in call.messages),
+            max_tokens=call.params.max_tokens,
+            embedding=vector,
+            budget_used=self._budget_used(caller) if self._budget_used is not None else None,
+        )
+
+    def _cascade_plan(self, call: ChatCall, route: Route) -> Route | None:
+        """Where a cascade escalates to, when this request should try the local tier first."""
+        routing, router = self._routing, self.router
+        if not routing.cascade or router is None or call.params.passthrough:
+            return None
+        target = routing.cascade_to
+        if "local" not in router.tiers or target not in router.tiers:
+            return None
+        if route.tier not in TIERS or TIERS.index(route.tier) > TIERS.index(target):
+            return None  # the router sent it above the cascade: no local attempt
+        return self.route(call, Decision(target, route.score, route.reason, "model"))
+
+    async def _embed(self, text: str) -> npt.NDArray[np.float32] | None:
+        """The latest user message's embedding, computed once for the router and the cache."""
+        if self._embedder is None or not text.strip():
+            return None
+        embedder = self._embedder
+        try:
+            # ONNX releases the GIL: off the event loop, in the default pool.
+            return await asyncio.get_running_loop().run_in_executor(None, lambda: embedder().embed([text])[0])
+        except Exception:  # routing falls back to rules and the cache to a miss; logged with traceback
+            log.exception("embedding the question failed; routing by rules, no cache")
+            return None
+
+    async def _lookup(
+        self, caller: Caller, call: ChatCall, model: str, vector: npt.NDArray[np.float32] | None
+    ) -> CacheLookup:
         if self._cache is None:
             return CacheLookup("bypass", reason="no cache")
-        key = cache_key(self._cache.settings, caller, call, route.model)
+        key = cache_key(self._cache.settings, caller, call, model)
         if isinstance(key, str):
             return CacheLookup("bypass", reason=key)
-        # Embedding and search run off the event loop (ONNX and numba release the GIL).
+        cache = self._cache
+        # Embedding (if not given) and search run off the event loop (ONNX and numba release the GIL).
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, self._cache.lookup, key)
+            return await asyncio.get_running_loop().run_in_executor(None, cache.lookup, key, vector)
         except Exception:  # the cache saves money; it must never fail a request (logged with traceback)
             log.exception("semantic cache lookup failed; answering without the cache")
             return CacheLookup("bypass", reason="cache unavailable")
+
+    async def _optimize(self, flight: Flight) -> None:
+        """Fewer tokens for the same answer, fitted to the model that will read them."""
+        if self._optimizer is None:
+            flight.messages, flight.optimized = flight.call.messages, None
+            return
+        optimizer, messages = self._optimizer, flight.call.messages
+        budget = self._history_budget(flight.route, flight.call)
+        try:  # the lossy step runs a model: off the event loop
+            optimized = await asyncio.get_running_loop().run_in_executor(None, optimizer.optimize, messages, budget)
+        except AIFinOpsError:
+            raise
+        except Exception:  # an optimiser bug must not cost the answer: send the prompt as it came
+            log.exception("the prompt optimiser failed; sending the prompt unchanged")
+            flight.messages, flight.optimized = messages, None
+            return
+        flight.messages, flight.optimized = optimized.messages, optimized
+
+    @staticmethod
+    def _history_budget(route: Route, call: ChatCall) -> int | None:
+        """Tokens the conversation may take: a local model's context minus the answer's room."""
+        config = getattr(route.provider, "config", None)
+        n_ctx, cap = getattr(config, "n_ctx", None), getattr(config, "max_tokens", None)
+        if not isinstance(n_ctx, int) or not isinstance(cap, int):
+            return None
+        answer = min(call.params.max_tokens or cap, cap)
+        return max(n_ctx - answer - _TEMPLATE_MARGIN_TOKENS, 1)
+
+    # -- delivering -------------------------------------------------------------------------
 
     async def chat(self, flight: Flight) -> ChatResult:
         if (hit := flight.cache.hit) is not None:
             self._record_hit(flight)
             entry = hit.entry
             return ChatResult(flight, Completion(entry.answer, entry.finish_reason, Usage(0, 0)), CACHE_PRICE)
+        if flight.escalation is not None and (kept := await self._cascade_local(flight)) is not None:
+            return kept
         route, call = flight.route, flight.call
         try:
-            completion = await route.provider.complete(route.model, call.messages, call.params, flight.progress)
+            completion = await route.provider.complete(route.model, flight.messages, call.params, flight.progress)
         except AIFinOpsError as e:
             self._record(flight, "error", _failed_usage(flight), e.error_type)
             raise
@@ -163,10 +308,16 @@ class Gateway:
             yield Delta(hit.entry.answer)
             yield StreamSummary(hit.entry.finish_reason, Usage(0, 0), CACHE_PRICE)
             return
+        if flight.escalation is not None:
+            # The client sees only the final answer's stream: the local attempt is not streamed.
+            if (kept := await self._cascade_local(flight)) is not None:
+                yield Delta(kept.completion.text)
+                yield StreamSummary(kept.completion.finish_reason, kept.completion.usage, kept.price)
+                return
         route, call = flight.route, flight.call
         recorded = False
         try:
-            events = route.provider.stream(route.model, call.messages, call.params, flight.progress)
+            events = route.provider.stream(route.model, flight.messages, call.params, flight.progress)
             async for event in events:
                 if isinstance(event, StreamEnd):
                     recorded = True
@@ -182,6 +333,58 @@ class Gateway:
         finally:
             if not recorded:  # the client went away, or the agent is shutting down
                 self._record(flight, "aborted", _partial_usage(flight))
+
+    async def _cascade_local(self, flight: Flight) -> ChatResult | None:
+        """The cascade's first step: the local answer if it is confident, else None (escalated).
+
+        Either way the local call is recorded: as the request's row when kept, as a row of its
+        own (``parent_id`` = the request) when the request escalates.
+        """
+        escalation, local, call = flight.escalation, flight.route, flight.call
+        assert escalation is not None  # noqa: S101 - only called for a cascade
+        flight.escalation = None
+        threshold = self._routing.cascade_threshold
+        try:
+            completion = await local.provider.complete(local.model, flight.messages, call.params, flight.progress)
+        except asyncio.CancelledError:
+            self._record(flight, "aborted", _partial_usage(flight))
+            raise
+        except AIFinOpsError as e:  # e.g. the prompt does not fit the local context: escalate
+            self._record_attempt(flight, "error", _failed_usage(flight), e.error_type, f"local failed ({e.code})")
+            why = f"local failed ({e.code})"
+        else:
+            confidence = flight.progress.confidence
+            if (
+                confidence is not None
+                and confidence >= threshold
+                and completion.finish_reason in ("stop", "length")
+                and completion.text.strip()
+            ):
+                flight.route = replace(local, reason=f"{local.reason}; confidence {confidence:.2f} >= {threshold:.2f}")
+                price = self._record(flight, "ok", completion.usage)
+                await self._store(flight, completion.text, completion.finish_reason, completion.usage, price)
+                return ChatResult(flight, completion, price)
+            shown = "unknown" if confidence is None else f"{confidence:.2f}"
+            why = f"confidence {shown} < {threshold:.2f}"
+            self._record_attempt(flight, "ok", completion.usage, "", why)
+        flight.route = replace(escalation, reason=f"{local.reason}; {why} -> escalated to {escalation.tier}")
+        flight.progress = CallProgress()
+        if escalation.provider is not local.provider:
+            await self._optimize(flight)  # fit the prompt to the model that now answers
+        return None
+
+    def _record_attempt(self, flight: Flight, status: Status, usage: Usage, error_type: str, why: str) -> None:
+        """A cascade's local call that did not answer: its own row, pointing at the request."""
+        price = self._price(flight.route, usage, flight.progress.compute_s)
+        row = self._row(flight, status, usage, price, error_type)
+        self._requests.record(
+            replace(
+                row,
+                id=f"{flight.request_id}-local",
+                parent_id=flight.request_id,
+                reason=f"{flight.route.reason}; {why} -> escalated",
+            )
+        )
 
     async def _store(self, flight: Flight, text: str, finish_reason: str, usage: Usage, price: Price) -> None:
         """Keep a complete answer for the next similar question."""
@@ -206,6 +409,8 @@ class Gateway:
         except Exception:  # the answer was delivered and recorded; only the cache misses out
             log.exception("storing an answer in the semantic cache failed")
 
+    # -- recording --------------------------------------------------------------------------
+
     def _record_hit(self, flight: Flight) -> None:
         hit = flight.cache.hit
         assert hit is not None  # noqa: S101 - only called on a hit
@@ -217,10 +422,13 @@ class Gateway:
                 model=hit.entry.model,
                 provider="cache",
                 route="cache",
+                tier="",
                 reason=reason,
                 cost_saved_micro_usd=saved or 0,
                 cache_hit=True,
                 attempts=0,
+                prompt_tokens_before=None,
+                prompt_tokens_after=None,
             )
         )
 
@@ -231,7 +439,8 @@ class Gateway:
         return price
 
     def _row(self, flight: Flight, status: Status, usage: Usage, price: Price, error_type: str = "") -> RequestRecord:
-        route, call = flight.route, flight.call
+        route, call, optimized = flight.route, flight.call, flight.optimized
+        saved = self._optimizer_saving(route, optimized) if status == "ok" else 0
         return RequestRecord(
             id=flight.request_id,
             ts=flight.ts,
@@ -249,14 +458,29 @@ class Gateway:
             tokens_estimated=usage.estimated,
             cost_micro_usd=price.cost_micro_usd,
             price_source=price.source,
-            cost_saved_micro_usd=0,
+            cost_saved_micro_usd=saved,
             cache_hit=False,
             latency_ms=round((time.perf_counter() - flight.started) * 1000),
             status=status,
             error_type=error_type,
             stream=call.stream,
             attempts=max(flight.progress.attempts, 1),
+            tier=route.tier,
+            route_score=route.score,
+            confidence=None if flight.progress.confidence is None else round(flight.progress.confidence, 4),
+            prompt_tokens_before=optimized.tokens_before if optimized else None,
+            prompt_tokens_after=optimized.tokens_after if optimized else None,
+            optimizer_note=optimized.note if optimized else "",
         )
+
+    def _optimizer_saving(self, route: Route, optimized: Optimized | None) -> int:
+        """What the tokens the optimiser removed would have cost at this model's input price."""
+        if optimized is None or route.provider.kind == "local" or optimized.tokens_after >= optimized.tokens_before:
+            return 0
+        price = self._prices.for_tokens(
+            route.model, route.provider.price_provider_id, optimized.tokens_before - optimized.tokens_after, 0
+        )
+        return price.cost_micro_usd or 0
 
     def _price(self, route: Route, usage: Usage, compute_s: float) -> Price:
         if route.provider.kind == "local":
@@ -270,8 +494,8 @@ class Gateway:
 
 def _partial_usage(flight: Flight) -> Usage:
     """Tokens of a call that ended early, estimated from what it produced."""
-    progress, call = flight.progress, flight.call
-    input_tokens = progress.input_tokens or count_message_tokens(m.content for m in call.messages)
+    progress = flight.progress
+    input_tokens = progress.input_tokens or count_message_tokens(m.content for m in flight.messages)
     return Usage(input_tokens, count_text_tokens(progress.text), estimated=True)
 
 

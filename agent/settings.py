@@ -113,8 +113,10 @@ class RoutingSection(_Section):
     artifact: str = ""
     # P(the cheaper tier's answer is good enough) below this sends the request up a tier.
     threshold: float = Field(0.5, ge=0, le=1)
-    # Prompts up to this many tokens, with no code, math or steps, may stay on the local tier.
+    # The local tier answers prompts up to this many tokens, with no code, math or steps,
+    # scoring at least local_threshold (the small local model needs easier questions).
     local_max_prompt_tokens: int = Field(400, ge=0)
+    local_threshold: float = Field(0.75, ge=0, le=1)
     # From this share of a budget used, the router prefers the next cheaper tier.
     budget_downgrade_at: float = Field(0.8, gt=0, le=1)
     # Cascade: the local model answers first; below this confidence (geometric mean of the

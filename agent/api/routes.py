@@ -108,7 +108,18 @@ class _Handlers:
     # -- /api/v1 ---------------------------------------------------------------------------
 
     async def info(self, _request: Request) -> Response:
-        return _json(schemas.Info(version=__version__))
+        router, routing = self.s.gateway.router, self.s.settings.routing
+        if router is None:
+            router_info = schemas.RouterInfo(enabled=False)
+        else:
+            router_info = schemas.RouterInfo(
+                enabled=True,
+                tiers=dict(router.tiers),
+                scoring="model" if router.model is not None else "rules",
+                problem=router.model_problem,
+                cascade=routing.cascade,
+            )
+        return _json(schemas.Info(version=__version__, router=router_info))
 
     async def me(self, request: Request) -> Response:
         caller = self.caller(request)
@@ -270,6 +281,11 @@ def _info(flight: Flight, price: Price, estimated: bool) -> schemas.AIFinOpsInfo
         cache=flight.cache.status,
         cache_similarity=round(hit.similarity, 4) if hit else None,
         cache_entry_id=hit.entry.id if hit else None,
+        tier="" if hit else flight.route.tier,
+        reason="cache hit" if hit else flight.route.reason,
+        route_score=None if hit else flight.route.score,
+        prompt_tokens_before=flight.optimized.tokens_before if flight.optimized and not hit else None,
+        prompt_tokens_after=flight.optimized.tokens_after if flight.optimized and not hit else None,
     )
 
 
@@ -280,6 +296,8 @@ def _headers(flight: Flight, cost_usd: str) -> dict[str, str]:
         "X-AIFinOps-Request-Id": flight.request_id,
         "X-AIFinOps-Cache": flight.cache.status,
     }
+    if flight.route.tier and flight.cache.hit is None:
+        headers["X-AIFinOps-Tier"] = flight.route.tier
     if (hit := flight.cache.hit) is not None:
         headers["X-AIFinOps-Cache-Similarity"] = f"{hit.similarity:.4f}"
         headers["X-AIFinOps-Cache-Entry"] = str(hit.entry.id)
@@ -372,4 +390,12 @@ def _entry(r: RequestRecord) -> schemas.RequestEntry:
         error_type=r.error_type,
         stream=r.stream,
         attempts=r.attempts,
+        tier=r.tier,
+        route_score=r.route_score,
+        confidence=r.confidence,
+        parent_id=r.parent_id,
+        prompt_tokens_before=r.prompt_tokens_before,
+        prompt_tokens_after=r.prompt_tokens_after,
+        optimizer_note=r.optimizer_note,
+        cost_saved_usd=format_usd(r.cost_saved_micro_usd),
     )

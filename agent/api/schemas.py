@@ -106,6 +106,11 @@ class AIFinOpsInfo(BaseModel):
     cache: Literal["hit", "miss", "bypass"]
     cache_similarity: float | None = None
     cache_entry_id: int | None = None
+    tier: str = ""  # "local", "cheap" or "strong"; "" for a model in no tier or a cache hit
+    reason: str = ""  # why this route (the router's words)
+    route_score: float | None = None
+    prompt_tokens_before: int | None = None  # before the prompt optimiser
+    prompt_tokens_after: int | None = None
 
 
 class ChatMessageOut(BaseModel):
@@ -201,10 +206,19 @@ class Me(BaseModel):
     admin: bool
 
 
+class RouterInfo(BaseModel):
+    enabled: bool
+    tiers: dict[str, str] = {}  # tier -> model
+    scoring: Literal["model", "rules", "none"] = "none"  # trained artifact, or rules
+    problem: str = ""  # why the rules are used
+    cascade: bool = False
+
+
 class Info(BaseModel):
     name: Literal["aifinops"] = "aifinops"
     version: str
     api: Literal["v1"] = "v1"
+    router: RouterInfo | None = None
 
 
 class RequestEntry(BaseModel):
@@ -231,6 +245,14 @@ class RequestEntry(BaseModel):
     error_type: str
     stream: bool
     attempts: int
+    tier: str = ""
+    route_score: float | None = None
+    confidence: float | None = None
+    parent_id: str = ""
+    prompt_tokens_before: int | None = None
+    prompt_tokens_after: int | None = None
+    optimizer_note: str = ""
+    cost_saved_usd: str = "0"
 
 
 class CacheStats(BaseModel):

@@ -72,7 +72,18 @@ CREATE INDEX cache_entries_exact ON cache_entries(scope, fingerprint, query_hash
 CREATE INDEX cache_entries_expiry ON cache_entries(expires_at)
 """
 
+M003_ROUTING = """
+ALTER TABLE requests ADD COLUMN tier TEXT NOT NULL DEFAULT '';
+ALTER TABLE requests ADD COLUMN route_score REAL;
+ALTER TABLE requests ADD COLUMN confidence REAL;
+ALTER TABLE requests ADD COLUMN parent_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE requests ADD COLUMN prompt_tokens_before INTEGER;
+ALTER TABLE requests ADD COLUMN prompt_tokens_after INTEGER;
+ALTER TABLE requests ADD COLUMN optimizer_note TEXT NOT NULL DEFAULT ''
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_cache", M002_CACHE),
+    ("m003_routing", M003_ROUTING),
 )

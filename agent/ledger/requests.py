@@ -8,7 +8,7 @@ from typing import Literal
 from agent.ledger.database import Database
 
 Status = Literal["ok", "error", "aborted"]
-SpendDimension = Literal["user", "department", "feature", "model", "provider", "route"]
+SpendDimension = Literal["user", "department", "feature", "model", "provider", "route", "tier"]
 
 # Report dimension -> column. A fixed map: user input never reaches the SQL text.
 _DIMENSION_COLUMNS: dict[str, str] = {
@@ -18,6 +18,7 @@ _DIMENSION_COLUMNS: dict[str, str] = {
     "model": "model",
     "provider": "provider",
     "route": "route",
+    "tier": "tier",
 }
 SPEND_DIMENSIONS = tuple(_DIMENSION_COLUMNS)
 
@@ -47,6 +48,16 @@ class RequestRecord:
     error_type: str
     stream: bool
     attempts: int
+    # Routing (m003): the tier that answered ("" for a model in no tier), the router's score,
+    # the local answer's confidence, and for a cascade's first call the request it belongs to.
+    tier: str = ""
+    route_score: float | None = None
+    confidence: float | None = None
+    parent_id: str = ""
+    # Prompt optimiser: prompt tokens before and after it, and what it did.
+    prompt_tokens_before: int | None = None
+    prompt_tokens_after: int | None = None
+    optimizer_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,7 @@ class RequestLog:
             where += " AND user_id = :user_id"
             params["user_id"] = str(user_id)
         sql = (
-            f"SELECT {column} AS key, count(*) AS requests,"  # noqa: S608
+            f"SELECT {column} AS key, sum(parent_id = '') AS requests,"  # noqa: S608
             " coalesce(sum(input_tokens), 0) AS input_tokens,"
             " coalesce(sum(output_tokens), 0) AS output_tokens,"
             " coalesce(sum(cost_micro_usd), 0) AS cost_micro_usd,"

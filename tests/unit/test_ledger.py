@@ -79,13 +79,13 @@ def row_count(db: Database) -> int:
 def test_open_applies_the_migrations_once(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     db = Database.open(path)
-    assert db.applied_migrations() == [name for name, _ in MIGRATIONS] == ["m001_initial", "m002_cache"]
+    assert db.applied_migrations() == [name for name, _ in MIGRATIONS] == ["m001_initial", "m002_cache", "m003_routing"]
     UserStore(db).add("alice", "sales", "user", "hash-a")
     db.close()
 
     again = Database.open(path)  # a second start must not re-run m001 (it would fail)
     try:
-        assert again.applied_migrations() == ["m001_initial", "m002_cache"]
+        assert again.applied_migrations() == ["m001_initial", "m002_cache", "m003_routing"]
         assert again.query("SELECT count(*) AS n FROM _migrations")[0]["n"] == len(MIGRATIONS)
         assert UserStore(again).count() == 1
         assert again.query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
@@ -194,6 +194,7 @@ _COLUMN = {
     "model": "model",
     "provider": "provider",
     "route": "route",
+    "tier": "tier",
 }
 
 
@@ -206,6 +207,7 @@ def spend_rows(log: RequestLog, user_ids: dict[str, int]) -> list[RequestRecord]
         "provider": "local",
         "route": "local",
         "price_source": "local-compute",
+        "tier": "local",
     }
     rows = [
         record(a, 1, cost_micro_usd=1_500, input_tokens=100, output_tokens=50),
@@ -214,6 +216,8 @@ def spend_rows(log: RequestLog, user_ids: dict[str, int]) -> list[RequestRecord]
         record(b, 4, cost_micro_usd=None, price_source="unknown", input_tokens=11, **bob),
         record(b, 5, cost_micro_usd=300, cost_saved_micro_usd=1_200, feature="", **bob),
         record(b, 6, status="aborted", cost_micro_usd=25, **local, **bob),
+        # A cascade's local attempt: its money counts, as part of request 5, not as a request.
+        record(b, 8, cost_micro_usd=4, parent_id="req-b-5", input_tokens=11, output_tokens=9, **local, **bob),
         # Before the window: never counted.
         record(a, 7, ts="2023-12-31T23:59:59.999999+00:00", cost_micro_usd=1_000_000),
     ]
@@ -231,7 +235,7 @@ def expected_spend(rows: list[RequestRecord], by: str, user_id: int | None = Non
         old = totals.get(key, SpendRow(key, 0, 0, 0, 0, 0, 0, 0))
         totals[key] = SpendRow(
             key,
-            old.requests + 1,
+            old.requests + (r.parent_id == ""),
             old.input_tokens + r.input_tokens,
             old.output_tokens + r.output_tokens,
             old.cost_micro_usd + (r.cost_micro_usd or 0),
@@ -247,7 +251,7 @@ def test_spend_totals_are_exact_for_every_dimension(log: RequestLog, spend_rows:
     rows = log.spend(by, SINCE)  # type: ignore[arg-type]
     assert rows == expected_spend(spend_rows, by)
     assert sum(r.requests for r in rows) == 6
-    assert sum(r.cost_micro_usd for r in rows) == 1_500 + 7 + 0 + 300 + 25
+    assert sum(r.cost_micro_usd for r in rows) == 1_500 + 7 + 0 + 300 + 25 + 4
     assert sum(r.unpriced_requests for r in rows) == 1
     assert sum(r.failed_requests for r in rows) == 2
 
@@ -255,7 +259,7 @@ def test_spend_totals_are_exact_for_every_dimension(log: RequestLog, spend_rows:
 def test_spend_by_user_in_numbers(log: RequestLog, spend_rows: list[RequestRecord]) -> None:
     assert log.spend("user", SINCE) == [
         SpendRow("alice", 3, 113, 54, 1_507, 0, 0, 1),
-        SpendRow("bob", 3, 31, 60, 325, 1_200, 1, 1),
+        SpendRow("bob", 3, 42, 69, 329, 1_200, 1, 1),  # with the cascade attempt's tokens and money
     ]
 
 
