@@ -1,0 +1,220 @@
+"""Lossless steps: the same prompt in fewer tokens, with nothing the model needs taken away.
+
+- `normalise`: whitespace and markup (HTML tags and comments, bold markers, rules, runs of
+  decoration). Code is never touched and no digit is removed or glued to another.
+- `remove_repeated_blocks`: a long block that already appeared earlier in the conversation is
+  replaced by a short reference.
+- `trim_turns`: the oldest turns go first, until the history fits its token budget; every
+  system message and the latest user turn stay.
+
+Pure functions over `Message` tuples: no I/O, safe from any thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from agent.optimizer.markdown import PLACEHOLDER_CHARS, rewrite_prose
+from agent.pricing.tokens import count_text_tokens
+from agent.providers.base import Message
+
+REPEATED_BLOCK = "[same text as above]"
+# A repeated block shorter than this stays: the reference itself costs about 5 tokens.
+MIN_REPEATED_BLOCK_TOKENS = 32
+_PER_MESSAGE_TOKENS = 3  # chat framing per message (agent.pricing.tokens)
+
+_P = PLACEHOLDER_CHARS
+_BLOCK_TAGS = "p|div|br|li|ul|ol|tr|table|thead|tbody|tfoot|blockquote|hr|section|article|header|footer|nav|main|aside"
+_INLINE_TAGS = "a|b|i|u|s|em|strong|span|font|small|big|sup|sub|mark|abbr|center|td|th|label|strike|del|ins|img"
+_TAG = re.compile(rf"</?(?:({_BLOCK_TAGS})|(?:{_INLINE_TAGS}))\b[^<>{_P}]*?/?>", re.IGNORECASE)
+_COMMENT = re.compile(rf"<!--[^{_P}]*?-->")
+_BOLD = re.compile(r"(?<![\w*\\])\*\*(?=[^\s*])([^\n]*?[^\s*\\])\*\*(?![\w*])")
+_RULE = re.compile(r"^[^\S\n]*([-*_])(?:[^\S\n]*\1){2,}[^\S\n]*$", re.MULTILINE)
+_DECORATION_RUN = re.compile(r"([-=_*~+.])\1{3,}")
+_SPACE_RUN = re.compile(r"(?<=\S)[^\S\n]{2,}|(?<=\S)[^\S\n ]")
+_TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
+_BLANK_LINES = re.compile(r"\n{3,}")
+_NUMBERISH = frozenset("0123456789.,")
+_BLANK_RUN = re.compile(r"\n(?:[^\S\n]*\n)+")
+
+
+# -- normalisation ----------------------------------------------------------------------------
+
+
+def normalise(text: str) -> str:
+    """Whitespace and markup normalisation of one message; code and digits come back as they were."""
+    for _ in range(4):  # a pass can expose new markup (e.g. a tag hid a rule): run to a fixpoint
+        again = rewrite_prose(text, _normalise_prose)
+        if again == text:
+            break
+        text = again
+    return text
+
+
+def normalise_markup(text: str) -> str:
+    """Only the markup part of `normalise` (the optimiser reports the two steps apart)."""
+    return rewrite_prose(text, _strip_markup)
+
+
+def _normalise_prose(text: str) -> str:
+    return _normalise_whitespace(_strip_markup(text))
+
+
+def _strip_markup(text: str) -> str:
+    text = _COMMENT.sub(lambda m: _gap(m, ""), text)
+    text = _TAG.sub(lambda m: _gap(m, "\n" if m.group(1) else ""), text)
+    text = _BOLD.sub(_unbold, text)
+    text = _RULE.sub("", text)
+    return _DECORATION_RUN.sub(lambda m: m.group(1) * 3, text)
+
+
+def _gap(match: re.Match[str], default: str) -> str:
+    """What replaces a removed tag: `default`, or a space where the two sides would merge."""
+    original, text = match.group(0), match.string
+    if any(c.isdigit() for c in original):
+        return original  # never delete a digit, not even one in an attribute
+    if default:
+        return default
+    left = text[match.start() - 1] if match.start() > 0 else " "
+    right = text[match.end()] if match.end() < len(text) else " "
+    if (left.isalnum() and right.isalnum()) or _would_join_number(left, right):
+        return " "
+    return ""
+
+
+def _unbold(match: re.Match[str]) -> str:
+    text, inner = match.string, match.group(1)
+    left = text[match.start() - 1] if match.start() > 0 else " "
+    right = text[match.end()] if match.end() < len(text) else " "
+    if _would_join_number(left, inner[0]) or _would_join_number(inner[-1], right):
+        return match.group(0)
+    return inner
+
+
+def _would_join_number(left: str, right: str) -> bool:
+    return (left.isdigit() and right in _NUMBERISH) or (right.isdigit() and left in _NUMBERISH)
+
+
+def _normalise_whitespace(text: str) -> str:
+    text = text.replace("\r\n", "\n")
+    text = _TRAILING_SPACE.sub("", text)
+    text = _SPACE_RUN.sub(" ", text)
+    text = _BLANK_LINES.sub("\n\n", text)
+    return text.strip()
+
+
+# -- repeated blocks --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deduplicated:
+    messages: tuple[Message, ...]
+    blocks_replaced: int
+
+
+def remove_repeated_blocks(messages: Sequence[Message], min_tokens: int = MIN_REPEATED_BLOCK_TOKENS) -> Deduplicated:
+    """Replace each block (paragraph or code block) seen verbatim earlier by `REPEATED_BLOCK`.
+
+    Only blocks of at least `min_tokens` tokens: a shorter one costs about what its reference does.
+    """
+    seen: set[str] = set()
+    out: list[Message] = []
+    replaced = 0
+    for message in messages:
+        pieces = split_blocks(message.content)  # block, separator, block, ...
+        replaced_here = 0
+        for i in range(0, len(pieces), 2):
+            key = pieces[i].strip()
+            if key in seen and _tokens(key) >= min_tokens:
+                pieces[i] = REPEATED_BLOCK
+                replaced_here += 1
+            else:
+                seen.add(key)
+        replaced += replaced_here
+        out.append(replace(message, content="".join(pieces)) if replaced_here else message)
+    return Deduplicated(tuple(out), replaced)
+
+
+def split_blocks(text: str) -> list[str]:
+    """`text` cut at blank lines into [block, separator, block, ...]; a code block stays whole.
+
+    Joining the pieces gives `text` back.
+    """
+    marker = "\ue002"
+    if marker in text:
+        return [text]
+    marked = rewrite_prose(text, lambda prose: _BLANK_RUN.sub(lambda m: f"{marker}{m.group(0)}{marker}", prose))
+    return marked.split(marker)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tokens(text: str) -> int:
+    return count_text_tokens(text)
+
+
+def message_tokens(message: Message) -> int:
+    return _tokens(message.content) + _PER_MESSAGE_TOKENS
+
+
+# -- trimming old turns -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trimmed:
+    messages: tuple[Message, ...]  # kept, repeated blocks already replaced
+    turns_dropped: int
+    messages_dropped: int
+    tokens_dropped: int
+    blocks_replaced: int
+
+
+def trim_turns(messages: Sequence[Message], history_tokens: int, total_tokens: int | None = None) -> Trimmed:
+    """Drop the oldest turns until the older turns fit `history_tokens` and the whole prompt
+    fits `total_tokens` (when given); repeated blocks are replaced in what is kept.
+
+    A turn is a user message with the messages that answer it. Every system message and the
+    latest user turn always stay (even over budget), and a kept history never starts with an
+    assistant message: messages before the first user message go with the oldest turn.
+    """
+    messages = tuple(messages)
+    turns = _turns(messages)
+    latest = turns[-1] if turns else []
+    older = turns[:-1]
+    for keep in range(len(older), -1, -1):
+        kept_older = [i for turn in older[len(older) - keep :] for i in turn]
+        kept = set(kept_older) | set(latest)
+        chosen = [i for i, m in enumerate(messages) if m.role == "system" or i in kept]
+        deduplicated = remove_repeated_blocks([messages[i] for i in chosen])
+        by_index = dict(zip(chosen, deduplicated.messages, strict=True))
+        history = sum(message_tokens(by_index[i]) for i in kept_older)
+        total = sum(message_tokens(m) for m in deduplicated.messages) + _PER_MESSAGE_TOKENS
+        if keep == 0 or (history <= history_tokens and (total_tokens is None or total <= total_tokens)):
+            dropped = [m for i, m in enumerate(messages) if i not in by_index]
+            return Trimmed(
+                deduplicated.messages,
+                turns_dropped=len(older) - keep,
+                messages_dropped=len(dropped),
+                tokens_dropped=sum(message_tokens(m) for m in dropped),
+                blocks_replaced=deduplicated.blocks_replaced,
+            )
+    raise AssertionError("unreachable: keeping no older turn always fits")
+
+
+def _turns(messages: Sequence[Message]) -> list[list[int]]:
+    """Indexes of the non-system messages, grouped into turns that each start at a user message
+    (messages before the first user message belong to the first turn)."""
+    turns: list[list[int]] = []
+    current: list[int] = []
+    for i, message in enumerate(messages):
+        if message.role == "system":
+            continue
+        if message.role == "user" and any(messages[j].role == "user" for j in current):
+            turns.append(current)
+            current = []
+        current.append(i)
+    if current:
+        turns.append(current)
+    return turns
