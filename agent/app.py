@@ -33,6 +33,7 @@ from agent.ledger.database import Database
 from agent.ledger.requests import RequestLog
 from agent.ledger.users import UserStore
 from agent.models.store import ModelStore
+from agent.optimizer import PromptOptimizer
 from agent.pricing.prices import PriceBook
 from agent.providers.onnx_embedder import OnnxEmbedder
 from agent.providers.registry import ProviderRegistry
@@ -53,6 +54,7 @@ class Services:
     registry: ProviderRegistry
     gateway: Gateway
     cache: SemanticCache | None
+    optimizer: PromptOptimizer
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -67,6 +69,7 @@ class Services:
         registry = ProviderRegistry.from_settings(settings, store)
         prices = PriceBook(settings.pricing.overrides, settings.pricing.local_usd_per_hour)
         embedder = _shared_embedder(settings, store)
+        optimizer = PromptOptimizer(settings.optimizer, store)
         cache = SemanticCache(settings.cache, CacheEntries(db), embedder) if settings.cache.enabled else None
         gateway = Gateway(
             registry,
@@ -78,8 +81,9 @@ class Services:
             routing=settings.routing,
             embedder=embedder,
             tiers={tier: getattr(settings.tiers, tier) for tier in TIERS},
+            optimizer=optimizer,
         )
-        return cls(settings, db, Identity(UserStore(db)), requests, store, registry, gateway, cache)
+        return cls(settings, db, Identity(UserStore(db)), requests, store, registry, gateway, cache, optimizer)
 
     def provision(self) -> None:
         """Workstation first run: the OS user gets a user row and a 0600 token file."""
@@ -100,6 +104,7 @@ class Services:
 
     async def stop(self) -> None:
         await self.registry.close()
+        await asyncio.to_thread(self.optimizer.close)  # the lossy step's scoring model, if loaded
         self.db.close()
 
 

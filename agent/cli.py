@@ -535,6 +535,75 @@ def bench_compress(
         click.echo(f"  conversation {example['conversation']}: lost {', '.join(example['lost'])}")
 
 
+@bench.command("replay")
+@click.option(
+    "--prompts",
+    "prompts_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON lines with prompt, turns (a conversation) or q1/q2 (two questions).",
+)
+@click.option("--limit", type=int, default=None, help="Replay the first N conversations.")
+@click.option("--repeat", default=1, show_default=True, help="Send the whole file this many times.")
+@click.option("--cheap-model", default=None, help="Cheap tier's model (default: tiers.cheap, else gpt-4o-mini).")
+@click.option("--strong-model", default=None, help="Strong tier's model (default: tiers.strong, else gpt-4o).")
+@click.option("--provider-id", default="openai", show_default=True, help="Price table provider for both.")
+@click.option("--max-tokens", default=48, show_default=True, help="Answer length asked of every request.")
+@click.option("--cascade", is_flag=True, help="Local model first, escalating when unsure.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def bench_replay(
+    obj: _Context,
+    prompts_file: str,
+    limit: int | None,
+    repeat: int,
+    cheap_model: str | None,
+    strong_model: str | None,
+    provider_id: str,
+    max_tokens: int,
+    cascade: bool,
+    as_json: bool,
+) -> None:
+    """Replay prompts through optimiser, cache and router; cost against all-strong and all-cheap."""
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from agent.benchmarks.replay import read_conversations, run_replay
+    from agent.benchmarks.routing import tier_price
+    from agent.pricing.prices import PriceBook
+
+    settings = obj.settings()
+    conversations = read_conversations(Path(prompts_file), limit) * max(repeat, 1)
+    prices = PriceBook(settings.pricing.overrides, settings.pricing.local_usd_per_hour)
+    try:
+        cheap = tier_price(prices, cheap_model or settings.tiers.cheap or "gpt-4o-mini", provider_id)
+        strong = tier_price(prices, strong_model or settings.tiers.strong or "gpt-4o", provider_id)
+    except ValueError as e:
+        _fail(str(e))
+    routing = {"cascade": True} if cascade else {}
+    with Progress(disable=as_json, transient=True) as bar:
+        task = bar.add_task("replaying", total=len(conversations))
+        result = run_replay(
+            settings, conversations, cheap, strong, max_tokens, lambda n: bar.advance(task, n), **routing
+        )
+    result["file"] = Path(prompts_file).name
+    result["cascade"] = cascade
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    saved = result["saved_by"]
+    click.echo(
+        f"{result['file']}: {result['requests']} requests, answered by {result['answered_by']}; "
+        f"paid {result['total_cost_usd']} USD vs all-strong {result['all_strong_cost_usd']}, "
+        f"all-cheap {result['all_cheap_cost_usd']}"
+    )
+    click.echo(
+        f"saved vs all-strong {result['saved_vs_all_strong']}: cache {saved['cache']}, routing {saved['routing']}, "
+        f"compression {saved['compression']}"
+    )
+
+
 @bench.command("similarity")
 @click.option("--n", "sizes", default="100000,1000000", show_default=True, help="Stored vectors, comma-separated.")
 @click.option("--dtype", "dtypes", default="float32,float16,int8", show_default=True, help="Storage types.")
@@ -563,7 +632,7 @@ def bench_similarity(obj: _Context, sizes: str, dtypes: str, as_json: bool) -> N
     "by",
     default="user",
     show_default=True,
-    type=click.Choice(["user", "department", "feature", "model", "provider", "route"]),
+    type=click.Choice(["user", "department", "feature", "model", "provider", "route", "tier"]),
 )
 @click.option("--since", default="30d", show_default=True, help="e.g. 7d, 24h, 2w or an ISO date.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")

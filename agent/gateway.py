@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 CACHE_PRICE = Price(0, "cache")
 # Room left for the chat template's own tokens when fitting history into a local context.
 _TEMPLATE_MARGIN_TOKENS = 64
+_O200K_SHARE_OF_LOCAL_CONTEXT = 0.8
 
 
 class Optimized(Protocol):
@@ -277,7 +278,8 @@ class Gateway:
         if not isinstance(n_ctx, int) or not isinstance(cap, int):
             return None
         answer = min(call.params.max_tokens or cap, cap)
-        return max(n_ctx - answer - _TEMPLATE_MARGIN_TOKENS, 1)
+        # The optimiser counts o200k tokens; the local tokenizer needs up to ~15% more for the same text.
+        return max(int((n_ctx - answer - _TEMPLATE_MARGIN_TOKENS) * _O200K_SHARE_OF_LOCAL_CONTEXT), 1)
 
     # -- delivering -------------------------------------------------------------------------
 

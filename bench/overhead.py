@@ -86,7 +86,7 @@ def main() -> None:
             f'[[cloud]]\nname = "scripted"\nbase_url = "http://127.0.0.1:{up_port}/v1"\nmodels = ["bench-model"]\n'
         )
         upstream = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.upstream", "--port", str(up_port)], cwd=REPO, env=env
+            [sys.executable, "-m", "agent.benchmarks.upstream", "--port", str(up_port)], cwd=REPO, env=env
         )
         agent = subprocess.Popen(
             [sys.executable, "-m", "agent", "--home", home, "agent", "run", "--port", str(agent_port)],

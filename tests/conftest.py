@@ -12,13 +12,13 @@ import httpx
 import openai
 import pytest
 
+from agent.benchmarks.upstream import ScriptedUpstream
 from agent.identity import read_token_file
 from agent.ledger.requests import RequestRecord
 from agent.models.catalog import find_asset
 from agent.models.store import ModelStore
 from agent.server import AgentThread
 from agent.settings import load_settings
-from tests.support.upstream import ScriptedUpstream
 
 REPO = Path(__file__).resolve().parents[1]
 # `make test` pulls the default models here once; tests read them from this shared folder.

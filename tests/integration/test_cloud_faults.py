@@ -15,12 +15,12 @@ from typing import Any
 import openai
 import pytest
 
+from agent.benchmarks.upstream import Behaviour, ScriptedUpstream
 from agent.logs import setup_logging
 from agent.pricing.tokens import count_message_tokens, count_text_tokens
 from agent.settings import load_settings
 from tests.conftest import RunningAgent
 from tests.support.files import file_contains
-from tests.support.upstream import Behaviour, ScriptedUpstream
 
 MODEL = "scripted-model"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

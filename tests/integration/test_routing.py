@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from agent.benchmarks.upstream import ScriptedUpstream
 from agent.ledger.requests import RequestRecord
 from tests.conftest import RunningAgent
-from tests.support.upstream import ScriptedUpstream
 
 CHEAP, STRONG = "cheap-model", "strong-model"
 PRICING = {

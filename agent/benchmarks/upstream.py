@@ -3,7 +3,9 @@
 Each request takes the next behaviour from ``script`` (or ``default`` when the script is
 empty): a normal answer, a 429 with Retry-After, a 5xx, a slow answer, malformed JSON, or a
 stream cut off in the middle. Every request body received is kept in ``received``, and its
-headers (lower-case names) in ``received_headers``.
+headers (lower-case names) in ``received_headers``. With ``count_usage`` the usage reports the
+request's real token counts (o200k), as a provider would, instead of the scripted numbers.
+Used by the tests, by ``bench/`` and by ``aifinops bench replay``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from agent.pricing.tokens import count_message_tokens, count_text_tokens
 
 Kind = Literal["ok", "ok_no_usage", "status", "slow", "malformed", "stream_cut"]
 
@@ -45,6 +49,7 @@ class ScriptedUpstream:
     received_headers: list[dict[str, str]] = field(default_factory=list)
     port: int = 0
     keep_requests: bool = True  # benchmarks turn this off
+    count_usage: bool = False  # usage from the request's and answer's real token counts
 
     def __post_init__(self) -> None:
         self._sock = socket.socket()
@@ -98,10 +103,14 @@ class ScriptedUpstream:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": b.text}, "finish_reason": "stop"}],
         }
         if b.kind != "ok_no_usage":
+            prompt_tokens, completion_tokens = b.prompt_tokens, b.completion_tokens
+            if self.count_usage:
+                prompt_tokens = count_message_tokens(str(m.get("content", "")) for m in body.get("messages", []))
+                completion_tokens = count_text_tokens(b.text)
             answer["usage"] = {
-                "prompt_tokens": b.prompt_tokens,
-                "completion_tokens": b.completion_tokens,
-                "total_tokens": b.prompt_tokens + b.completion_tokens,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
             }
         return JSONResponse(answer, headers=headers)
 
@@ -146,7 +155,7 @@ class ScriptedUpstream:
 
 
 def main() -> None:
-    """`python -m tests.support.upstream --port N`: serve the default answer until SIGTERM."""
+    """`python -m agent.benchmarks.upstream --port N`: serve the default answer until SIGTERM."""
     import argparse
     import signal
 
