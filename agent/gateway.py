@@ -65,7 +65,9 @@ class Optimized(Protocol):
 
 
 class Optimizer(Protocol):
-    def optimize(self, messages: tuple[Message, ...], budget_tokens: int | None = None) -> Optimized: ...
+    def optimize(
+        self, messages: tuple[Message, ...], budget_tokens: int | None = None, *, lossy: bool = True
+    ) -> Optimized: ...
 
 
 BudgetState = Callable[[Caller], float | None]
@@ -260,10 +262,12 @@ class Gateway:
             return
         optimizer, messages = self._optimizer, flight.call.messages
         budget = self._history_budget(flight.route, flight.call)
+        loop = asyncio.get_running_loop()
         try:  # the lossy step runs a model: off the event loop
-            optimized = await asyncio.get_running_loop().run_in_executor(None, optimizer.optimize, messages, budget)
-        except AIFinOpsError:
-            raise
+            optimized = await loop.run_in_executor(None, optimizer.optimize, messages, budget)
+        except AIFinOpsError as e:  # the lossy step's scoring model is unusable: lossless only
+            log.warning("lossy prompt compression skipped: %s", e.message)
+            optimized = await loop.run_in_executor(None, lambda: optimizer.optimize(messages, budget, lossy=False))
         except Exception:  # an optimiser bug must not cost the answer: send the prompt as it came
             log.exception("the prompt optimiser failed; sending the prompt unchanged")
             flight.messages, flight.optimized = messages, None

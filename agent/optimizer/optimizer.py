@@ -49,11 +49,14 @@ class PromptOptimizer:
         self._compressor: LossyCompressor | None = None
         self._lock = threading.Lock()
 
-    def optimize(self, messages: tuple[Message, ...], budget_tokens: int | None = None) -> Optimized:
+    def optimize(
+        self, messages: tuple[Message, ...], budget_tokens: int | None = None, *, lossy: bool = True
+    ) -> Optimized:
         """`messages` in fewer tokens. `budget_tokens` caps the whole prompt (e.g. the answering
         model's context minus its max_tokens); older turns also stay under max_history_tokens.
 
-        Raises `ModelError` when lossy compression is on and its scoring model cannot be loaded.
+        Raises `ModelError` when lossy compression is on and its scoring model cannot be loaded;
+        ``lossy=False`` runs the lossless steps only (the caller's fallback).
         """
         before = _prompt_tokens(messages)
         if not self.settings.enabled:
@@ -83,7 +86,7 @@ class PromptOptimizer:
             notes.append(f"{trimmed.blocks_replaced} repeated block{'s' * (trimmed.blocks_replaced != 1)}")
         result = trimmed.messages
 
-        if self.settings.lossy:
+        if self.settings.lossy and lossy:
             result, saved, compressed = self._lossy(result)
             if compressed:
                 steps.append("lossy")
@@ -120,7 +123,7 @@ class PromptOptimizer:
             return self._compressor
 
     def _open_scorer(self) -> SurprisalScorer:
-        from agent.optimizer.surprisal import LlamaSurprisalScorer
+        from agent.providers.llama_scorer import LlamaSurprisalScorer
 
         if self._store is None:  # refused in __init__ unless the optimiser is disabled
             raise ConfigError("optimizer.lossy needs the local scoring model, and no model store was given")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from agent.benchmarks.upstream import ScriptedUpstream
@@ -83,3 +84,21 @@ def test_with_the_optimiser_off_the_prompt_goes_as_it_came(
     [row] = agent.rows()
     assert row.prompt_tokens_before == row.prompt_tokens_after
     assert row.optimizer_note == "" and row.cost_saved_micro_usd == 0
+
+
+def test_an_unusable_lossy_scoring_model_costs_the_compression_not_the_answer(
+    start_agent: Callable[..., RunningAgent], upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    missing = tmp_path / "absent.gguf"
+    agent = start_cloud(
+        start_agent, upstream, optimizer={"lossy": True, "lossy_min_tokens": 32, "scoring_model": str(missing)}
+    )
+    content = f"{DOCUMENT}   {DOCUMENT}\n\n\n\nWhat   was the headcount?"
+    completion = agent.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": content}], max_tokens=16
+    )
+    assert completion.choices[0].message.content == "Hello from the scripted upstream."
+    [sent] = upstream.received
+    assert sent["messages"][0]["content"].endswith("What was the headcount?")  # lossless still ran
+    [row] = agent.rows()
+    assert row.status == "ok" and "lossy" not in row.optimizer_note

@@ -13,9 +13,9 @@ from agent.errors import ModelError
 from agent.models.store import ModelStore
 from agent.optimizer import PromptOptimizer
 from agent.optimizer.lossy import LossyCompressor, protected_terms
-from agent.optimizer.surprisal import LlamaSurprisalScorer
 from agent.pricing.tokens import count_text_tokens
 from agent.providers.base import Message
+from agent.providers.llama_scorer import LlamaSurprisalScorer
 from agent.settings import OptimizerSection
 from tests.conftest import MODELS_DIR
 
