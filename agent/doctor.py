@@ -32,6 +32,7 @@ def run_checks(settings: Settings, agent_info: str | None) -> list[Check]:
     checks += _gpu()
     checks += _share(settings)
     checks += _cloud(settings)
+    checks += _routing(settings)
     checks += _identity(settings)
     checks.append(
         Check("agent", "ok", f"running: {agent_info}")
@@ -164,6 +165,28 @@ def _cloud(settings: Settings) -> list[Check]:
         Check("cloud", "ok", f"{e.name}: {e.base_url} models {', '.join(e.models)}; key: {key_source(e)}")
         for e in settings.cloud
     ]
+
+
+def _routing(settings: Settings) -> list[Check]:
+    """The tiers "auto" routes between, and whether the trained difficulty model loads."""
+    from agent.app import build_router_model
+    from agent.routing.router import TIERS
+
+    if not settings.routing.enabled:
+        return [Check("router", "ok", f"routing off: auto means {settings.agent.default_model}")]
+    configured = {e.name: e for e in settings.cloud}
+    known = {m.name for m in settings.local_models} | {m for e in configured.values() for m in e.models}
+    tiers = {t: getattr(settings.tiers, t) for t in TIERS if getattr(settings.tiers, t)}
+    unknown = [f"tiers.{t} = {m!r}" for t, m in tiers.items() if m not in known]
+    if unknown:
+        return [Check("router", "fail", f"{', '.join(unknown)}: no such model configured", "fix [tiers]")]
+    model, problem = build_router_model(settings)
+    shown = ", ".join(f"{t}: {m}" for t, m in tiers.items()) or "none"
+    if model is None:
+        fix = "retrain it (aifinops router train) or clear routing.artifact"
+        return [Check("router", "warn", f"tiers {shown}; {problem}: routing by rules", fix)]
+    cascade = f"; cascade to {settings.routing.cascade_to}" if settings.routing.cascade else ""
+    return [Check("router", "ok", f"tiers {shown}; difficulty model loaded{cascade}")]
 
 
 def _identity(settings: Settings) -> list[Check]:

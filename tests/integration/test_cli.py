@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +94,15 @@ def test_doctor_and_models_list_report_the_models(agent: RunningAgent) -> None:
     assert "smollm2-135m-instruct" in listed and "verified" in listed
     doctor = aifinops("doctor", port=agent.thread.port, check=False).stdout
     assert "llama-cpp-python" in doctor and "running: aifinops" in doctor and "no NVIDIA GPU" in doctor
+    assert "difficulty model loaded" in doctor
+
+
+def test_doctor_says_when_the_router_runs_on_rules(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    broken = tmp_path / "router.npz"
+    broken.write_bytes(b"not an archive")
+    monkeypatch.setenv("AIFINOPS_ROUTING__ARTIFACT", str(broken))
+    doctor = aifinops("doctor", check=False).stdout
+    assert "router artifact unavailable: routing by rules" in " ".join(doctor.split())
 
 
 @pytest.mark.parametrize("args", [["users", "add", "bad name!", "--department", "x"], ["users", "revoke", "nobody"]])
