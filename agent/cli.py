@@ -309,11 +309,14 @@ def router_train(obj: _Context, files: tuple[str, ...], out: str, holdout: float
         task = bar.add_task("embedding prompts", total=len(rows))
 
         def embed(texts: list[str]) -> Any:
-            out = []
-            for start in range(0, len(texts), 32):
-                out.append(embedder.embed(texts[start : start + 32]))
-                bar.advance(task, len(texts[start : start + 32]))
-            return np.vstack(out)
+            # Batches of similar length: padding to the longest prompt of a batch wastes less.
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            vectors = np.zeros((len(texts), embedder.dim), dtype=np.float32)
+            for start in range(0, len(order), 32):
+                batch = order[start : start + 32]
+                vectors[batch] = embedder.embed([texts[i] for i in batch])
+                bar.advance(task, len(batch))
+            return vectors
 
         import numpy as np
 
@@ -325,7 +328,13 @@ def router_train(obj: _Context, files: tuple[str, ...], out: str, holdout: float
         }
         model = train_router(rows, embed, holdout=holdout, seed=seed, provenance=provenance)
     model.save(Path(out))
-    click.echo(json.dumps(model.report, indent=2))
+    report = model.report
+    click.echo(f"{report['method']}: {report['train_rows']} rows trained, {report['held_out_rows']} held out")
+    click.echo(f"{'held out':40} {'rows':>6} {'strong@95%':>10} {'AUC':>6} {'all-weak':>8} {'all-strong':>10}")
+    for source, r in report["by_source"].items():
+        click.echo(f"{source:40} {r['rows']:6d} {r['strong_share_at_95']:10.3f} {r['auc']:6.3f} "
+                   f"{r['all_weak_accuracy']:8.3f} {r['all_strong_accuracy']:10.3f}")  # fmt: skip
+    click.echo(f"held-out AUC, all files: {report['held_out_auc']}")
     click.echo(f"saved {out}")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from agent.errors import InvalidRequest
 from agent.jsonlines import read_records
 from agent.routing.difficulty import DifficultyModel, fit_logistic
 from agent.routing.features import FEATURE_NAMES, prompt_features
+from agent.routing.knn import dequantize_int8, neighbour_score, quantize_int8
 
 F32 = npt.NDArray[np.float32]
 
@@ -62,6 +63,10 @@ def inputs_for(prompts: list[str], embed: Callable[[list[str]], F32]) -> F32:
     return np.hstack([vectors, features]).astype(np.float32)
 
 
+NEIGHBOURS_K = 100  # chosen by 5-fold cross-validation on the dev files (default_router.md)
+NEIGHBOURS_GAMMA = 10.0
+
+
 def train_router(
     rows: list[LabelledPrompt],
     embed: Callable[[list[str]], F32],
@@ -69,6 +74,7 @@ def train_router(
     seed: int = 1,
     provenance: dict[str, Any] | None = None,
 ) -> DifficultyModel:
+    """Fit on a random share of the rows, report on the rest (never on contaminated rows)."""
     if len(rows) < 20:
         raise InvalidRequest(f"{len(rows)} labelled prompts are too few to train on")
     rng = np.random.default_rng(seed)
@@ -76,24 +82,41 @@ def train_router(
     test = eligible & (rng.random(len(rows)) < holdout)
     x = inputs_for([r.prompt for r in rows], embed)
     y = np.array([r.weak_ok for r in rows])
-    weights, bias, mean, scale = fit_logistic(x[~test], y[~test])
-    model = DifficultyModel(weights, bias, mean, scale, FEATURE_NAMES, {})
+    model = fit_difficulty(x[~test], y[~test])
     scores = model.weak_ok_probability(x[test])
     held_out = [r for r, t in zip(rows, test, strict=True) if t]
+    by_source = {}
+    for source in sorted({r.source for r in held_out}):
+        idx = np.array([i for i, r in enumerate(held_out) if r.source == source])
+        by_source[source] = routing_curve(scores[idx], [held_out[i] for i in idx]) | {
+            "auc": round(_auc(scores[idx], y[test][idx]), 4)
+        }
     report = {
+        "method": f"{model.k}-nearest-neighbour weak-ok share (gamma {model.gamma:g}) + logistic over features",
         "train_rows": int((~test).sum()),
         "held_out_rows": int(test.sum()),
-        "held_out_auc": round(_auc(scores, y[test]), 4),
-        "by_source": {
-            source: routing_curve(scores[idx], [held_out[i] for i in idx])
-            for source in sorted({r.source for r in held_out})
-            if len(idx := [i for i, r in enumerate(held_out) if r.source == source]) > 0
-        },
+        "held_out_auc": round(_auc(scores, y[test]), 4) if len(held_out) else None,
+        "by_source": by_source,
         "features": list(FEATURE_NAMES),
         "seed": seed,
         "holdout": holdout,
     } | (provenance or {})
-    return DifficultyModel(weights, bias, mean, scale, FEATURE_NAMES, report)
+    return replace(model, report=report)
+
+
+def fit_difficulty(
+    inputs: F32, labels: npt.NDArray[np.bool_], k: int = NEIGHBOURS_K, gamma: float = NEIGHBOURS_GAMMA
+) -> DifficultyModel:
+    """Neighbours from every training row; the logistic head on their leave-one-out share."""
+    dim = inputs.shape[1] - len(FEATURE_NAMES)
+    k = min(k, len(inputs) - 1)
+    # The artifact stores the embeddings as int8: train and report on what will be shipped.
+    neighbours = dequantize_int8(*quantize_int8(np.ascontiguousarray(inputs[:, :dim], dtype=np.float32)))
+    targets = labels.astype(np.float32)
+    share = neighbour_score(neighbours, targets, neighbours, k, gamma, leave_self_out=True)
+    head_inputs = np.hstack([inputs[:, dim:], share[:, None]]).astype(np.float32)
+    weights, bias, mean, scale = fit_logistic(head_inputs, labels)
+    return DifficultyModel(neighbours, targets, k, gamma, weights, bias, mean, scale, FEATURE_NAMES, {})
 
 
 def routing_curve(weak_ok: F32 | npt.NDArray[Any], rows: list[LabelledPrompt]) -> dict[str, Any]:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import agent.routing
 from agent.errors import ConfigError, InvalidRequest
 from agent.routing.difficulty import DifficultyModel, fit_logistic
 from agent.routing.features import FEATURE_NAMES, prompt_features
-from agent.routing.training import LabelledPrompt, read_labelled, routing_curve, train_router
+from agent.routing.knn import dequantize_int8, neighbour_score, quantize_int8
+from agent.routing.training import LabelledPrompt, fit_difficulty, read_labelled, routing_curve, train_router
 
 
 def test_features_see_code_math_steps_and_length() -> None:
@@ -23,6 +26,14 @@ def test_features_see_code_math_steps_and_length() -> None:
     essay = dict(zip(FEATURE_NAMES, prompt_features("Write a detailed essay about lighthouses."), strict=True))
     assert essay["long_answer"] == 1 and essay["log_chars"] > f["log_chars"]
     assert prompt_features("").shape == (len(FEATURE_NAMES),)
+    word = dict(
+        zip(FEATURE_NAMES, prompt_features("Ann pays $12.50 for 3 pens, each 25% off. How much is left?"), strict=True)
+    )
+    plain = dict(zip(FEATURE_NAMES, prompt_features("Name a colour."), strict=True))
+    assert word["money"] == word["percent"] == word["decimal"] == 1 and word["quantity_words"] > 0
+    assert word["numbers"] > plain["numbers"] == 0 and word["sentences"] > plain["sentences"]
+    huge = prompt_features("x. " * 5000 + "1 " * 40 + "9" * 40)[FEATURE_NAMES.index("numbers") :]
+    assert np.all((huge >= 0) & (huge <= 1))
 
 
 def test_logistic_regression_learns_a_separable_problem() -> None:
@@ -30,24 +41,72 @@ def test_logistic_regression_learns_a_separable_problem() -> None:
     x = rng.standard_normal((400, 5)).astype(np.float32)
     y = x[:, 0] + 0.5 * x[:, 1] > 0
     weights, bias, mean, scale = fit_logistic(x, y)
-    model = DifficultyModel(weights, bias, mean, scale, FEATURE_NAMES, {})
-    p = model.weak_ok_probability(x)
+    p = 1 / (1 + np.exp(-(((x - mean) / scale) @ weights + bias)))
     assert ((p > 0.5) == y).mean() > 0.95
     assert weights[0] > abs(weights[2]) and weights[1] > abs(weights[3])
 
 
-def _model(dim: int = 4) -> DifficultyModel:
-    ones = np.ones(dim, dtype=np.float32)
-    return DifficultyModel(ones, 0.5, ones * 0, ones, FEATURE_NAMES, {"held_out_auc": 0.7})
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_neighbour_score_is_the_similarity_weighted_share_of_the_nearest_labels() -> None:
+    stored = _unit(np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32))
+    labels = np.array([1, 1, 0, 0], dtype=np.float32)
+    queries = _unit(np.array([[1, 0.05], [0.05, 1]], dtype=np.float32))
+    assert np.allclose(neighbour_score(stored, labels, queries, k=2, gamma=10.0), [1, 0])
+    # k = everything, gamma = 0: the plain base rate
+    assert np.allclose(neighbour_score(stored, labels, queries, k=4, gamma=0.0), [0.5, 0.5])
+    # leave-one-out: a row never votes for itself, so row 0 hears row 1 (label 1) and row 2 hears row 3
+    assert np.allclose(neighbour_score(stored, labels, stored, k=1, gamma=0.0, leave_self_out=True), [1, 1, 0, 0])
+    swapped = np.array([0, 1, 1, 0], dtype=np.float32)
+    assert np.allclose(neighbour_score(stored, swapped, stored, k=1, gamma=0.0, leave_self_out=True), [1, 0, 0, 1])
+
+
+def test_int8_storage_keeps_similarities() -> None:
+    vectors = _unit(np.random.default_rng(1).standard_normal((50, 384)))
+    rows, scale = quantize_int8(vectors)
+    assert rows.dtype == np.int8 and scale.shape == (50,)
+    assert np.abs(dequantize_int8(rows, scale) @ vectors.T - vectors @ vectors.T).max() < 0.02
+
+
+def _clustered(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two topics in embedding space; the weak tier suffices on topic 0 and fails on topic 1."""
+    rng = np.random.default_rng(seed)
+    topic = rng.random(n) < 0.5
+    centres = _unit(rng.standard_normal((2, 16)))
+    embedding = _unit(centres[topic.astype(int)] + 0.3 * rng.standard_normal((n, 16)))
+    features = rng.random((n, len(FEATURE_NAMES))).astype(np.float32)
+    return np.hstack([embedding, features]).astype(np.float32), ~topic
+
+
+def test_the_difficulty_model_learns_from_neighbours() -> None:
+    x, y = _clustered(300)
+    model = fit_difficulty(x[:200], y[:200], k=10)
+    p = model.weak_ok_probability(x[200:])
+    assert p.dtype == np.float32 and p.shape == (100,)
+    assert ((p > 0.5) == y[200:]).mean() > 0.95
+    assert model.weights[-1] > 0  # the neighbours' share raises P(weak ok)
+    assert np.array_equal(p, model.weak_ok_probability(x[200:]))  # deterministic
+    with pytest.raises(ValueError, match="inputs"):
+        model.weak_ok_probability(x[:, :-1])
+
+
+def _model(n: int = 30) -> DifficultyModel:
+    x, y = _clustered(n, seed=5)
+    return replace(fit_difficulty(x, y, k=5), report={"held_out_auc": 0.7})
 
 
 def test_the_artifact_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "router.npz"
-    _model().save(path)
+    model = _model()
+    model.save(path)
     loaded = DifficultyModel.load(path)
-    assert loaded.report == {"held_out_auc": 0.7} and loaded.bias == 0.5
-    x = np.ones((2, 4), dtype=np.float32)
-    assert np.allclose(loaded.weak_ok_probability(x), _model().weak_ok_probability(x))
+    assert loaded.report == {"held_out_auc": 0.7} and loaded.bias == pytest.approx(model.bias)
+    assert loaded.k == 5 and loaded.feature_names == FEATURE_NAMES
+    x, _ = _clustered(20, seed=6)
+    assert np.allclose(loaded.weak_ok_probability(x), model.weak_ok_probability(x), atol=1e-3)
+    assert np.array_equal(loaded.weak_ok_probability(x), DifficultyModel.load(path).weak_ok_probability(x))
 
 
 @pytest.mark.parametrize("content", [b"", b"not an npz at all", b"PK\x03\x04truncated"])
@@ -58,17 +117,71 @@ def test_a_corrupt_artifact_is_a_clear_config_error(tmp_path: Path, content: byt
         DifficultyModel.load(path)
 
 
+def test_a_truncated_artifact_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "router.npz"
+    _model().save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ConfigError, match="router artifact"):
+        DifficultyModel.load(path)
+
+
+def _rewrite(path: Path, **changes: np.ndarray) -> None:
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files} | changes
+    with path.open("wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"weights": np.ones(3, dtype=np.float32)}, "inconsistent"),
+        ({"neighbour_labels": np.ones(2, dtype=np.uint8)}, "labels"),
+        ({"neighbour_labels": np.full(30, 2, dtype=np.uint8)}, "labels"),
+        ({"neighbour_scale": np.ones(29, dtype=np.float32)}, "scales"),
+        ({"neighbours": np.ones((30, 16), dtype=np.float32)}, "neighbours"),
+        ({"mean": np.full(len(FEATURE_NAMES) + 1, np.nan, dtype=np.float32)}, "non-finite"),
+        ({"k": np.int32(0)}, "inconsistent"),
+        ({"format": np.int32(1)}, "format"),
+        ({"feature_names": np.array(["something", "else"])}, "other features|inconsistent"),
+    ],
+)
+def test_an_inconsistent_artifact_is_refused(tmp_path: Path, changes: dict[str, np.ndarray], message: str) -> None:
+    path = tmp_path / "router.npz"
+    _model().save(path)
+    _rewrite(path, **changes)
+    with pytest.raises(ConfigError, match=message):
+        DifficultyModel.load(path)
+
+
 def test_an_artifact_with_other_features_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "router.npz"
-    model = _model()
-    DifficultyModel(model.weights, 0.0, model.mean, model.scale, ("something", "else"), {}).save(path)
+    renamed = ("something", *FEATURE_NAMES[1:])
+    replace(_model(), feature_names=renamed).save(path)
     with pytest.raises(ConfigError, match="other features"):
+        DifficultyModel.load(path)
+
+
+def test_an_artifact_missing_a_part_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "router.npz"
+    _model().save(path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files if name != "gamma"}
+    with path.open("wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ConfigError, match="router artifact"):
         DifficultyModel.load(path)
 
 
 def test_a_missing_artifact_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         DifficultyModel.load(tmp_path / "nowhere.npz")
+
+
+def test_the_shipped_artifact_loads() -> None:
+    model = DifficultyModel.load(Path(agent.routing.__file__).parent / "default_router.npz")
+    assert model.embedding_dim == 384 and model.feature_names == FEATURE_NAMES
+    assert set(model.report["by_source"]) == {"routing_gsm8k_routing_dev", "routing_mmlu_routing_dev"}
 
 
 def test_routing_curve_finds_the_cheapest_point_at_95_percent() -> None:
@@ -93,7 +206,9 @@ def test_training_reports_on_held_out_rows_only_and_never_on_contaminated_ones()
     assert report["train_rows"] + report["held_out_rows"] == 200
     assert 0 < report["held_out_rows"] <= 180  # the 20 contaminated rows always train
     assert report["held_out_auc"] > 0.9  # the features alone separate the two kinds
-    assert report["command"] == "test" and report["by_source"]["synthetic"]["strong_share_at_95"] < 0.8
+    synthetic = report["by_source"]["synthetic"]
+    assert report["command"] == "test" and synthetic["strong_share_at_95"] < 0.8 and synthetic["auc"] > 0.9
+    assert model.neighbours.shape == (report["train_rows"], 8)
     with pytest.raises(InvalidRequest):
         train_router(rows[:5], embed)
 
