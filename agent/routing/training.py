@@ -67,6 +67,15 @@ NEIGHBOURS_K = 100  # chosen by 5-fold cross-validation on the dev files (defaul
 NEIGHBOURS_GAMMA = 10.0
 
 
+def holdout_mask(rows: list[LabelledPrompt], holdout: float, seed: int) -> npt.NDArray[np.bool_]:
+    """Which rows ``train_router`` keeps out (never a contaminated one): the same for the same
+    rows, share and seed, so a benchmark can score exactly the rows a model never saw."""
+    rng = np.random.default_rng(seed)
+    eligible = np.array([not r.contaminated for r in rows])
+    mask: npt.NDArray[np.bool_] = eligible & (rng.random(len(rows)) < holdout)
+    return mask
+
+
 def train_router(
     rows: list[LabelledPrompt],
     embed: Callable[[list[str]], F32],
@@ -77,9 +86,7 @@ def train_router(
     """Fit on a random share of the rows, report on the rest (never on contaminated rows)."""
     if len(rows) < 20:
         raise InvalidRequest(f"{len(rows)} labelled prompts are too few to train on")
-    rng = np.random.default_rng(seed)
-    eligible = np.array([not r.contaminated for r in rows])
-    test = eligible & (rng.random(len(rows)) < holdout)
+    test = holdout_mask(rows, holdout, seed)
     x = inputs_for([r.prompt for r in rows], embed)
     y = np.array([r.weak_ok for r in rows])
     model = fit_difficulty(x[~test], y[~test])
