@@ -6,13 +6,16 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from agent import __version__
 from agent.errors import AIFinOpsError
 from agent.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from agent.benchmarks.routing import TierPrice
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -397,6 +400,32 @@ def bench_cache_quality(
                    f"{theirs['precision'] or 0:>9.3f} {theirs['recall']:>7.3f}")  # fmt: skip
 
 
+def _tier_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--cheap-model, --strong-model and --provider-id: the two cloud tiers a benchmark prices."""
+    command = click.option("--provider-id", default="openai", show_default=True, help="Price table provider.")(command)
+    command = click.option("--strong-model", default=None, help="Strong tier (default: tiers.strong, else gpt-4o).")(
+        command
+    )
+    return click.option("--cheap-model", default=None, help="Cheap tier (default: tiers.cheap, else gpt-4o-mini).")(
+        command
+    )
+
+
+def _tier_prices(
+    settings: Settings, cheap_model: str | None, strong_model: str | None, provider_id: str
+) -> tuple[TierPrice, TierPrice]:
+    from agent.benchmarks.routing import tier_price
+    from agent.pricing.prices import PriceBook
+
+    prices = PriceBook(settings.pricing.overrides, settings.pricing.local_usd_per_hour)
+    try:
+        cheap = tier_price(prices, cheap_model or settings.tiers.cheap or "gpt-4o-mini", provider_id)
+        strong = tier_price(prices, strong_model or settings.tiers.strong or "gpt-4o", provider_id)
+    except ValueError as e:
+        _fail(str(e))
+    return cheap, strong
+
+
 @bench.command("routing")
 @click.option(
     "--prompts",
@@ -407,9 +436,7 @@ def bench_cache_quality(
 )
 @click.option("--limit", type=int, default=None, help="Use the first N rows (after leaving contaminated ones out).")
 @click.option("--router", "artifact", default=None, type=click.Path(dir_okay=False), help="Artifact to use.")
-@click.option("--cheap-model", default=None, help="Weak tier's model (default: tiers.cheap, else gpt-4o-mini).")
-@click.option("--strong-model", default=None, help="Strong tier's model (default: tiers.strong, else gpt-4o).")
-@click.option("--provider-id", default="openai", show_default=True, help="Price table provider for both.")
+@_tier_options
 @click.option("--output-tokens", default=200, show_default=True, help="Answer length assumed for the costs.")
 @click.option("--include-contaminated", is_flag=True, help="Keep rows flagged in RouteLLM's training list.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -432,9 +459,8 @@ def bench_routing(
     from rich.progress import Progress
 
     from agent.app import build_router_model
-    from agent.benchmarks.routing import embed_in_batches, run_routing_bench, tier_price
+    from agent.benchmarks.routing import embed_in_batches, run_routing_bench
     from agent.models.store import ModelStore
-    from agent.pricing.prices import PriceBook
     from agent.providers.onnx_embedder import OnnxEmbedder
     from agent.routing.router import Router
     from agent.routing.training import read_labelled
@@ -445,12 +471,7 @@ def bench_routing(
     kept = kept[:limit] if limit is not None else kept
     if not kept:
         _fail(f"{prompts_file}: no rows to route")
-    prices = PriceBook(settings.pricing.overrides, settings.pricing.local_usd_per_hour)
-    try:
-        cheap = tier_price(prices, cheap_model or settings.tiers.cheap or "gpt-4o-mini", provider_id)
-        strong = tier_price(prices, strong_model or settings.tiers.strong or "gpt-4o", provider_id)
-    except ValueError as e:
-        _fail(str(e))
+    cheap, strong = _tier_prices(settings, cheap_model, strong_model, provider_id)
     model, problem = build_router_model(settings, Path(artifact) if artifact else None)
     router = Router({"cheap": cheap.model, "strong": strong.model}, settings.routing, model, problem)
     store = ModelStore(settings.models_dir, settings.share_dir)
@@ -554,9 +575,7 @@ def bench_compress(
 )
 @click.option("--limit", type=int, default=None, help="Replay the first N conversations.")
 @click.option("--repeat", default=1, show_default=True, help="Send the whole file this many times.")
-@click.option("--cheap-model", default=None, help="Cheap tier's model (default: tiers.cheap, else gpt-4o-mini).")
-@click.option("--strong-model", default=None, help="Strong tier's model (default: tiers.strong, else gpt-4o).")
-@click.option("--provider-id", default="openai", show_default=True, help="Price table provider for both.")
+@_tier_options
 @click.option("--max-tokens", default=48, show_default=True, help="Answer length asked of every request.")
 @click.option("--cascade", is_flag=True, help="Local model first, escalating when unsure.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -579,17 +598,10 @@ def bench_replay(
     from rich.progress import Progress
 
     from agent.benchmarks.replay import read_conversations, run_replay
-    from agent.benchmarks.routing import tier_price
-    from agent.pricing.prices import PriceBook
 
     settings = obj.settings()
     conversations = read_conversations(Path(prompts_file), limit) * max(repeat, 1)
-    prices = PriceBook(settings.pricing.overrides, settings.pricing.local_usd_per_hour)
-    try:
-        cheap = tier_price(prices, cheap_model or settings.tiers.cheap or "gpt-4o-mini", provider_id)
-        strong = tier_price(prices, strong_model or settings.tiers.strong or "gpt-4o", provider_id)
-    except ValueError as e:
-        _fail(str(e))
+    cheap, strong = _tier_prices(settings, cheap_model, strong_model, provider_id)
     routing = {"cascade": True} if cascade else {}
     with Progress(disable=as_json, transient=True) as bar:
         task = bar.add_task("replaying", total=len(conversations))

@@ -82,8 +82,31 @@ ALTER TABLE requests ADD COLUMN prompt_tokens_after INTEGER;
 ALTER TABLE requests ADD COLUMN optimizer_note TEXT NOT NULL DEFAULT ''
 """
 
+M004_POLICY = """
+CREATE TABLE policies (
+    id           INTEGER PRIMARY KEY,
+    version      INTEGER NOT NULL,
+    sha256       TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    signature    TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    applied_at   TEXT NOT NULL
+);
+CREATE TABLE events (
+    id           INTEGER PRIMARY KEY,
+    ts           TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    user_id      INTEGER,
+    department   TEXT,
+    dedupe_key   TEXT UNIQUE,
+    body         TEXT NOT NULL
+);
+CREATE INDEX events_user ON events(user_id, id)
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_cache", M002_CACHE),
     ("m003_routing", M003_ROUTING),
+    ("m004_policy", M004_POLICY),
 )

@@ -144,18 +144,22 @@ def cascade(start_agent: Callable[..., RunningAgent], upstream: ScriptedUpstream
     return start_agent(**tiered(upstream, cascade=True, cascade_to="strong", cascade_threshold=threshold))
 
 
+def ask_auto(agent: RunningAgent, prompt: str, stream: bool) -> str:
+    """The answer's text as the client sees it, streamed or not."""
+    client, messages = agent.client(), [{"role": "user", "content": prompt}]
+    if stream:
+        chunks = client.chat.completions.create(model="auto", messages=messages, max_tokens=24, stream=True)  # type: ignore[arg-type]
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    completion = client.chat.completions.create(model="auto", messages=messages, max_tokens=24)  # type: ignore[arg-type]
+    return completion.choices[0].message.content or ""
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_confident_local_answer_is_kept(
     stream: bool, start_agent: Callable[..., RunningAgent], upstream: ScriptedUpstream
 ) -> None:
     agent = cascade(start_agent, upstream, threshold=0.0)
-    client = agent.client()
-    messages = [{"role": "user", "content": FACT}]
-    if stream:
-        chunks = client.chat.completions.create(model="auto", messages=messages, max_tokens=24, stream=True)
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    else:
-        text = client.chat.completions.create(model="auto", messages=messages, max_tokens=24).choices[0].message.content
+    text = ask_auto(agent, FACT, stream)
     row = only_row(agent)
     assert upstream.received == []
     assert (row.tier, row.model, row.parent_id) == ("local", "local", "")
@@ -169,13 +173,7 @@ def test_an_unsure_local_answer_escalates_and_both_calls_are_recorded(
     stream: bool, start_agent: Callable[..., RunningAgent], upstream: ScriptedUpstream
 ) -> None:
     agent = cascade(start_agent, upstream, threshold=1.0)
-    client = agent.client()
-    messages = [{"role": "user", "content": FACT}]
-    if stream:
-        chunks = client.chat.completions.create(model="auto", messages=messages, max_tokens=24, stream=True)
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    else:
-        text = client.chat.completions.create(model="auto", messages=messages, max_tokens=24).choices[0].message.content
+    text = ask_auto(agent, FACT, stream)
     # The client sees only the final answer: not a word of the local attempt.
     assert text == "Hello from the scripted upstream."
     assert [r["model"] for r in upstream.received] == [STRONG]
