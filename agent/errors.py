@@ -2,6 +2,7 @@
 
 AIFinOpsError                      every error we raise on purpose
 ├── ConfigError                    bad settings file, environment or command line
+│   └── PolicyError                a policy that is invalid, unsigned or wrongly signed
 ├── ModelError                     a model asset is missing, corrupt or unusable
 │   └── ModelNotFound              a request named a model nobody configured
 ├── LedgerError                    the SQLite ledger cannot be opened or written
@@ -36,6 +37,12 @@ class AIFinOpsError(Exception):
 
 class ConfigError(AIFinOpsError):
     error_type = "config_error"
+
+
+class PolicyError(ConfigError):
+    """A policy file that does not parse, validate or verify; the last good policy stays."""
+
+    error_type = "invalid_policy"
 
 
 class ModelError(AIFinOpsError):

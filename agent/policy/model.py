@@ -1,0 +1,275 @@
+"""The policy file: what admins publish on the share, as frozen, validated values.
+
+``parse_policy`` turns the bytes of a TOML file into a ``Policy`` or raises ``PolicyError``
+naming the offending line or key; no other exception escapes it, whatever the input. The
+enforcement side asks the policy questions through its methods (``budgets_for``,
+``rate_limits_for``, ``model_allowed``, ``department_of``) rather than reading raw tables.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from agent.errors import PolicyError
+from agent.money import usd_to_micros
+
+MAX_POLICY_BYTES = 1_048_576
+# A department a workstation's auto-provisioned user gets: "not assigned by anyone yet".
+UNASSIGNED_DEPARTMENT = "default"
+ANY = "*"
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:/-]{0,127}$"
+_MAX_USD = Decimal("1e12")
+
+Name = Annotated[StrictStr, Field(pattern=_NAME_PATTERN)]
+Match = Annotated[StrictStr, Field(pattern=rf"{_NAME_PATTERN}|^\*$")]
+Scope = Literal["user", "department", "organisation"]
+
+
+def _to_decimal(value: Any) -> Any:
+    """TOML gives floats for 0.1: read them as written ("0.1"), never as binary fractions."""
+    if isinstance(value, bool):
+        raise ValueError("expected a decimal number or a decimal string, not a boolean")
+    if isinstance(value, float | int):
+        value = str(value)
+    if isinstance(value, str):
+        try:
+            number = Decimal(value.strip())
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a decimal number") from None
+        if not number.is_finite():
+            raise ValueError(f"{value!r} is not a finite number")
+        return number
+    raise ValueError("expected a decimal number or a decimal string")
+
+
+Usd = Annotated[Decimal, BeforeValidator(_to_decimal), Field(ge=0, le=_MAX_USD)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Tiers(_Model):
+    """Which model answers for each routing tier in a department (absent: the agent's config)."""
+
+    local: Name | None = None
+    cheap: Name | None = None
+    strong: Name | None = None
+
+
+class PriceOverride(_Model):
+    input_usd_per_mtok: Usd
+    output_usd_per_mtok: Usd
+
+
+class Department(_Model):
+    # Model names or shell-style patterns ("gpt-4o*"); empty: every model.
+    allowed_models: tuple[Annotated[StrictStr, Field(min_length=1, max_length=128)], ...] = ()
+    tiers: Tiers | None = None
+    price_overrides: dict[Name, PriceOverride] = {}
+    cache_scope: Scope | None = None
+
+
+class BudgetRule(_Model):
+    name: Name
+    scope: Literal["user", "department", "feature", "organisation"]
+    # A user, department or feature name; "*" counts each one separately.
+    match: Match = ANY
+    period: Literal["day", "week", "month"]
+    amount_usd: Usd
+    action: Literal["block", "downgrade"]
+    # Percent of the amount at which an alert is raised once per period.
+    alerts: tuple[Annotated[StrictInt, Field(ge=1, le=1000)], ...] = (50, 80, 100)
+
+    @property
+    def amount_micro_usd(self) -> int:
+        return usd_to_micros(self.amount_usd)
+
+    @field_validator("alerts")
+    @classmethod
+    def _sorted_unique(cls, alerts: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(sorted(set(alerts)))
+
+    @model_validator(mode="after")
+    def _organisation_is_one(self) -> BudgetRule:
+        if self.scope == "organisation" and self.match != ANY:
+            raise ValueError('an organisation budget has match = "*" (there is one organisation)')
+        return self
+
+
+class RateLimit(_Model):
+    scope: Literal["user", "department"]
+    match: Match = ANY
+    requests_per_minute: StrictInt | None = Field(None, ge=1)
+    tokens_per_minute: StrictInt | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _limits_something(self) -> RateLimit:
+        if self.requests_per_minute is None and self.tokens_per_minute is None:
+            raise ValueError("a rate limit needs requests_per_minute, tokens_per_minute or both")
+        return self
+
+
+class Gpu(_Model):
+    # Box class (e.g. "rtx4090-workstation") -> what one hour of the box costs, busy or idle.
+    usd_per_hour: dict[Name, Usd] = {}
+
+
+class Policy(_Model):
+    version: StrictInt = Field(ge=1)
+    organisation: StrictStr = Field(min_length=1, max_length=200)
+    timezone: StrictStr
+    default_department: Name
+    webhook_url: StrictStr | None = None
+    users: dict[Name, Name] = {}
+    departments: dict[Name, Department] = {}
+    budgets: tuple[BudgetRule, ...] = ()
+    rate_limits: tuple[RateLimit, ...] = ()
+    gpu: Gpu = Gpu()
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(f"{name[:64]!r} is not an IANA time zone (e.g. 'Europe/Berlin', 'UTC')") from None
+        return name
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            parts = None
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or any(c.isspace() for c in url)
+        ):
+            raise ValueError("webhook_url must be an http:// or https:// URL")
+        return url
+
+    @model_validator(mode="after")
+    def _unique_budget_names(self) -> Policy:
+        names = [b.name for b in self.budgets]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"budget names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def department_of(self, user_name: str, fallback: str) -> str:
+        """The policy's [users] entry; else ``fallback`` (the department the agent knows);
+        else, when that is empty or the unassigned "default", the policy's default_department."""
+        if user_name in self.users:
+            return self.users[user_name]
+        if fallback and fallback != UNASSIGNED_DEPARTMENT:
+            return fallback
+        return self.default_department
+
+    def budgets_for(self, user: str, department: str, feature: str) -> list[tuple[BudgetRule, str]]:
+        """Every budget a request counts against, each with the subject it is counted for."""
+        subjects = {"user": user, "department": department, "feature": feature, "organisation": ANY}
+        out: list[tuple[BudgetRule, str]] = []
+        for rule in self.budgets:
+            subject = subjects[rule.scope]
+            if not subject:
+                continue  # e.g. a request with no feature tag
+            if rule.match in (ANY, subject):
+                out.append((rule, subject))
+        return out
+
+    def rate_limits_for(self, user: str, department: str) -> list[tuple[RateLimit, str]]:
+        subjects = {"user": user, "department": department}
+        return [(rule, subjects[rule.scope]) for rule in self.rate_limits if rule.match in (ANY, subjects[rule.scope])]
+
+    def model_allowed(self, department: str, model: str) -> bool:
+        dept = self.departments.get(department)
+        if dept is None or not dept.allowed_models:
+            return True
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in dept.allowed_models)
+
+    def price_override(self, department: str, model: str) -> PriceOverride | None:
+        dept = self.departments.get(department)
+        return dept.price_overrides.get(model) if dept else None
+
+    def cache_scope(self, department: str) -> Scope | None:
+        dept = self.departments.get(department)
+        return dept.cache_scope if dept else None
+
+    def tiers_for(self, department: str) -> Tiers | None:
+        dept = self.departments.get(department)
+        return dept.tiers if dept else None
+
+
+def parse_policy(data: bytes) -> Policy:
+    """Bytes of a policy file -> Policy. Raises PolicyError (and nothing else) on any input."""
+    if len(data) > MAX_POLICY_BYTES:
+        raise PolicyError(f"policy is {len(data)} bytes; the limit is {MAX_POLICY_BYTES}", code="too_large")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise PolicyError(f"policy is not UTF-8 text (line {line})", code="not_toml") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(f"policy is not valid TOML: {e}", code="not_toml") from None
+    except RecursionError:
+        raise PolicyError("policy is not valid TOML: nested too deeply", code="not_toml") from None
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as e:
+        raise PolicyError(f"invalid policy: {_describe(e, raw)}", code="invalid") from None
+    except RecursionError:
+        raise PolicyError("invalid policy: nested too deeply", code="invalid") from None
+
+
+def _describe(error: ValidationError, raw: dict[str, Any]) -> str:
+    problems = []
+    for err in error.errors(include_url=False)[:5]:
+        problems.append(f"{_key_path(err['loc'], raw)}: {err['msg']}")
+    more = error.error_count() - len(problems)
+    return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _key_path(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
+    """('budgets', 1, 'amount_usd') -> 'budgets[1] (name "team").amount_usd'."""
+    path = ""
+    node: Any = raw
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("name"), str):
+                path += f" (name {node['name'][:64]!r})"
+        else:
+            path += f".{part}" if path else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return path or "(top level)"
