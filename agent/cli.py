@@ -690,6 +690,33 @@ def spend(obj: _Context, by: str, since: str, as_json: bool, token: str | None) 
 
 
 @main.command()
+@click.option("--all", "everything", is_flag=True, help="Every budget of everyone (admins).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--token", envvar="AIFINOPS_TOKEN", help="Bearer token (default: the token file).")
+@pass_ctx
+def budgets(obj: _Context, everything: bool, as_json: bool, token: str | None) -> None:
+    """Your budgets (or, with --all, everyone's): spent, in flight, remaining, when they reset."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from agent.api.client import AgentClient
+
+    report = AgentClient.from_settings(obj.settings(), token).budgets(everything)
+    if as_json:
+        click.echo(json.dumps(report.model_dump(), indent=2))
+        return
+    if report.policy_version is None:
+        click.echo("No policy received yet: no budgets are enforced (see aifinops doctor).")
+        return
+    table = Table("budget", "for", "period", "spent USD", "in flight", "of USD", "left USD", "resets (UTC)", "over",
+                  title=f"budgets, policy version {report.policy_version}")  # fmt: skip
+    for b in report.budgets:
+        table.add_row(b.name, f"{b.scope} {b.subject}", b.period, b.spent_usd, b.reserved_usd, b.amount_usd,
+                      b.remaining_usd, b.resets_at[:16].replace("T", " "), b.action)  # fmt: skip
+    Console().print(table)
+
+
+@main.command()
 @click.argument("question")
 @click.option("--model", default="auto", show_default=True, help="local, a cloud model, or auto.")
 @click.option("--max-tokens", type=int, default=None, help="Cap the answer's length.")

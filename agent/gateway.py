@@ -16,14 +16,15 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.cache.keys import cache_key
 from agent.cache.service import CacheLookup, Embedder, SemanticCache
-from agent.errors import AIFinOpsError, InvalidRequest
+from agent.errors import AIFinOpsError, BudgetExceeded, InvalidRequest, PermissionDenied
 from agent.identity import Caller
 from agent.ledger.database import utc_now_iso
 from agent.ledger.requests import RequestLog, RequestRecord, Status
@@ -43,12 +44,19 @@ from agent.providers.registry import ProviderRegistry
 from agent.routing.router import TIERS, Decision, Router, RouteSignals, Tier
 from agent.settings import RoutingSection
 
+if TYPE_CHECKING:
+    from agent.budgets.enforcer import Admission, BudgetEnforcer, Reservation
+
 log = logging.getLogger(__name__)
 
 CACHE_PRICE = Price(0, "cache")
 # Room left for the chat template's own tokens when fitting history into a local context.
 _TEMPLATE_MARGIN_TOKENS = 64
 _O200K_SHARE_OF_LOCAL_CONTEXT = 0.8
+# Worst case held against budgets: the estimate of the prompt plus this margin, and max_tokens
+# of answer (or this many when the client sets none).
+_INPUT_ESTIMATE_MARGIN = 1.1
+_WORST_CASE_OUTPUT_TOKENS = 4096
 
 
 class Optimized(Protocol):
@@ -68,9 +76,6 @@ class Optimizer(Protocol):
     def optimize(
         self, messages: tuple[Message, ...], budget_tokens: int | None = None, *, lossy: bool = True
     ) -> Optimized: ...
-
-
-BudgetState = Callable[[Caller], float | None]
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,8 @@ class Flight:
     messages: tuple[Message, ...] = ()  # what is sent: the call's messages after the optimiser
     optimized: Optimized | None = None
     escalation: Route | None = None  # cascade: where to go when the local answer is not confident
+    admission: Admission | None = None  # what the rate limits counted
+    reservation: Reservation | None = None  # the worst case held against the caller's budgets
     request_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     ts: str = field(default_factory=utc_now_iso)
     started: float = field(default_factory=time.perf_counter)
@@ -145,7 +152,7 @@ class Gateway:
         routing: RoutingSection | None = None,
         embedder: Callable[[], Embedder] | None = None,
         optimizer: Optimizer | None = None,
-        budget_used: BudgetState | None = None,
+        enforcer: BudgetEnforcer | None = None,
         tiers: Mapping[Tier, str] | None = None,
     ) -> None:
         self._registry = registry
@@ -157,7 +164,7 @@ class Gateway:
         self._routing = routing or RoutingSection()
         self._embedder = embedder
         self._optimizer = optimizer
-        self._budget_used = budget_used
+        self._enforcer = enforcer
         # Which tier a model belongs to, for the ledger, whoever chose it (router, client, default).
         self._tier_of: dict[str, Tier] = {model: tier for tier, model in (tiers or {}).items() if model}
 
@@ -179,7 +186,19 @@ class Gateway:
         return Route(provider, model, provider.kind, reason, self._tier_of.get(model, ""), score)
 
     async def prepare(self, caller: Caller, call: ChatCall) -> Flight:
-        """Embed, route, ask the cache and optimise the prompt; nothing is spent or recorded yet."""
+        """Rate limits, embed, route, ask the cache, optimise the prompt, hold the worst case
+        against the budgets; nothing is spent or recorded yet."""
+        if self._enforcer is None:
+            return await self._prepare(caller, call, None)
+        caller = self._enforcer.effective_caller(caller)
+        admission = self._enforcer.admit(caller, _token_estimate(call))
+        try:
+            return await self._prepare(caller, call, admission)
+        except BaseException:
+            self._enforcer.settle_tokens(admission, 0)  # refused: its tokens were not used
+            raise
+
+    async def _prepare(self, caller: Caller, call: ChatCall, admission: Admission | None) -> Flight:
         auto = call.requested_model == "auto" and self.router is not None
         cacheable = self._cache is not None and not isinstance(
             cache_key(self._cache.settings, caller, call, "auto"), str
@@ -188,7 +207,7 @@ class Gateway:
         vector = await self._embed(call.messages[-1].content) if wants_vector else None
         escalation = None
         if auto and self.router is not None:
-            decision = self.router.decide(self._signals(caller, call, vector))
+            decision = self._allowed_decision(caller, self.router.decide(self._signals(caller, call, vector)))
             route = self.route(call, decision)
             escalation = self._cascade_plan(call, route)
             if escalation is not None:
@@ -198,12 +217,67 @@ class Gateway:
                 )
         else:
             route = self.route(call)
+            if self._enforcer is not None:
+                self._enforcer.check_model(caller, route.model)
         # Auto requests share cached answers whichever tier gave them: the router chose it.
         lookup = await self._lookup(caller, call, "auto" if auto else route.model, vector)
         flight = Flight(caller, call, route, lookup, messages=call.messages, escalation=escalation)
+        flight.admission = admission
         if lookup.hit is None:
             await self._optimize(flight)
+            await self._reserve(flight)
         return flight
+
+    def _allowed_decision(self, caller: Caller, decision: Decision) -> Decision:
+        """The router's tier, or the nearest one (cheaper first) the caller's policy allows."""
+        router, enforcer = self.router, self._enforcer
+        if enforcer is None or router is None or enforcer.model_allowed(caller, router.tiers[decision.tier]):
+            return decision
+        tiers = list(router.tiers)
+        at = tiers.index(decision.tier)
+        for tier in [*reversed(tiers[:at]), *tiers[at + 1 :]]:
+            if enforcer.model_allowed(caller, router.tiers[tier]):
+                return replace(decision, tier=tier, reason=f"{decision.reason}; not allowed by policy -> {tier}")
+        raise PermissionDenied(
+            f"no tier's model is allowed for department {caller.department!r} by policy", code="model_not_allowed"
+        )
+
+    async def _reserve(self, flight: Flight) -> None:
+        """Hold the worst case of the paid call against the caller's budgets. Over a hard budget:
+        ``block`` refuses (402); ``downgrade`` answers from the local tier instead."""
+        enforcer = self._enforcer
+        paid = flight.escalation or flight.route
+        if enforcer is None or paid.provider.kind == "local":
+            return  # local answers are never blocked by a money budget
+        call = flight.call
+        input_tokens = round(count_message_tokens(m.content for m in flight.messages) * _INPUT_ESTIMATE_MARGIN) + 16
+        output_tokens = call.params.max_tokens or _WORST_CASE_OUTPUT_TOKENS
+        worst = self._prices.for_tokens(paid.model, paid.provider.price_provider_id, input_tokens, output_tokens)
+        if worst.cost_micro_usd is None:
+            if enforcer.charges(flight.caller, call.feature):
+                raise PermissionDenied(
+                    f"model {paid.model!r} has no known price, so budgets cannot be enforced on it: "
+                    "an admin can add a price override",
+                    code="unpriced_model",
+                )
+            return
+        try:
+            flight.reservation = enforcer.reserve(flight.caller, call.feature, flight.request_id, worst.cost_micro_usd)
+        except BudgetExceeded as e:
+            local = self._local_tier_model()
+            if e.code != "downgrade" or local is None:
+                raise
+            name = e.budget.get("name", "?")
+            reason = f"budget {name!r} exhausted -> local tier instead of {paid.model}"
+            flight.route = replace(self.route(replace(call, requested_model=local)), reason=reason)
+            flight.escalation = None
+            await self._optimize(flight)
+
+    def _local_tier_model(self) -> str | None:
+        for model, tier in self._tier_of.items():
+            if tier == "local":
+                return model
+        return None
 
     def _signals(self, caller: Caller, call: ChatCall, vector: npt.NDArray[np.float32] | None) -> RouteSignals:
         return RouteSignals(
@@ -212,7 +286,7 @@ class Gateway:
             user_turns=sum(m.role == "user" for m in call.messages),
             max_tokens=call.params.max_tokens,
             embedding=vector,
-            budget_used=self._budget_used(caller) if self._budget_used is not None else None,
+            budget_used=self._enforcer.used_fraction(caller, call.feature) if self._enforcer else None,
         )
 
     def _cascade_plan(self, call: ChatCall, route: Route) -> Route | None:
@@ -383,6 +457,9 @@ class Gateway:
         """A cascade's local call that did not answer: its own row, pointing at the request."""
         price = self._price(flight.route, usage, flight.progress.compute_s)
         row = self._row(flight, status, usage, price, error_type)
+        if self._enforcer is not None:  # the local attempt's cost counts; the hold stays for the escalation
+            at = datetime.fromisoformat(flight.ts)
+            self._enforcer.settle(None, flight.caller, flight.call.feature, at, price.cost_micro_usd)
         self._requests.record(
             replace(
                 row,
@@ -422,6 +499,7 @@ class Gateway:
         assert hit is not None  # noqa: S101 - only called on a hit
         saved = hit.entry.cost_micro_usd
         reason = f"cache hit, similarity {hit.similarity:.3f}" + ("" if saved is not None else ", saving unknown")
+        self._settle(flight, 0, 0)
         self._requests.record(
             replace(
                 self._row(flight, "ok", Usage(0, 0), CACHE_PRICE),
@@ -439,10 +517,22 @@ class Gateway:
         )
 
     def _record(self, flight: Flight, status: Status, usage: Usage, error_type: str = "") -> Price:
-        """Price the call and write its one ledger row."""
+        """Price the call, write its one ledger row, then settle its budget hold and rate tokens."""
         price = self._price(flight.route, usage, flight.progress.compute_s)
-        self._requests.record(self._row(flight, status, usage, price, error_type))
+        row = self._row(flight, status, usage, price, error_type)
+        # Budgets first: their totals load from the ledger on first use, which must not see this
+        # row yet. Should the write below fail, the spend stays counted (the safe side).
+        self._settle(flight, price.cost_micro_usd, usage.input_tokens + usage.output_tokens)
+        self._requests.record(row)
         return price
+
+    def _settle(self, flight: Flight, cost_micro_usd: int | None, tokens: int) -> None:
+        if self._enforcer is None:
+            return
+        at = datetime.fromisoformat(flight.ts)
+        self._enforcer.settle(flight.reservation, flight.caller, flight.call.feature, at, cost_micro_usd)
+        if flight.admission is not None:
+            self._enforcer.settle_tokens(flight.admission, tokens)
 
     def _row(self, flight: Flight, status: Status, usage: Usage, price: Price, error_type: str = "") -> RequestRecord:
         route, call, optimized = flight.route, flight.call, flight.optimized
@@ -496,6 +586,11 @@ class Gateway:
         return self._prices.for_tokens(
             route.model, route.provider.price_provider_id, usage.input_tokens, usage.output_tokens
         )
+
+
+def _token_estimate(call: ChatCall) -> int:
+    """Tokens a request is admitted on by the token rate limits (corrected when it ends)."""
+    return count_message_tokens(m.content for m in call.messages) + (call.params.max_tokens or 256)
 
 
 def _partial_usage(flight: Flight) -> Usage:

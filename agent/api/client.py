@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import openai
 
-from agent.api.schemas import CacheCleared, CacheStats, Info, Me, SpendReport
+from agent.api.schemas import BudgetReport, CacheCleared, CacheStats, Info, Me, SpendReport
 from agent.errors import AgentApiError, AgentUnreachable, AuthError
 from agent.identity import read_token_file
 from agent.settings import Settings
@@ -66,6 +66,9 @@ class AgentClient:
 
     def spend(self, by: str, since: str) -> SpendReport:
         return SpendReport.model_validate(self._get("/api/v1/spend", {"by": by, "since": since}))
+
+    def budgets(self, everything: bool) -> BudgetReport:
+        return BudgetReport.model_validate(self._get("/api/v1/budgets", {"all": "true"} if everything else None))
 
     def cache_stats(self, everything: bool) -> CacheStats:
         return CacheStats.model_validate(self._get("/api/v1/cache", {"all": "true"} if everything else None))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from agent.api.schemas import ErrorBody, ErrorDetail
-from agent.errors import AIFinOpsError, RateLimited
+from agent.errors import AIFinOpsError, BudgetExceeded, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,11 @@ def error_json(status: int, error_type: str, message: str, code: str | None = No
 
 def error_response(error: AIFinOpsError) -> JSONResponse:
     response = error_json(error.status_code, error.error_type, error.message, error.code)
+    if isinstance(error, BudgetExceeded) and error.budget:
+        detail = ErrorDetail(message=error.message, type=error.error_type, code=error.code, budget=error.budget)
+        response = JSONResponse(ErrorBody(error=detail).model_dump(exclude_none=True), status_code=error.status_code)
     if isinstance(error, RateLimited):
-        response.headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
     return response
 
 

@@ -45,6 +45,8 @@ def build_routes(services: Services) -> list[Route]:
         Route("/api/v1/cache", api.cache_stats, methods=["GET"]),
         Route("/api/v1/cache", api.cache_clear, methods=["DELETE"]),
         Route("/api/v1/cache/{entry_id:int}/invalidate", api.cache_invalidate, methods=["POST"]),
+        Route("/api/v1/budgets", api.budgets, methods=["GET"]),
+        Route("/api/v1/events", api.events, methods=["GET"]),
     ]
 
 
@@ -169,6 +171,67 @@ class _Handlers:
         if record is None or (record.user_id != caller.user_id and not caller.is_admin):
             return error_json(404, "not_found_error", "no such request")
         return _json(_entry(record))
+
+    # -- /api/v1/budgets and /api/v1/events -------------------------------------------------
+
+    async def budgets(self, request: Request) -> Response:
+        caller = self.caller(request)
+        everyone = request.query_params.get("all") == "true"
+        if everyone and not caller.is_admin:
+            raise PermissionDenied("only admins can see every budget")
+        enforcer = self.s.enforcer
+        policy = enforcer.policy
+        if policy is None:
+            return _json(schemas.BudgetReport(policy_version=None, scope="all" if everyone else "own", budgets=[]))
+        caller = enforcer.effective_caller(caller)
+        feature = request.query_params.get("feature", "")
+        statuses = enforcer.all_statuses() if everyone else enforcer.statuses(caller, feature)
+        entries = [
+            schemas.BudgetEntry(
+                name=b.name,
+                scope=b.scope,
+                subject=b.subject,
+                period=b.period,
+                action=b.action,
+                amount_usd=format_usd(b.amount_micro_usd),
+                spent_usd=format_usd(b.spent_micro_usd),
+                reserved_usd=format_usd(b.reserved_micro_usd),
+                remaining_usd=format_usd(b.remaining_micro_usd),
+                amount_micro_usd=b.amount_micro_usd,
+                spent_micro_usd=b.spent_micro_usd,
+                reserved_micro_usd=b.reserved_micro_usd,
+                remaining_micro_usd=b.remaining_micro_usd,
+                resets_at=b.resets_at,
+            )
+            for b in statuses
+        ]
+        report = schemas.BudgetReport(
+            policy_version=policy.version, scope="all" if everyone else "own", budgets=entries
+        )
+        return _json(report)
+
+    async def events(self, request: Request) -> Response:
+        """Events after ?since=ID; with ?wait=S (up to 60) the call waits for the first one."""
+        caller = self.caller(request)
+        try:
+            after = int(request.query_params.get("since", "0"))
+            wait = float(request.query_params.get("wait", "0"))
+        except ValueError as e:
+            raise InvalidRequest("since must be an event id and wait a number of seconds") from e
+        if after < 0 or not 0 <= wait <= 60:
+            raise InvalidRequest("since must be >= 0 and wait between 0 and 60 seconds")
+        if not caller.is_admin:
+            caller = self.s.enforcer.effective_caller(caller)
+        reader = (None, None) if caller.is_admin else (caller.user_id, caller.department)
+        deadline = time.monotonic() + wait
+        while True:
+            found = self.s.events.since(after, user_id=reader[0], department=reader[1])
+            if found or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.25)
+        out = [schemas.EventOut(id=e.id, ts=e.ts, kind=e.kind, user_id=e.user_id, department=e.department, body=e.body)
+               for e in found]  # fmt: skip
+        return _json(schemas.EventList(events=out, last_id=found[-1].id if found else after))
 
     # -- /api/v1/cache ---------------------------------------------------------------------
 

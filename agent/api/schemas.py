@@ -172,6 +172,7 @@ class ErrorDetail(BaseModel):
     type: str
     param: str | None = None
     code: str | None = None
+    budget: dict[str, str] | None = None  # budget_exceeded: which budget, spent, amount, resets_at
 
 
 class ErrorBody(BaseModel):
@@ -269,3 +270,40 @@ class CacheStats(BaseModel):
 class CacheCleared(BaseModel):
     scope: str
     removed: int
+
+
+class BudgetEntry(BaseModel):
+    name: str
+    scope: str  # user, department, feature, organisation
+    subject: str  # whose spend: the user, department or feature name; "*" for the organisation
+    period: str
+    action: str  # block or downgrade
+    amount_usd: str
+    spent_usd: str
+    reserved_usd: str  # held by requests in flight
+    remaining_usd: str
+    amount_micro_usd: int
+    spent_micro_usd: int
+    reserved_micro_usd: int
+    remaining_micro_usd: int
+    resets_at: str
+
+
+class BudgetReport(BaseModel):
+    policy_version: int | None  # None: no policy received yet, nothing is enforced
+    scope: Literal["own", "all"]
+    budgets: list[BudgetEntry]
+
+
+class EventOut(BaseModel):
+    id: int
+    ts: str
+    kind: str  # budget_alert, policy_applied, policy_rejected
+    user_id: int | None
+    department: str | None
+    body: dict[str, Any]
+
+
+class EventList(BaseModel):
+    events: list[EventOut]
+    last_id: int  # pass as ?since= to wait for the next ones

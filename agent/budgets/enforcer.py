@@ -1,0 +1,443 @@
+"""Budgets and rate limits, enforced before any money is spent.
+
+Before a paid call the gateway **reserves** the call's worst-case cost against every budget
+that applies to the caller (user, department, feature, organisation); the reservation fails
+when it would take any hard budget past its amount, so concurrent requests can never spend past
+it together. When the call ends (answered, failed, aborted) its ledger row is written and the
+reservation is **settled**: released, and the real cost added to the spent total.
+
+Spent totals are the ledger's: loaded once per budget, subject and period from the requests
+table, then kept in memory next to the open reservations, all under one lock (this agent is the
+only writer of its ledger). Periods follow the calendar in the policy's time zone.
+
+Local answers are never blocked by a money budget (their cost still counts); rate and token
+limits apply to every request. Crossing an alert threshold adds one event per budget, subject,
+period and threshold, and posts it to the policy's webhook if it names one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from agent.budgets.periods import period_bounds, period_key
+from agent.budgets.ratelimit import RateLimit, RateLimiter
+from agent.errors import BudgetExceeded, PermissionDenied, RateLimited
+from agent.identity import Caller
+from agent.ledger.database import Database
+from agent.ledger.events import EventLog
+from agent.money import format_usd
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["user", "department", "feature", "organisation"]
+# Budget scope -> requests column. A fixed map: nothing from the policy reaches SQL text.
+_SCOPE_COLUMN: dict[str, str | None] = {
+    "user": "user_name",
+    "department": "department",
+    "feature": "feature",
+    "organisation": None,
+}
+# A reservation nobody settled (a request lost between prepare and delivery) expires after this.
+_RESERVATION_MAX_AGE_S = 900.0
+_WEBHOOK_TIMEOUT_S = 5.0
+
+
+class BudgetRule(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def scope(self) -> str: ...
+    @property
+    def period(self) -> Literal["day", "week", "month"]: ...
+    @property
+    def amount_micro_usd(self) -> int: ...
+    @property
+    def action(self) -> str: ...  # "block" or "downgrade"
+    @property
+    def alerts(self) -> Sequence[int]: ...  # percent thresholds
+
+
+class RateRule(Protocol):
+    @property
+    def scope(self) -> str: ...
+    @property
+    def requests_per_minute(self) -> int | None: ...
+    @property
+    def tokens_per_minute(self) -> int | None: ...
+
+
+class Policy(Protocol):
+    """What enforcement reads of a policy (agent.policy.model.Policy)."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def timezone(self) -> str: ...
+    @property
+    def webhook_url(self) -> str | None: ...
+    def department_of(self, user_name: str, fallback: str) -> str: ...
+    def budgets_for(self, user: str, department: str, feature: str) -> Sequence[tuple[Any, str]]: ...
+    def rate_limits_for(self, user: str, department: str) -> Sequence[tuple[Any, str]]: ...
+    def model_allowed(self, department: str, model: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One budget a request counts against: the rule, whose spend, and which period."""
+
+    rule: BudgetRule
+    subject: str
+    start: datetime
+    end: datetime  # = when it resets
+    period_key: str
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str]:
+        return (self.rule.name, self.rule.scope, self.rule.period, self.subject, self.period_key)
+
+
+@dataclass
+class _Totals:
+    spent: int
+    reserved: int = 0
+
+
+@dataclass
+class Reservation:
+    request_id: str
+    charges: tuple[Charge, ...]
+    amount: int  # micro-USD held against each charge
+    created: float = field(default_factory=time.monotonic)
+    settled: bool = False
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A request let in by the rate limits: the keys it used and the tokens it was counted for."""
+
+    keys: tuple[str, ...] = ()
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    name: str
+    scope: str
+    subject: str
+    period: str
+    action: str
+    amount_micro_usd: int
+    spent_micro_usd: int
+    reserved_micro_usd: int
+    resets_at: str
+
+    @property
+    def remaining_micro_usd(self) -> int:
+        return max(self.amount_micro_usd - self.spent_micro_usd - self.reserved_micro_usd, 0)
+
+
+class BudgetEnforcer:
+    def __init__(
+        self,
+        db: Database,
+        policy: Callable[[], Policy | None],
+        events: EventLog,
+        limiter: RateLimiter | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._db = db
+        self._policy = policy
+        self._events = events
+        self._limiter = limiter or RateLimiter()
+        self._now = now
+        self._lock = threading.Lock()
+        self._totals: dict[tuple[str, str, str, str, str], _Totals] = {}
+        self._open: dict[str, Reservation] = {}
+
+    @property
+    def policy(self) -> Policy | None:
+        return self._policy()
+
+    # -- who ---------------------------------------------------------------------------------
+
+    def effective_caller(self, caller: Caller) -> Caller:
+        """The caller with the department the policy gives them (first-seen users: the default)."""
+        policy = self._policy()
+        if policy is None:
+            return caller
+        department = policy.department_of(caller.user, caller.department)
+        return caller if department == caller.department else replace(caller, department=department)
+
+    def check_model(self, caller: Caller, model: str) -> None:
+        policy = self._policy()
+        if policy is not None and not policy.model_allowed(caller.department, model):
+            raise PermissionDenied(
+                f"model {model!r} is not allowed for department {caller.department!r} by policy "
+                f"version {policy.version}",
+                code="model_not_allowed",
+            )
+
+    def model_allowed(self, caller: Caller, model: str) -> bool:
+        policy = self._policy()
+        return policy is None or policy.model_allowed(caller.department, model)
+
+    # -- rate limits -------------------------------------------------------------------------
+
+    def admit(self, caller: Caller, tokens: int) -> Admission:
+        """Count the request against its rate limits, or raise RateLimited with the wait."""
+        policy = self._policy()
+        if policy is None:
+            return Admission()
+        rules = list(enumerate(policy.rate_limits_for(caller.user, caller.department)))
+        limits = [
+            RateLimit(f"{index}:{rule.scope}:{subject}", rule.requests_per_minute, rule.tokens_per_minute)
+            for index, (rule, subject) in rules
+        ]
+        wait = self._limiter.acquire_all(limits, tokens)  # all or nothing
+        if wait is not None:
+            described = "; ".join(f"{rule.scope} {subject!r}: {_describe_rate(rule)}" for _, (rule, subject) in rules)
+            raise RateLimited(f"rate limit reached ({described}); retry in {wait:.1f} s", retry_after_s=wait,
+                              code="rate_limited")  # fmt: skip
+        used = [limit.key for limit in limits]
+        return Admission(tuple(used), tokens)
+
+    def settle_tokens(self, admission: Admission, actual_tokens: int) -> None:
+        for key in admission.keys:
+            self._limiter.settle(key, admission.tokens, actual_tokens)
+
+    # -- money ---------------------------------------------------------------------------------
+
+    def charges(self, caller: Caller, feature: str, at: datetime | None = None) -> tuple[Charge, ...]:
+        policy = self._policy()
+        if policy is None:
+            return ()
+        at = at or self._now()
+        out = []
+        for rule, subject in policy.budgets_for(caller.user, caller.department, feature):
+            start, end = period_bounds(rule.period, at, policy.timezone)
+            out.append(Charge(rule, subject, start, end, period_key(rule.period, at, policy.timezone)))
+        return tuple(out)
+
+    def reserve(self, caller: Caller, feature: str, request_id: str, worst_case_micro_usd: int) -> Reservation:
+        """Hold the worst case against every budget, or raise BudgetExceeded naming the first
+        hard budget it would break (``code`` says ``block`` or ``downgrade``)."""
+        charges = self.charges(caller, feature)
+        with self._lock:
+            self._expire_stale()
+            for charge in charges:
+                totals = self._totals_for(charge)
+                if totals.spent + totals.reserved + worst_case_micro_usd > charge.rule.amount_micro_usd:
+                    raise _exceeded(charge, totals, worst_case_micro_usd)
+            for charge in charges:
+                self._totals_for(charge).reserved += worst_case_micro_usd
+            reservation = Reservation(request_id, charges, worst_case_micro_usd)
+            self._open[request_id] = reservation
+            return reservation
+
+    def settle(
+        self,
+        reservation: Reservation | None,
+        caller: Caller,
+        feature: str,
+        at: datetime,
+        cost_micro_usd: int | None,
+    ) -> None:
+        """After the ledger row is written: release the hold, count the real cost, raise alerts."""
+        crossed: list[tuple[Charge, int, _Totals]] = []
+        charges = reservation.charges if reservation is not None else self.charges(caller, feature, at)
+        cost = cost_micro_usd or 0
+        with self._lock:
+            if reservation is not None:
+                if reservation.settled:
+                    return  # settled once: a second call changes nothing
+                reservation.settled = True
+                if self._open.pop(reservation.request_id, None) is not None:
+                    for charge in reservation.charges:
+                        totals = self._totals.get(charge.key)
+                        if totals is not None:
+                            totals.reserved = max(totals.reserved - reservation.amount, 0)
+            for charge in charges:
+                totals = self._totals_for(charge)
+                before = totals.spent
+                totals.spent += cost
+                for threshold in charge.rule.alerts:
+                    limit = charge.rule.amount_micro_usd * threshold
+                    if before * 100 < limit <= totals.spent * 100:
+                        crossed.append((charge, threshold, _Totals(totals.spent, totals.reserved)))
+        for charge, threshold, totals in crossed:
+            self._alert(charge, threshold, totals, caller)
+
+    def release(self, reservation: Reservation | None) -> None:
+        """Give a hold back without spending (the request never reached a provider)."""
+        if reservation is None:
+            return
+        with self._lock:
+            if reservation.settled or self._open.pop(reservation.request_id, None) is None:
+                return
+            reservation.settled = True
+            for charge in reservation.charges:
+                totals = self._totals.get(charge.key)
+                if totals is not None:
+                    totals.reserved = max(totals.reserved - reservation.amount, 0)
+
+    def used_fraction(self, caller: Caller, feature: str) -> float | None:
+        """The highest share of any applicable budget already spent or held (for the router)."""
+        charges = self.charges(caller, feature)
+        if not charges:
+            return None
+        with self._lock:
+            shares = []
+            for charge in charges:
+                totals = self._totals_for(charge)
+                amount = charge.rule.amount_micro_usd
+                shares.append((totals.spent + totals.reserved) / amount if amount else 1.0)
+        return max(shares)
+
+    def statuses(self, caller: Caller, feature: str = "") -> list[BudgetStatus]:
+        """Each budget that applies to the caller, with its spend."""
+        return [self._status(c) for c in self.charges(caller, feature)]
+
+    def all_statuses(self) -> list[BudgetStatus]:
+        """Admins: every budget, for every subject with spend or holds this period."""
+        policy = self._policy()
+        if policy is None:
+            return []
+        now = self._now()
+        # Who spent in the last 32 days: enough to cover any day, week or month period now.
+        since = _iso(now - timedelta(days=32))
+        seen = self._db.query("SELECT DISTINCT user_name, department, feature FROM requests WHERE ts >= ?", (since,))
+        charges: dict[tuple[str, str, str, str, str], Charge] = {}
+        for row in seen:
+            for rule, subject in policy.budgets_for(row["user_name"], row["department"], row["feature"]):
+                start, end = period_bounds(rule.period, now, policy.timezone)
+                charge = Charge(rule, subject, start, end, period_key(rule.period, now, policy.timezone))
+                charges[charge.key] = charge
+        return [self._status(c) for c in sorted(charges.values(), key=lambda c: (c.rule.name, c.subject))]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _status(self, charge: Charge) -> BudgetStatus:
+        with self._lock:
+            totals = self._totals_for(charge)
+            return BudgetStatus(
+                name=charge.rule.name,
+                scope=charge.rule.scope,
+                subject=charge.subject,
+                period=charge.rule.period,
+                action=charge.rule.action,
+                amount_micro_usd=charge.rule.amount_micro_usd,
+                spent_micro_usd=totals.spent,
+                reserved_micro_usd=totals.reserved,
+                resets_at=_iso(charge.end),
+            )
+
+    def _totals_for(self, charge: Charge) -> _Totals:
+        """Under the lock: the in-memory totals, loaded from the ledger the first time."""
+        totals = self._totals.get(charge.key)
+        if totals is None:
+            totals = _Totals(self._spent_in_ledger(charge))
+            self._totals[charge.key] = totals
+        return totals
+
+    def _spent_in_ledger(self, charge: Charge) -> int:
+        column = _SCOPE_COLUMN[charge.rule.scope]
+        where, params = "ts >= ? AND ts < ?", [_iso(charge.start), _iso(charge.end)]
+        if column is not None:
+            where += f" AND {column} = ?"
+            params.append(charge.subject)
+        rows = self._db.query(
+            f"SELECT coalesce(sum(cost_micro_usd), 0) AS spent FROM requests WHERE {where}",  # noqa: S608 - fixed columns
+            tuple(params),
+        )
+        return int(rows[0]["spent"])
+
+    def _expire_stale(self) -> None:
+        cutoff = time.monotonic() - _RESERVATION_MAX_AGE_S
+        for request_id, reservation in list(self._open.items()):
+            if reservation.created < cutoff:
+                log.warning("budget hold of request %s was never settled: released", request_id)
+                del self._open[request_id]
+                reservation.settled = True
+                for charge in reservation.charges:
+                    totals = self._totals.get(charge.key)
+                    if totals is not None:
+                        totals.reserved = max(totals.reserved - reservation.amount, 0)
+
+    def _alert(self, charge: Charge, threshold: int, totals: _Totals, caller: Caller) -> None:
+        rule = charge.rule
+        body = {
+            "budget": rule.name,
+            "scope": rule.scope,
+            "subject": charge.subject,
+            "threshold_percent": threshold,
+            "spent_usd": format_usd(totals.spent),
+            "amount_usd": format_usd(rule.amount_micro_usd),
+            "period": rule.period,
+            "period_key": charge.period_key,
+            "resets_at": _iso(charge.end),
+            "action": rule.action,
+        }
+        user_id = caller.user_id if rule.scope == "user" else None
+        department = charge.subject if rule.scope == "department" else None
+        key = f"budget:{rule.name}:{rule.scope}:{charge.subject}:{charge.period_key}:{threshold}"
+        event_id = self._events.add("budget_alert", body, user_id=user_id, department=department, dedupe_key=key)
+        policy = self._policy()
+        if event_id is not None and policy is not None and policy.webhook_url:
+            url = policy.webhook_url
+            threading.Thread(target=_post_webhook, args=(url, {"id": event_id, **body}), daemon=True).start()
+
+
+def _post_webhook(url: str, body: dict[str, Any]) -> None:
+    """Best effort, off the request path: a failing webhook is logged, never retried inline."""
+    request = urllib.request.Request(  # noqa: S310 - the policy allows only http(s) URLs
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=_WEBHOOK_TIMEOUT_S):  # noqa: S310
+            pass
+    except Exception as e:  # noqa: BLE001 - any failure of someone else's server is only logged
+        log.warning("alert webhook failed: %s", e)
+
+
+def _exceeded(charge: Charge, totals: _Totals, asked: int) -> BudgetExceeded:
+    rule = charge.rule
+    return BudgetExceeded(
+        f"budget {rule.name!r} ({rule.scope} {charge.subject!r}, per {rule.period}) would be exceeded: "
+        f"spent {format_usd(totals.spent)} USD (+{format_usd(totals.reserved)} in flight) of "
+        f"{format_usd(rule.amount_micro_usd)} USD; this request may cost up to {format_usd(asked)} USD; "
+        f"it resets at {_iso(charge.end)}",
+        code=rule.action,
+        budget={
+            "name": rule.name,
+            "scope": rule.scope,
+            "subject": charge.subject,
+            "period": rule.period,
+            "action": rule.action,
+            "amount_usd": format_usd(rule.amount_micro_usd),
+            "spent_usd": format_usd(totals.spent),
+            "reserved_usd": format_usd(totals.reserved),
+            "resets_at": _iso(charge.end),
+        },
+    )
+
+
+def _describe_rate(rule: RateRule) -> str:
+    parts = []
+    if rule.requests_per_minute:
+        parts.append(f"{rule.requests_per_minute} requests/min")
+    if rule.tokens_per_minute:
+        parts.append(f"{rule.tokens_per_minute} tokens/min")
+    return ", ".join(parts)
+
+
+def _iso(moment: datetime) -> str:
+    """The ledger's timestamp format (UTC, microseconds), so strings compare as times."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
