@@ -140,6 +140,11 @@ class OptimizerSection(_Section):
 
 class ShareSection(_Section):
     path: str = ""
+    # Admin public keys ("ed25519:<base64>", from `aifinops policy keygen`); a policy on the
+    # share applies only when one of them signed it.
+    public_keys: tuple[str, ...] = ()
+    sync_interval_s: float = Field(60.0, ge=5)
+    read_timeout_s: float = Field(5.0, gt=0)
 
 
 class PriceOverride(_Section):
