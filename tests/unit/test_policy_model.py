@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -240,3 +241,8 @@ def test_every_truncation_of_the_example_is_a_policy_or_a_policy_error() -> None
         except PolicyError:
             pass
     assert parsed >= 1  # at least the whole file
+
+
+def test_the_admin_guide_shows_the_shipped_example_verbatim() -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "ADMIN.md").read_text(encoding="utf-8")
+    assert EXAMPLE.decode("utf-8") in guide
