@@ -177,6 +177,7 @@ def _share_readers() -> int:
     return sum(1 for t in threading.enumerate() if t.name == "policy-share-read")
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
 def test_a_share_read_that_blocks_times_out_and_never_piles_up_threads(agent: Agent) -> None:
     sync = agent.sync(timeout_s=0.3)
     agent.share.publish(body(2))
