@@ -13,9 +13,11 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
+from apscheduler.schedulers.background import BackgroundScheduler
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -24,16 +26,20 @@ from starlette.middleware.cors import CORSMiddleware
 from agent.api.errors import on_aifinops_error, on_http_exception, on_unexpected
 from agent.api.middleware import HostCheckMiddleware
 from agent.api.routes import build_routes
+from agent.budgets.enforcer import BudgetEnforcer
 from agent.cache.service import SemanticCache
 from agent.errors import AIFinOpsError, ConfigError
 from agent.gateway import Gateway
 from agent.identity import Identity
 from agent.ledger.cache_entries import CacheEntries
 from agent.ledger.database import Database
+from agent.ledger.events import EventLog
+from agent.ledger.policies import PolicyStore
 from agent.ledger.requests import RequestLog
 from agent.ledger.users import UserStore
 from agent.models.store import ModelStore
 from agent.optimizer import PromptOptimizer
+from agent.policy.sync import PolicySync
 from agent.pricing.prices import PriceBook
 from agent.providers.onnx_embedder import OnnxEmbedder
 from agent.providers.registry import ProviderRegistry
@@ -55,6 +61,10 @@ class Services:
     gateway: Gateway
     cache: SemanticCache | None
     optimizer: PromptOptimizer
+    events: EventLog
+    policy: PolicySync
+    enforcer: BudgetEnforcer
+    scheduler: BackgroundScheduler
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -71,6 +81,12 @@ class Services:
         embedder = _shared_embedder(settings, store)
         optimizer = PromptOptimizer(settings.optimizer, store)
         cache = SemanticCache(settings.cache, CacheEntries(db), embedder) if settings.cache.enabled else None
+        events = EventLog(db)
+        share = settings.share
+        policy = PolicySync(
+            PolicyStore(db), settings.share_dir, share.public_keys, events, timeout_s=share.read_timeout_s
+        )
+        enforcer = BudgetEnforcer(db, lambda: policy.current, events)
         gateway = Gateway(
             registry,
             prices,
@@ -82,8 +98,24 @@ class Services:
             embedder=embedder,
             tiers={tier: getattr(settings.tiers, tier) for tier in TIERS},
             optimizer=optimizer,
+            enforcer=enforcer,
         )
-        return cls(settings, db, Identity(UserStore(db)), requests, store, registry, gateway, cache, optimizer)
+        scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
+        return cls(
+            settings,
+            db,
+            Identity(UserStore(db)),
+            requests,
+            store,
+            registry,
+            gateway,
+            cache,
+            optimizer,
+            events,
+            policy,
+            enforcer,
+            scheduler,
+        )
 
     def provision(self) -> None:
         """Workstation first run: the OS user gets a user row and a 0600 token file."""
@@ -91,6 +123,14 @@ class Services:
             self.identity.provision_os_user(self.settings.paths.token_file)
 
     async def start(self) -> None:
+        # The last good policy is in force at once; the share is read now and then every interval.
+        self.policy.load_last_good()
+        log.info("policy: %s", self.policy.status().summary)
+        if self.settings.share_dir is not None:
+            interval = self.settings.share.sync_interval_s
+            self.scheduler.add_job(self.policy.sync_once, "interval", seconds=interval, id="policy-sync",
+                                   next_run_time=datetime.now(UTC))  # fmt: skip
+            self.scheduler.start()
         if self.cache is not None:
             self.cache.load()
             # Load the embedder and compile the similarity kernels now, not on the first request.
@@ -103,6 +143,8 @@ class Services:
                 task.add_done_callback(_log_load_failure)
 
     async def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         await self.registry.close()
         await asyncio.to_thread(self.optimizer.close)  # the lossy step's scoring model, if loaded
         self.db.close()

@@ -33,6 +33,7 @@ def run_checks(settings: Settings, agent_info: str | None) -> list[Check]:
     checks += _share(settings)
     checks += _cloud(settings)
     checks += _routing(settings)
+    checks += _policy(settings)
     checks += _identity(settings)
     checks.append(
         Check("agent", "ok", f"running: {agent_info}")
@@ -187,6 +188,47 @@ def _routing(settings: Settings) -> list[Check]:
         return [Check("router", "warn", f"tiers {shown}; {problem}: routing by rules", fix)]
     cascade = f"; cascade to {settings.routing.cascade_to}" if settings.routing.cascade else ""
     return [Check("router", "ok", f"tiers {shown}; difficulty model loaded{cascade}")]
+
+
+def _policy(settings: Settings) -> list[Check]:
+    """The policy in force (last good, from the ledger) and whether the share's copy would apply."""
+    from agent.errors import AIFinOpsError
+    from agent.ledger.database import Database
+    from agent.ledger.policies import PolicyStore
+    from agent.policy.sync import read_published
+
+    out: list[Check] = []
+    ledger = settings.paths.ledger_file
+    applied = None
+    if ledger.exists():
+        try:
+            db = Database.open(ledger)
+            try:
+                applied = PolicyStore(db).last_good()
+            finally:
+                db.close()
+        except AIFinOpsError as e:
+            out.append(Check("policy", "warn", f"cannot read the applied policy: {e.message}"))
+    if applied is None:
+        out.append(Check("policy", "ok", "no policy received yet: running on the local config's defaults"))
+    else:
+        out.append(
+            Check("policy", "ok", f"version {applied.version} ({applied.sha256[:12]}) applied {applied.applied_at}")
+        )
+    share = settings.share_dir
+    if share is None:
+        return out
+    try:
+        published = read_published(share, settings.share.public_keys, settings.share.read_timeout_s)
+    except AIFinOpsError as e:
+        fix = "publish with aifinops policy publish; check share.public_keys"
+        return [*out, Check("policy", "fail", f"the share's policy cannot be applied: {e.message}", fix)]
+    newer = applied is None or published.policy.version > applied.version
+    state = "newer: applies at the next sync" if newer else "in force"
+    return [
+        *out,
+        Check("policy", "ok", f"share: version {published.policy.version}, signed by {published.key_id} ({state})"),
+    ]
 
 
 def _identity(settings: Settings) -> list[Check]:

@@ -39,6 +39,7 @@ class Behaviour:
     status: int = 200
     headers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0
+    word_delay_s: float = 0.0  # streams: pause before each word
 
 
 @dataclass
@@ -133,6 +134,8 @@ class ScriptedUpstream:
         for i, word in enumerate(words):
             if b.kind == "stream_cut" and i == len(words) // 2:
                 raise ConnectionResetError("scripted: stream cut in the middle")
+            if b.word_delay_s:
+                await asyncio.sleep(b.word_delay_s)
             yield chunk({"content": word if i == 0 else " " + word})
         yield chunk({}, "stop")
         include_usage = (body.get("stream_options") or {}).get("include_usage")

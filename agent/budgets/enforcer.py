@@ -232,15 +232,21 @@ class BudgetEnforcer:
         charges = self.charges(caller, feature)
         with self._lock:
             self._expire_stale()
+            refused = None
             for charge in charges:
                 totals = self._totals_for(charge)
                 if totals.spent + totals.reserved + worst_case_micro_usd > charge.rule.amount_micro_usd:
-                    raise _exceeded(charge, totals, worst_case_micro_usd)
-            for charge in charges:
-                self._totals_for(charge).reserved += worst_case_micro_usd
-            reservation = Reservation(request_id, charges, worst_case_micro_usd)
-            self._open[request_id] = reservation
-            return reservation
+                    refused = (charge, _Totals(totals.spent, totals.reserved))
+                    break
+            if refused is None:
+                for charge in charges:
+                    self._totals_for(charge).reserved += worst_case_micro_usd
+                reservation = Reservation(request_id, charges, worst_case_micro_usd)
+                self._open[request_id] = reservation
+                return reservation
+        charge, totals = refused
+        self._alert(charge, None, totals, caller)  # once per period: "this budget now refuses"
+        raise _exceeded(charge, totals, worst_case_micro_usd)
 
     def settle(
         self,
@@ -371,8 +377,11 @@ class BudgetEnforcer:
                     if totals is not None:
                         totals.reserved = max(totals.reserved - reservation.amount, 0)
 
-    def _alert(self, charge: Charge, threshold: int, totals: _Totals, caller: Caller) -> None:
+    def _alert(self, charge: Charge, threshold: int | None, totals: _Totals, caller: Caller) -> None:
+        """One event per budget, subject, period and threshold; ``threshold=None``: the budget
+        has started refusing (kind ``budget_exhausted``)."""
         rule = charge.rule
+        kind = "budget_alert" if threshold is not None else "budget_exhausted"
         body = {
             "budget": rule.name,
             "scope": rule.scope,
@@ -387,8 +396,8 @@ class BudgetEnforcer:
         }
         user_id = caller.user_id if rule.scope == "user" else None
         department = charge.subject if rule.scope == "department" else None
-        key = f"budget:{rule.name}:{rule.scope}:{charge.subject}:{charge.period_key}:{threshold}"
-        event_id = self._events.add("budget_alert", body, user_id=user_id, department=department, dedupe_key=key)
+        key = f"{kind}:{rule.name}:{rule.scope}:{charge.subject}:{charge.period_key}:{threshold or ''}"
+        event_id = self._events.add(kind, body, user_id=user_id, department=department, dedupe_key=key)
         policy = self._policy()
         if event_id is not None and policy is not None and policy.webhook_url:
             url = policy.webhook_url

@@ -79,7 +79,11 @@ def row_count(db: Database) -> int:
 def test_open_applies_the_migrations_once(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     db = Database.open(path)
-    assert db.applied_migrations() == [name for name, _ in MIGRATIONS] == ["m001_initial", "m002_cache", "m003_routing", "m004_policy"]
+    assert (
+        db.applied_migrations()
+        == [name for name, _ in MIGRATIONS]
+        == ["m001_initial", "m002_cache", "m003_routing", "m004_policy"]
+    )
     UserStore(db).add("alice", "sales", "user", "hash-a")
     db.close()
 

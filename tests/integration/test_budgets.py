@@ -1,0 +1,228 @@
+"""Budgets and rate limits end to end: a signed policy on a folder standing for the share, a real
+agent that syncs it, a scripted cloud upstream on loopback, and the ledger as the judge."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.benchmarks.upstream import Behaviour, ScriptedUpstream
+from agent.policy.model import parse_policy
+from agent.policy.publish import Signed, publish
+from agent.policy.signing import generate_keypair, sign
+from agent.pricing.tokens import count_message_tokens
+from tests.conftest import RunningAgent
+
+MODEL = "scripted-model"
+PRICING = {"overrides": {MODEL: {"input_usd_per_mtok": "10", "output_usd_per_mtok": "30"}}}
+ANSWER_MICRO_USD = 11 * 10 + 7 * 30  # the scripted usage: 11 prompt and 7 completion tokens
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def policy_text(version: int, budget_usd: str, action: str = "block", extra: str = "") -> bytes:
+    return f"""
+version = {version}
+organisation = "Test"
+timezone = "Europe/Berlin"
+default_department = "general"
+
+[[budgets]]
+name = "user-daily"
+scope = "user"
+match = "*"
+period = "day"
+amount_usd = "{budget_usd}"
+action = "{action}"
+alerts = [50, 100]
+{extra}
+""".encode()
+
+
+@dataclass
+class Governed:
+    agent: RunningAgent
+    share: Path
+    key: bytes
+
+    def publish(self, body: bytes) -> None:
+        publish(Signed(parse_policy(body), body, sign(body, self.key)), self.share)
+
+    def wait_for_version(self, version: int, timeout_s: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        with self.agent.http() as http:
+            while True:
+                report: dict[str, Any] = http.get("/api/v1/budgets").json()
+                if report["policy_version"] == version:
+                    return report
+                assert time.monotonic() < deadline, f"policy version {version} not in force: {report}"
+                time.sleep(0.2)
+
+    def ask(self, http: httpx.Client, max_tokens: int = 7, model: str = MODEL) -> httpx.Response:
+        return http.post("/v1/chat/completions", json={"model": model, "messages": QUESTION, "max_tokens": max_tokens})
+
+
+@pytest.fixture
+def governed(
+    start_agent: Callable[..., RunningAgent], upstream: ScriptedUpstream, tmp_path: Path
+) -> Callable[..., Governed]:
+    def start(body: bytes, **settings: Any) -> Governed:
+        key, public = generate_keypair()
+        share = tmp_path / "share"
+        share.mkdir(exist_ok=True)
+        publish(Signed(parse_policy(body), body, sign(body, key)), share)
+        agent = start_agent(
+            cloud=[{"name": "scripted", "base_url": upstream.base_url, "models": [MODEL], "max_retries": 0}],
+            pricing=PRICING,
+            share={"path": str(share), "public_keys": [public], "sync_interval_s": 5},
+            cache={"enabled": False},  # every request here must reach the provider and be paid
+            **settings,
+        )
+        g = Governed(agent, share, key)
+        g.wait_for_version(parse_policy(body).version)
+        return g
+
+    return start
+
+
+def test_concurrent_requests_never_spend_past_a_hard_budget(
+    governed: Callable[..., Governed], upstream: ScriptedUpstream
+) -> None:
+    upstream.default = Behaviour(delay_s=0.05)  # calls overlap
+    g = governed(policy_text(1, f"{20 * ANSWER_MICRO_USD / 1_000_000:.6f}"))  # about 20 answers
+
+    async def fire() -> list[httpx.Response]:
+        headers = {"Authorization": f"Bearer {g.agent.token}"}
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=g.agent.base_url, headers=headers, timeout=60, limits=limits) as c:
+            body = {"model": MODEL, "messages": QUESTION, "max_tokens": 7}
+            return list(await asyncio.gather(*(c.post("/v1/chat/completions", json=body) for _ in range(200))))
+
+    responses = asyncio.run(fire())
+    ok = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code != 200]
+    rows = g.agent.rows()
+    spent = sum(r.cost_micro_usd or 0 for r in rows)
+    assert spent <= 20 * ANSWER_MICRO_USD
+    assert len(ok) == len(rows) == len(upstream.received) >= 10
+    assert all(r.status_code == 402 for r in refused) and len(refused) == 200 - len(ok)
+    for r in refused:
+        error = r.json()["error"]
+        assert error["type"] == "budget_exceeded" and error["code"] == "block"
+        assert error["budget"]["name"] == "user-daily" and "resets at" in error["message"]
+    with g.agent.http() as http:
+        [budget] = http.get("/api/v1/budgets").json()["budgets"]
+    assert budget["spent_micro_usd"] == spent and budget["reserved_micro_usd"] == 0
+
+
+def test_an_aborted_stream_is_settled_at_what_it_generated(
+    governed: Callable[..., Governed], upstream: ScriptedUpstream
+) -> None:
+    upstream.default = Behaviour(text=" ".join(f"word{i}" for i in range(200)), word_delay_s=0.02)
+    g = governed(policy_text(1, "1"))
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 400, "stream": True}
+    headers = {"Authorization": f"Bearer {g.agent.token}"}
+    with httpx.Client(base_url=g.agent.base_url, headers=headers, timeout=60) as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            for n, _ in enumerate(response.iter_lines()):
+                if n == 12:
+                    break  # the client leaves mid-stream
+    deadline = time.monotonic() + 10
+    while not g.agent.rows():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    [row] = g.agent.rows()
+    assert row.status == "aborted" and 0 < row.output_tokens < 200
+    assert row.cost_micro_usd == row.input_tokens * 10 + row.output_tokens * 30
+    with g.agent.http() as http:
+        [budget] = http.get("/api/v1/budgets").json()["budgets"]
+    assert (budget["spent_micro_usd"], budget["reserved_micro_usd"]) == (row.cost_micro_usd, 0)
+
+
+def test_downgrade_answers_from_the_local_tier_and_says_so(governed: Callable[..., Governed]) -> None:
+    g = governed(policy_text(1, "0.000001", action="downgrade"))
+    with g.agent.http() as http:
+        response = g.ask(http)
+    assert response.status_code == 200
+    assert response.headers["x-aifinops-route"] == "local"
+    [row] = g.agent.rows()
+    assert row.model == "local" and "budget 'user-daily' exhausted -> local tier" in row.reason
+
+
+def test_local_answers_are_never_blocked_by_a_money_budget(governed: Callable[..., Governed]) -> None:
+    g = governed(policy_text(1, "0"))
+    with g.agent.http() as http:
+        refused = g.ask(http)
+        local = g.ask(http, model="local")
+    assert refused.status_code == 402
+    assert local.status_code == 200 and local.headers["x-aifinops-route"] == "local"
+
+
+def test_rate_limits_answer_429_with_retry_after(governed: Callable[..., Governed]) -> None:
+    limits = '\n[[rate_limits]]\nscope = "user"\nmatch = "*"\nrequests_per_minute = 2\n'
+    g = governed(policy_text(1, "1", extra=limits))
+    with g.agent.http() as http:
+        first, second, third = (g.ask(http, model="local", max_tokens=2) for _ in range(3))
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert third.status_code == 429
+    assert 1 <= int(third.headers["retry-after"]) <= 60
+    assert third.json()["error"]["type"] == "rate_limit_error"
+    assert len(g.agent.rows()) == 2  # a refused request leaves no row
+
+
+def test_alerts_and_the_refusal_reach_the_events_once(governed: Callable[..., Governed]) -> None:
+    # Room for 3 answers plus not quite a 4th worst case; alerts at 50% and 80%.
+    amount = 3 * ANSWER_MICRO_USD + 200
+    g = governed(policy_text(1, f"{amount / 1_000_000:.6f}").replace(b"alerts = [50, 100]", b"alerts = [50, 80]"))
+    with g.agent.http() as http:
+        before = http.get("/api/v1/events").json()["last_id"]
+        for _ in range(3):  # 28%, 55% (crosses 50), 83% (crosses 80)
+            assert g.ask(http).status_code == 200
+        assert g.ask(http).status_code == 402  # the 4th's worst case does not fit
+        assert g.ask(http).status_code == 402
+        events = http.get("/api/v1/events", params={"since": before}).json()["events"]
+        seen = [(e["kind"], e["body"].get("threshold_percent")) for e in events if e["kind"].startswith("budget")]
+        assert seen == [("budget_alert", 50), ("budget_alert", 80), ("budget_exhausted", None)]
+        assert all(e["user_id"] is not None for e in events if e["kind"].startswith("budget"))
+        waited = http.get("/api/v1/events", params={"since": events[-1]["id"], "wait": 0.5}).json()
+    assert waited["events"] == [] and waited["last_id"] == events[-1]["id"]  # nothing twice in a period
+
+
+def test_a_newly_published_policy_is_enforced_without_a_restart(governed: Callable[..., Governed]) -> None:
+    g = governed(policy_text(1, "1"))
+    with g.agent.http() as http:
+        assert g.ask(http).status_code == 200
+    g.publish(policy_text(2, "0"))
+    g.wait_for_version(2)
+    with g.agent.http() as http:
+        assert g.ask(http).status_code == 402
+
+
+def test_worst_case_is_held_while_a_call_is_in_flight(
+    governed: Callable[..., Governed], upstream: ScriptedUpstream
+) -> None:
+    upstream.default = Behaviour(delay_s=1.0)
+    g = governed(policy_text(1, "1"))
+
+    async def during() -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {g.agent.token}"}
+        async with httpx.AsyncClient(base_url=g.agent.base_url, headers=headers, timeout=30) as c:
+            call = asyncio.create_task(
+                c.post("/v1/chat/completions", json={"model": MODEL, "messages": QUESTION, "max_tokens": 100})
+            )
+            await asyncio.sleep(0.5)
+            report: dict[str, Any] = (await c.get("/api/v1/budgets")).json()
+            await call
+            return report
+
+    report = asyncio.run(during())
+    [budget] = report["budgets"]
+    prompt = count_message_tokens(m["content"] for m in QUESTION)
+    assert budget["reserved_micro_usd"] >= prompt * 10 + 100 * 30  # at least prompt + max_tokens
+    assert budget["spent_micro_usd"] == 0
