@@ -28,7 +28,8 @@ from agent.errors import AIFinOpsError, BudgetExceeded, InvalidRequest, Permissi
 from agent.identity import Caller
 from agent.ledger.database import utc_now_iso
 from agent.ledger.requests import RequestLog, RequestRecord, Status
-from agent.pricing.prices import Price, PriceBook
+from agent.money import usd_to_micros
+from agent.pricing.prices import MILLION, Price, PriceBook, TokenRates
 from agent.pricing.tokens import count_message_tokens, count_text_tokens
 from agent.providers.base import (
     CallProgress,
@@ -42,7 +43,7 @@ from agent.providers.base import (
 )
 from agent.providers.registry import ProviderRegistry
 from agent.routing.router import TIERS, Decision, Router, RouteSignals, Tier
-from agent.settings import RoutingSection
+from agent.settings import CacheSection, RoutingSection
 
 if TYPE_CHECKING:
     from agent.budgets.enforcer import Admission, BudgetEnforcer, Reservation
@@ -79,6 +80,17 @@ class Optimizer(Protocol):
 
 
 @dataclass(frozen=True)
+class Terms:
+    """What applies to one caller: the agent's settings, with their department's part of the
+    policy in force on top (its routing tiers, cache scope and negotiated prices)."""
+
+    router: Router | None
+    tier_of: Mapping[str, Tier]  # model -> tier, for the ledger
+    cache: CacheSection | None
+    prices: Mapping[str, TokenRates]  # model -> the department's negotiated rates
+
+
+@dataclass(frozen=True)
 class ChatCall:
     requested_model: str
     messages: tuple[Message, ...]
@@ -107,6 +119,7 @@ class Flight:
     call: ChatCall
     route: Route
     cache: CacheLookup
+    terms: Terms | None = None  # the caller's department view of settings and policy
     messages: tuple[Message, ...] = ()  # what is sent: the call's messages after the optimiser
     optimized: Optimized | None = None
     escalation: Route | None = None  # cascade: where to go when the local answer is not confident
@@ -170,10 +183,33 @@ class Gateway:
 
     # -- deciding ---------------------------------------------------------------------------
 
-    def route(self, call: ChatCall, decision: Decision | None = None) -> Route:
+    def terms(self, caller: Caller) -> Terms:
+        """The settings as they apply to this caller's department under the policy in force."""
+        policy = self._enforcer.policy if self._enforcer is not None else None
+        department = policy.departments.get(caller.department) if policy is not None else None
+        if department is None:
+            return Terms(self.router, self._tier_of, self._cache.settings if self._cache is not None else None, {})
+        router, tier_of = self.router, self._tier_of
+        if department.tiers is not None and router is not None:
+            known = set(self._registry.model_names())
+            tiers = dict(router.tiers)
+            for tier in TIERS:
+                model = getattr(department.tiers, tier)
+                if model and model in known:
+                    tiers[tier] = model
+            router = router.with_tiers(tiers)
+            tier_of = {model: tier for tier, model in tiers.items()}
+        cache = self._cache.settings if self._cache is not None else None
+        if cache is not None and department.cache_scope is not None:
+            cache = cache.model_copy(update={"scope": department.cache_scope})
+        return Terms(router, tier_of, cache, department.price_overrides)
+
+    def route(self, call: ChatCall, decision: Decision | None = None, terms: Terms | None = None) -> Route:
         """The route for a named model, or for the router's decision on an ``auto`` request."""
-        if decision is not None and self.router is not None:
-            model = self.router.tiers[decision.tier]
+        router = terms.router if terms is not None else self.router
+        tier_of = terms.tier_of if terms is not None else self._tier_of
+        if decision is not None and router is not None:
+            model = router.tiers[decision.tier]
             reason, score = decision.reason, decision.score
         elif call.requested_model == "auto":
             model, reason, score = self._default_model, "auto -> configured default model (routing off)", None
@@ -183,7 +219,7 @@ class Gateway:
         if provider.kind == "local" and call.params.passthrough:
             names = ", ".join(name for name, _ in call.params.passthrough)
             raise InvalidRequest(f"local models do not support: {names}", code="unsupported_parameter")
-        return Route(provider, model, provider.kind, reason, self._tier_of.get(model, ""), score)
+        return Route(provider, model, provider.kind, reason, tier_of.get(model, ""), score)
 
     async def prepare(self, caller: Caller, call: ChatCall) -> Flight:
         """Rate limits, embed, route, ask the cache, optimise the prompt, hold the worst case
@@ -199,39 +235,39 @@ class Gateway:
             raise
 
     async def _prepare(self, caller: Caller, call: ChatCall, admission: Admission | None) -> Flight:
-        auto = call.requested_model == "auto" and self.router is not None
-        cacheable = self._cache is not None and not isinstance(
-            cache_key(self._cache.settings, caller, call, "auto"), str
-        )
-        wants_vector = cacheable or (auto and self.router is not None and self.router.wants_embedding)
+        terms = self.terms(caller)
+        router = terms.router
+        auto = call.requested_model == "auto" and router is not None
+        cacheable = terms.cache is not None and not isinstance(cache_key(terms.cache, caller, call, "auto"), str)
+        wants_vector = cacheable or (auto and router is not None and router.wants_embedding)
         vector = await self._embed(call.messages[-1].content) if wants_vector else None
         escalation = None
-        if auto and self.router is not None:
-            decision = self._allowed_decision(caller, self.router.decide(self._signals(caller, call, vector)))
-            route = self.route(call, decision)
-            escalation = self._cascade_plan(call, route)
+        if auto and router is not None:
+            decision = self._allowed_decision(caller, router, router.decide(self._signals(caller, call, vector)))
+            route = self.route(call, decision, terms)
+            escalation = self._cascade_plan(call, route, terms)
             if escalation is not None:
                 route = replace(
-                    self.route(call, replace(decision, tier="local")),
+                    self.route(call, replace(decision, tier="local"), terms),
                     reason=f"{decision.reason}; cascade: local answers first",
                 )
         else:
-            route = self.route(call)
+            route = self.route(call, terms=terms)
             if self._enforcer is not None:
                 self._enforcer.check_model(caller, route.model)
         # Auto requests share cached answers whichever tier gave them: the router chose it.
-        lookup = await self._lookup(caller, call, "auto" if auto else route.model, vector)
-        flight = Flight(caller, call, route, lookup, messages=call.messages, escalation=escalation)
+        lookup = await self._lookup(caller, call, "auto" if auto else route.model, vector, terms.cache)
+        flight = Flight(caller, call, route, lookup, terms=terms, messages=call.messages, escalation=escalation)
         flight.admission = admission
         if lookup.hit is None:
             await self._optimize(flight)
             await self._reserve(flight)
         return flight
 
-    def _allowed_decision(self, caller: Caller, decision: Decision) -> Decision:
+    def _allowed_decision(self, caller: Caller, router: Router, decision: Decision) -> Decision:
         """The router's tier, or the nearest one (cheaper first) the caller's policy allows."""
-        router, enforcer = self.router, self._enforcer
-        if enforcer is None or router is None or enforcer.model_allowed(caller, router.tiers[decision.tier]):
+        enforcer = self._enforcer
+        if enforcer is None or enforcer.model_allowed(caller, router.tiers[decision.tier]):
             return decision
         tiers = list(router.tiers)
         at = tiers.index(decision.tier)
@@ -252,7 +288,7 @@ class Gateway:
         call = flight.call
         input_tokens = round(count_message_tokens(m.content for m in flight.messages) * _INPUT_ESTIMATE_MARGIN) + 16
         output_tokens = call.params.max_tokens or _WORST_CASE_OUTPUT_TOKENS
-        worst = self._prices.for_tokens(paid.model, paid.provider.price_provider_id, input_tokens, output_tokens)
+        worst = self._token_price(flight, paid, input_tokens, output_tokens)
         if worst.cost_micro_usd is None:
             if enforcer.charges(flight.caller, call.feature):
                 raise PermissionDenied(
@@ -264,17 +300,17 @@ class Gateway:
         try:
             flight.reservation = enforcer.reserve(flight.caller, call.feature, flight.request_id, worst.cost_micro_usd)
         except BudgetExceeded as e:
-            local = self._local_tier_model()
+            local = self._local_tier_model(flight.terms)
             if e.code != "downgrade" or local is None:
                 raise
             name = e.budget.get("name", "?")
             reason = f"budget {name!r} exhausted -> local tier instead of {paid.model}"
-            flight.route = replace(self.route(replace(call, requested_model=local)), reason=reason)
+            flight.route = replace(self.route(replace(call, requested_model=local), terms=flight.terms), reason=reason)
             flight.escalation = None
             await self._optimize(flight)
 
-    def _local_tier_model(self) -> str | None:
-        for model, tier in self._tier_of.items():
+    def _local_tier_model(self, terms: Terms | None) -> str | None:
+        for model, tier in (terms.tier_of if terms is not None else self._tier_of).items():
             if tier == "local":
                 return model
         return None
@@ -289,9 +325,9 @@ class Gateway:
             budget_used=self._enforcer.used_fraction(caller, call.feature) if self._enforcer else None,
         )
 
-    def _cascade_plan(self, call: ChatCall, route: Route) -> Route | None:
+    def _cascade_plan(self, call: ChatCall, route: Route, terms: Terms) -> Route | None:
         """Where a cascade escalates to, when this request should try the local tier first."""
-        routing, router = self._routing, self.router
+        routing, router = self._routing, terms.router
         if not routing.cascade or router is None or call.params.passthrough:
             return None
         target = routing.cascade_to
@@ -299,7 +335,7 @@ class Gateway:
             return None
         if route.tier not in TIERS or TIERS.index(route.tier) > TIERS.index(target):
             return None  # the router sent it above the cascade: no local attempt
-        return self.route(call, Decision(target, route.score, route.reason, "model"))
+        return self.route(call, Decision(target, route.score, route.reason, "model"), terms)
 
     async def _embed(self, text: str) -> npt.NDArray[np.float32] | None:
         """The latest user message's embedding, computed once for the router and the cache."""
@@ -314,11 +350,16 @@ class Gateway:
             return None
 
     async def _lookup(
-        self, caller: Caller, call: ChatCall, model: str, vector: npt.NDArray[np.float32] | None
+        self,
+        caller: Caller,
+        call: ChatCall,
+        model: str,
+        vector: npt.NDArray[np.float32] | None,
+        settings: CacheSection | None,
     ) -> CacheLookup:
-        if self._cache is None:
+        if self._cache is None or settings is None:
             return CacheLookup("bypass", reason="no cache")
-        key = cache_key(self._cache.settings, caller, call, model)
+        key = cache_key(settings, caller, call, model)
         if isinstance(key, str):
             return CacheLookup("bypass", reason=key)
         cache = self._cache
@@ -455,7 +496,7 @@ class Gateway:
 
     def _record_attempt(self, flight: Flight, status: Status, usage: Usage, error_type: str, why: str) -> None:
         """A cascade's local call that did not answer: its own row, pointing at the request."""
-        price = self._price(flight.route, usage, flight.progress.compute_s)
+        price = self._price(flight, usage)
         row = self._row(flight, status, usage, price, error_type)
         if self._enforcer is not None:  # the local attempt's cost counts; the hold stays for the escalation
             at = datetime.fromisoformat(flight.ts)
@@ -518,7 +559,7 @@ class Gateway:
 
     def _record(self, flight: Flight, status: Status, usage: Usage, error_type: str = "") -> Price:
         """Price the call, write its one ledger row, then settle its budget hold and rate tokens."""
-        price = self._price(flight.route, usage, flight.progress.compute_s)
+        price = self._price(flight, usage)
         row = self._row(flight, status, usage, price, error_type)
         # Budgets first: their totals load from the ledger on first use, which must not see this
         # row yet. Should the write below fail, the spend stays counted (the safe side).
@@ -536,7 +577,7 @@ class Gateway:
 
     def _row(self, flight: Flight, status: Status, usage: Usage, price: Price, error_type: str = "") -> RequestRecord:
         route, call, optimized = flight.route, flight.call, flight.optimized
-        saved = self._optimizer_saving(route, optimized) if status == "ok" else 0
+        saved = self._optimizer_saving(flight) if status == "ok" else 0
         return RequestRecord(
             id=flight.request_id,
             ts=flight.ts,
@@ -569,23 +610,29 @@ class Gateway:
             optimizer_note=optimized.note if optimized else "",
         )
 
-    def _optimizer_saving(self, route: Route, optimized: Optimized | None) -> int:
+    def _optimizer_saving(self, flight: Flight) -> int:
         """What the tokens the optimiser removed would have cost at this model's input price."""
+        route, optimized = flight.route, flight.optimized
         if optimized is None or route.provider.kind == "local" or optimized.tokens_after >= optimized.tokens_before:
             return 0
-        price = self._prices.for_tokens(
-            route.model, route.provider.price_provider_id, optimized.tokens_before - optimized.tokens_after, 0
-        )
+        price = self._token_price(flight, route, optimized.tokens_before - optimized.tokens_after, 0)
         return price.cost_micro_usd or 0
 
-    def _price(self, route: Route, usage: Usage, compute_s: float) -> Price:
+    def _price(self, flight: Flight, usage: Usage) -> Price:
+        route = flight.route
         if route.provider.kind == "local":
-            return self._prices.for_compute(compute_s)
+            return self._prices.for_compute(flight.progress.compute_s)
         if usage.input_tokens == 0 and usage.output_tokens == 0:
             return Price(0, "no-usage")
-        return self._prices.for_tokens(
-            route.model, route.provider.price_provider_id, usage.input_tokens, usage.output_tokens
-        )
+        return self._token_price(flight, route, usage.input_tokens, usage.output_tokens)
+
+    def _token_price(self, flight: Flight, route: Route, input_tokens: int, output_tokens: int) -> Price:
+        """The department's negotiated rates when the policy has them, else the agent's prices."""
+        rates = flight.terms.prices.get(route.model) if flight.terms is not None else None
+        if rates is not None:
+            usd = (input_tokens * rates.input_usd_per_mtok + output_tokens * rates.output_usd_per_mtok) / MILLION
+            return Price(usd_to_micros(usd), "policy")
+        return self._prices.for_tokens(route.model, route.provider.price_provider_id, input_tokens, output_tokens)
 
 
 def _token_estimate(call: ChatCall) -> int:

@@ -22,10 +22,10 @@ import logging
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from agent.budgets.periods import period_bounds, period_key
 from agent.budgets.ratelimit import RateLimit, RateLimiter
@@ -34,6 +34,8 @@ from agent.identity import Caller
 from agent.ledger.database import Database
 from agent.ledger.events import EventLog
 from agent.money import format_usd
+from agent.policy.model import BudgetRule, Policy
+from agent.policy.model import RateLimit as RateRule
 
 log = logging.getLogger(__name__)
 
@@ -48,45 +50,6 @@ _SCOPE_COLUMN: dict[str, str | None] = {
 # A reservation nobody settled (a request lost between prepare and delivery) expires after this.
 _RESERVATION_MAX_AGE_S = 900.0
 _WEBHOOK_TIMEOUT_S = 5.0
-
-
-class BudgetRule(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def scope(self) -> str: ...
-    @property
-    def period(self) -> Literal["day", "week", "month"]: ...
-    @property
-    def amount_micro_usd(self) -> int: ...
-    @property
-    def action(self) -> str: ...  # "block" or "downgrade"
-    @property
-    def alerts(self) -> Sequence[int]: ...  # percent thresholds
-
-
-class RateRule(Protocol):
-    @property
-    def scope(self) -> str: ...
-    @property
-    def requests_per_minute(self) -> int | None: ...
-    @property
-    def tokens_per_minute(self) -> int | None: ...
-
-
-class Policy(Protocol):
-    """What enforcement reads of a policy (agent.policy.model.Policy)."""
-
-    @property
-    def version(self) -> int: ...
-    @property
-    def timezone(self) -> str: ...
-    @property
-    def webhook_url(self) -> str | None: ...
-    def department_of(self, user_name: str, fallback: str) -> str: ...
-    def budgets_for(self, user: str, department: str, feature: str) -> Sequence[tuple[Any, str]]: ...
-    def rate_limits_for(self, user: str, department: str) -> Sequence[tuple[Any, str]]: ...
-    def model_allowed(self, department: str, model: str) -> bool: ...
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,12 @@ class Router:
     def wants_embedding(self) -> bool:
         return self.model is not None and len(self.tiers) > 1
 
+    def with_tiers(self, tiers: Mapping[Tier, str]) -> Router:
+        """The same router between other models (a department's tiers from the policy)."""
+        router = Router(tiers, self.settings, self.model)
+        router.model_problem = self.model_problem
+        return router
+
     def with_threshold(self, threshold: float) -> Router:
         """The same router at another threshold (for sweeps)."""
         settings = self.settings.model_copy(update={"threshold": threshold})

@@ -4,11 +4,17 @@ agent that syncs it, a scripted cloud upstream on loopback, and the ledger as th
 from __future__ import annotations
 
 import asyncio
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -20,8 +26,13 @@ from agent.policy.signing import generate_keypair, sign
 from agent.pricing.tokens import count_message_tokens
 from tests.conftest import RunningAgent
 
-MODEL = "scripted-model"
-PRICING = {"overrides": {MODEL: {"input_usd_per_mtok": "10", "output_usd_per_mtok": "30"}}}
+MODEL, OTHER = "scripted-model", "other-model"
+PRICING = {
+    "overrides": {
+        MODEL: {"input_usd_per_mtok": "10", "output_usd_per_mtok": "30"},
+        OTHER: {"input_usd_per_mtok": "10", "output_usd_per_mtok": "30"},
+    }
+}
 ANSWER_MICRO_USD = 11 * 10 + 7 * 30  # the scripted usage: 11 prompt and 7 completion tokens
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -78,11 +89,10 @@ def governed(
         share.mkdir(exist_ok=True)
         publish(Signed(parse_policy(body), body, sign(body, key)), share)
         agent = start_agent(
-            cloud=[{"name": "scripted", "base_url": upstream.base_url, "models": [MODEL], "max_retries": 0}],
+            cloud=[{"name": "scripted", "base_url": upstream.base_url, "models": [MODEL, OTHER], "max_retries": 0}],
             pricing=PRICING,
             share={"path": str(share), "public_keys": [public], "sync_interval_s": 5},
-            cache={"enabled": False},  # every request here must reach the provider and be paid
-            **settings,
+            **({"cache": {"enabled": False}} | settings),  # by default every request reaches the provider
         )
         g = Governed(agent, share, key)
         g.wait_for_version(parse_policy(body).version)
@@ -226,3 +236,110 @@ def test_worst_case_is_held_while_a_call_is_in_flight(
     prompt = count_message_tokens(m["content"] for m in QUESTION)
     assert budget["reserved_micro_usd"] >= prompt * 10 + 100 * 30  # at least prompt + max_tokens
     assert budget["spent_micro_usd"] == 0
+
+
+DEPARTMENT = """
+[departments.general]
+tiers = {{ cheap = "{other}" }}
+cache_scope = "department"
+
+[departments.general.price_overrides."{model}"]
+input_usd_per_mtok = "1"
+output_usd_per_mtok = "2"
+"""
+
+
+def test_a_departments_negotiated_price_is_what_its_requests_cost(governed: Callable[..., Governed]) -> None:
+    g = governed(policy_text(1, "1", extra=DEPARTMENT.format(other=OTHER, model=MODEL)))
+    with g.agent.http() as http:
+        assert g.ask(http).status_code == 200
+    [row] = g.agent.rows()
+    assert row.department == "general"  # the provisioned OS user, placed by the policy's default
+    assert (row.cost_micro_usd, row.price_source) == (11 * 1 + 7 * 2, "policy")
+
+
+def test_a_departments_tiers_decide_which_model_auto_reaches(
+    governed: Callable[..., Governed], upstream: ScriptedUpstream
+) -> None:
+    g = governed(
+        policy_text(1, "1", extra=DEPARTMENT.format(other=OTHER, model=MODEL)),
+        tiers={"local": "local", "cheap": MODEL, "strong": ""},
+    )
+    essay = "Write a detailed essay explaining how compilers optimise loops, with code examples."
+    with g.agent.http() as http:
+        response = http.post("/v1/chat/completions", json={"model": "auto", "max_tokens": 7,
+                                                           "messages": [{"role": "user", "content": essay}]})  # fmt: skip
+    assert response.status_code == 200
+    assert [r["model"] for r in upstream.received] == [OTHER]  # the department's cheap tier
+    [row] = g.agent.rows()
+    assert (row.tier, row.model) == ("cheap", OTHER)
+
+
+def test_a_departments_cache_scope_lets_colleagues_share_answers(
+    governed: Callable[..., Governed], upstream: ScriptedUpstream
+) -> None:
+    g = governed(policy_text(1, "1", extra=DEPARTMENT.format(other=OTHER, model=MODEL)), cache={"enabled": True})
+    colleague = g.agent.add_user("colleague", "general")
+    with g.agent.http() as mine, g.agent.http(colleague) as theirs:
+        assert g.ask(mine).status_code == 200
+        shared = g.ask(theirs)
+    assert shared.status_code == 200 and shared.headers["x-aifinops-cache"] == "hit"
+    assert len(upstream.received) == 1
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    received: ClassVar[list[dict[str, Any]]] = []
+    status: ClassVar[int] = 200
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        type(self).received.append(json.loads(self.rfile.read(length)))
+        self.send_response(type(self).status)
+        self.end_headers()
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_alerts_are_posted_to_the_webhook_and_a_failing_one_blocks_nothing(
+    status: int, governed: Callable[..., Governed]
+) -> None:
+    _Hook.received, _Hook.status = [], status
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        amount = f"{3 * ANSWER_MICRO_USD / 1_000_000:.6f}"
+        body = policy_text(1, amount).replace(b'default_department = "general"\n',
+                                              f'default_department = "general"\nwebhook_url = "{url}"\n'.encode())  # fmt: skip
+        g = governed(body)
+        with g.agent.http() as client:
+            assert g.ask(client).status_code == 200
+            assert g.ask(client).status_code == 200  # crosses 50%: an alert, posted off the request path
+        deadline = time.monotonic() + 10
+        while not _Hook.received:
+            assert time.monotonic() < deadline, "the webhook got nothing"
+            time.sleep(0.05)
+        [posted] = _Hook.received
+        assert posted["budget"] == "user-daily" and posted["threshold_percent"] == 50 and posted["id"] >= 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_aifinops_budgets_shows_the_callers_budgets(governed: Callable[..., Governed]) -> None:
+    g = governed(policy_text(1, "2.5"))
+    env = {**os.environ, "AIFINOPS_PORT": str(g.agent.thread.port), "COLUMNS": "200"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "agent", "budgets", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["policy_version"] == 1
+    [budget] = report["budgets"]
+    assert (budget["name"], budget["amount_usd"], budget["remaining_usd"]) == ("user-daily", "2.500000", "2.500000")
+    table = subprocess.run(
+        [sys.executable, "-m", "agent", "budgets"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert "user-daily" in table.stdout and "policy version 1" in table.stdout
