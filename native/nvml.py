@@ -8,10 +8,42 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
 
 _lock = threading.Lock()
 _initialised: bool | None = None  # None: not tried yet
 _init_error: str | None = None
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process using a GPU, as NVML reports it."""
+
+    pid: int
+    used_memory_mib: float | None
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """What one GPU was doing at one moment. Any metric NVML could not read is None."""
+
+    timestamp: datetime  # aware, UTC
+    gpu_index: int
+    gpu_name: str  # "" when unknown (traces may leave it empty)
+    util_pct: float | None
+    mem_used_mib: float | None
+    mem_total_mib: float | None
+    power_w: float | None
+    processes: tuple[GpuProcess, ...] = ()
+
+
+class GpuSource(Protocol):
+    """Where samples come from: the real NVML, or a recorded trace replayed."""
+
+    def sample(self) -> list[GpuSample]:
+        """One sample per GPU present now; [] when there is none. Never raises."""
+        ...
 
 
 @dataclass(frozen=True)
