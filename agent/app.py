@@ -41,6 +41,7 @@ from agent.models.store import ModelStore
 from agent.optimizer import PromptOptimizer
 from agent.policy.sync import PolicySync
 from agent.pricing.prices import PriceBook
+from agent.providers.local_llama import LocalLlamaProvider
 from agent.providers.onnx_embedder import OnnxEmbedder
 from agent.providers.registry import ProviderRegistry
 from agent.routing.difficulty import DifficultyModel
@@ -130,7 +131,13 @@ class Services:
             interval = self.settings.share.sync_interval_s
             self.scheduler.add_job(self.policy.sync_once, "interval", seconds=interval, id="policy-sync",
                                    next_run_time=datetime.now(UTC))  # fmt: skip
-            self.scheduler.start()
+        for provider in self.registry.local():
+            idle_s = provider.config.idle_unload_s
+            if idle_s > 0:  # checked four times per idle period, at most once a minute
+                every = min(60.0, max(idle_s / 4, 0.5))
+                self.scheduler.add_job(self._unload_if_idle, "interval", seconds=every, args=[provider, idle_s],
+                                       id=f"unload-{provider.name}")  # fmt: skip
+        self.scheduler.start()
         if self.cache is not None:
             self.cache.load()
             # Load the embedder and compile the similarity kernels now, not on the first request.
@@ -141,6 +148,17 @@ class Services:
                 # Loads in the model's own thread; a failure is logged, the agent stays up.
                 task = asyncio.create_task(provider.load())
                 task.add_done_callback(_log_load_failure)
+
+    def _unload_if_idle(self, provider: LocalLlamaProvider, idle_s: float) -> None:
+        unloaded = provider.unload_if_idle(idle_s)
+        if unloaded is not None:
+            freed = unloaded.memory_freed_bytes
+            body = {
+                "model": unloaded.model,
+                "idle_s": round(unloaded.idle_s, 1),
+                "memory_freed_mib": None if freed is None else round(freed / 2**20, 1),
+            }
+            self.events.add("model_unloaded", body)
 
     async def stop(self) -> None:
         if self.scheduler.running:

@@ -608,6 +608,7 @@ class Gateway:
             prompt_tokens_before=optimized.tokens_before if optimized else None,
             prompt_tokens_after=optimized.tokens_after if optimized else None,
             optimizer_note=optimized.note if optimized else "",
+            model_load_ms=round(flight.progress.load_s * 1000) if flight.progress.load_s else None,
         )
 
     def _optimizer_saving(self, flight: Flight) -> int:

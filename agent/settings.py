@@ -164,6 +164,8 @@ class LocalModelConfig(_Section):
     n_threads: int = Field(0, ge=0, le=512)
     load_at_start: bool = False
     max_tokens: int = Field(512, ge=1)
+    # Unload after this many seconds unused (frees its RAM / GPU memory); 0: keep it loaded.
+    idle_unload_s: float = Field(900, ge=0)
 
     def threads(self) -> int:
         return self.n_threads or max(1, (os.cpu_count() or 2) - 1)

@@ -104,9 +104,41 @@ CREATE TABLE events (
 CREATE INDEX events_user ON events(user_id, id)
 """
 
+M005_GPU = """
+CREATE TABLE gpu_minutes (
+    gpu_index          INTEGER NOT NULL,
+    gpu_name           TEXT NOT NULL,
+    minute             TEXT NOT NULL,
+    busy_s             REAL NOT NULL,
+    idle_s             REAL NOT NULL,
+    unknown_s          REAL NOT NULL,
+    energy_wh          REAL,
+    util_avg_pct       REAL,
+    peak_mem_used_mib  REAL,
+    mem_total_mib      REAL,
+    samples            INTEGER NOT NULL,
+    PRIMARY KEY (gpu_index, minute)
+);
+CREATE TABLE gpu_charges (
+    minute          TEXT NOT NULL,
+    gpu_index       INTEGER NOT NULL,
+    kind            TEXT NOT NULL CHECK (kind IN ('user', 'os_user', 'idle', 'other')),
+    subject         TEXT NOT NULL,
+    department      TEXT NOT NULL DEFAULT '',
+    seconds         REAL NOT NULL,
+    cost_micro_usd  INTEGER,
+    PRIMARY KEY (minute, gpu_index, kind, subject)
+);
+CREATE INDEX gpu_charges_subject ON gpu_charges(kind, subject, minute);
+ALTER TABLE requests ADD COLUMN model_load_ms INTEGER;
+CREATE INDEX requests_user_name_ts ON requests(user_name, ts);
+CREATE INDEX requests_feature_ts ON requests(feature, ts)
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_cache", M002_CACHE),
     ("m003_routing", M003_ROUTING),
     ("m004_policy", M004_POLICY),
+    ("m005_gpu", M005_GPU),
 )

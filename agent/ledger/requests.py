@@ -58,6 +58,8 @@ class RequestRecord:
     prompt_tokens_before: int | None = None
     prompt_tokens_after: int | None = None
     optimizer_note: str = ""
+    # The local model had to be loaded for this request (after an idle unload): what it waited.
+    model_load_ms: int | None = None
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,10 @@ class CallProgress:
     # Local models: geometric mean of the probabilities of the tokens the model chose (0..1),
     # the cascade's confidence signal; None when the provider does not measure it.
     confidence: float | None = None
+    # Local models: seconds spent loading the model for this call (0: it was loaded already), and
+    # when its computation started (Unix time), for charging GPU busy time to the caller.
+    load_s: float = 0.0
+    compute_started_unix: float | None = None
 
     @property
     def text(self) -> str:

@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +123,22 @@ class _Loaded:
         self.load_s = load_s
 
 
+@dataclass(frozen=True)
+class Unloaded:
+    model: str
+    idle_s: float
+    memory_freed_bytes: int | None  # resident memory given back (None where it cannot be read)
+
+
+def _rss_bytes() -> int | None:
+    """This process's resident memory (Linux /proc; None elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
 class LocalLlamaProvider:
     kind: ProviderKind = "local"
     price_provider_id = ""
@@ -130,6 +149,7 @@ class LocalLlamaProvider:
         self._store = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{config.name}")
         self._loaded: _Loaded | None = None
+        self._last_used = time.monotonic()
         self._state_lock = threading.Lock()
 
     def models(self) -> tuple[str, ...]:
@@ -196,9 +216,14 @@ class LocalLlamaProvider:
             return StreamEnd("aborted", Usage(0, 0))
         from llama_cpp import StoppingCriteriaList
 
+        was_loaded = self._loaded is not None
         loaded = self._ensure_loaded()
+        if not was_loaded:  # this request paid for the load (first use, or after an idle unload)
+            progress.load_s = loaded.load_s
         llm = loaded.llm
         started = time.perf_counter()
+        progress.compute_started_unix = time.time()
+        self._last_used = time.monotonic()
         formatted = loaded.formatter(messages=[m.as_openai() for m in messages])
         prompt = llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
         progress.input_tokens = len(prompt)
@@ -238,6 +263,7 @@ class LocalLlamaProvider:
         progress.confidence = _answer_confidence(llm, llm.sampled, output)
         output_tokens = len(llm.tokenize(output.encode("utf-8"), add_bos=False)) if output else 0
         progress.compute_s = time.perf_counter() - started
+        self._last_used = time.monotonic()
         if cancel.is_set():
             finish_reason = "aborted"
         return StreamEnd(finish_reason, Usage(len(prompt), output_tokens))
@@ -283,6 +309,27 @@ class LocalLlamaProvider:
             yield await future
         finally:
             cancel.set()
+
+    def unload_if_idle(self, idle_s: float) -> Unloaded | None:
+        """Unload the model when nobody used it for ``idle_s`` seconds (runs on the model's own
+        thread, so never during a generation). Returns what was freed, or None."""
+
+        def unload() -> Unloaded | None:
+            idle_for = time.monotonic() - self._last_used
+            if self._loaded is None or idle_for < idle_s:
+                return None
+            before = _rss_bytes()
+            with self._state_lock:
+                loaded, self._loaded = self._loaded, None
+            loaded.llm.close()
+            del loaded
+            gc.collect()
+            after = _rss_bytes()
+            freed = None if before is None or after is None else max(before - after, 0)
+            log.info("unloaded local model %s after %.0f s idle", self.name, idle_for)
+            return Unloaded(self.name, idle_for, freed)
+
+        return self._executor.submit(unload).result()
 
     async def close(self) -> None:
         def unload() -> None:
