@@ -30,10 +30,12 @@ from agent.budgets.enforcer import BudgetEnforcer
 from agent.cache.service import SemanticCache
 from agent.errors import AIFinOpsError, ConfigError
 from agent.gateway import Gateway
+from agent.gpu.attribution import ActivityLog
 from agent.identity import Identity
 from agent.ledger.cache_entries import CacheEntries
 from agent.ledger.database import Database
 from agent.ledger.events import EventLog
+from agent.ledger.gpu import GpuLedger
 from agent.ledger.policies import PolicyStore
 from agent.ledger.requests import RequestLog
 from agent.ledger.users import UserStore
@@ -66,6 +68,8 @@ class Services:
     policy: PolicySync
     enforcer: BudgetEnforcer
     scheduler: BackgroundScheduler
+    gpu_ledger: GpuLedger
+    activity: ActivityLog
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -88,6 +92,7 @@ class Services:
             PolicyStore(db), settings.share_dir, share.public_keys, events, timeout_s=share.read_timeout_s
         )
         enforcer = BudgetEnforcer(db, lambda: policy.current, events)
+        activity = ActivityLog()
         gateway = Gateway(
             registry,
             prices,
@@ -100,6 +105,7 @@ class Services:
             tiers={tier: getattr(settings.tiers, tier) for tier in TIERS},
             optimizer=optimizer,
             enforcer=enforcer,
+            activity=activity,
         )
         scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         return cls(
@@ -116,6 +122,8 @@ class Services:
             policy,
             enforcer,
             scheduler,
+            GpuLedger(db),
+            activity,
         )
 
     def provision(self) -> None:

@@ -25,6 +25,7 @@ import numpy.typing as npt
 from agent.cache.keys import cache_key
 from agent.cache.service import CacheLookup, Embedder, SemanticCache
 from agent.errors import AIFinOpsError, BudgetExceeded, InvalidRequest, PermissionDenied
+from agent.gpu.attribution import Activity, ActivityLog
 from agent.identity import Caller
 from agent.ledger.database import utc_now_iso
 from agent.ledger.requests import RequestLog, RequestRecord, Status
@@ -167,6 +168,7 @@ class Gateway:
         optimizer: Optimizer | None = None,
         enforcer: BudgetEnforcer | None = None,
         tiers: Mapping[Tier, str] | None = None,
+        activity: ActivityLog | None = None,
     ) -> None:
         self._registry = registry
         self._prices = prices
@@ -178,6 +180,7 @@ class Gateway:
         self._embedder = embedder
         self._optimizer = optimizer
         self._enforcer = enforcer
+        self._activity = activity  # local computations, for charging GPU busy time to their users
         # Which tier a model belongs to, for the ledger, whoever chose it (router, client, default).
         self._tier_of: dict[str, Tier] = {model: tier for tier, model in (tiers or {}).items() if model}
 
@@ -509,6 +512,7 @@ class Gateway:
                 reason=f"{flight.route.reason}; {why} -> escalated",
             )
         )
+        self._note_activity(flight)
 
     async def _store(self, flight: Flight, text: str, finish_reason: str, usage: Usage, price: Price) -> None:
         """Keep a complete answer for the next similar question."""
@@ -565,7 +569,16 @@ class Gateway:
         # row yet. Should the write below fail, the spend stays counted (the safe side).
         self._settle(flight, price.cost_micro_usd, usage.input_tokens + usage.output_tokens)
         self._requests.record(row)
+        self._note_activity(flight)
         return price
+
+    def _note_activity(self, flight: Flight) -> None:
+        progress = flight.progress
+        if self._activity is None or flight.route.provider.kind != "local" or progress.compute_started_unix is None:
+            return
+        start = progress.compute_started_unix
+        caller = flight.caller
+        self._activity.add(Activity(caller.user, caller.department, start, start + progress.compute_s))
 
     def _settle(self, flight: Flight, cost_micro_usd: int | None, tokens: int) -> None:
         if self._enforcer is None:

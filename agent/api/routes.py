@@ -140,6 +140,31 @@ class _Handlers:
             None if caller.is_admin else caller.user_id,
         )
         total = sum(r.cost_micro_usd for r in rows)
+        out = {
+            r.key: schemas.SpendRow(
+                key=r.key,
+                requests=r.requests,
+                input_tokens=r.input_tokens,
+                output_tokens=r.output_tokens,
+                cost_usd=format_usd(r.cost_micro_usd),
+                cost_micro_usd=r.cost_micro_usd,
+                cost_saved_usd=format_usd(r.cost_saved_micro_usd),
+                unpriced_requests=r.unpriced_requests,
+                failed_requests=r.failed_requests,
+            )
+            for r in rows
+        }
+        # GPU time (busy and idle) charged by the sampler, next to the requests' own cost.
+        gpu = self.s.gpu_ledger.spend(by, since, None if caller.is_admin else caller.user)
+        for g in gpu:
+            row = out.get(g.key) or schemas.SpendRow(
+                key=g.key, requests=0, input_tokens=0, output_tokens=0, cost_usd=format_usd(0), cost_micro_usd=0,
+                cost_saved_usd=format_usd(0), unpriced_requests=0, failed_requests=0,
+            )  # fmt: skip
+            out[g.key] = row.model_copy(
+                update={"gpu_cost_usd": format_usd(g.cost_micro_usd), "gpu_cost_micro_usd": g.cost_micro_usd}
+            )
+        gpu_total = sum(g.cost_micro_usd for g in gpu)
         report = schemas.SpendReport(
             by=by,
             since=since.isoformat(),
@@ -147,20 +172,9 @@ class _Handlers:
             total_cost_usd=format_usd(total),
             total_cost_micro_usd=total,
             unpriced_requests=sum(r.unpriced_requests for r in rows),
-            rows=[
-                schemas.SpendRow(
-                    key=r.key,
-                    requests=r.requests,
-                    input_tokens=r.input_tokens,
-                    output_tokens=r.output_tokens,
-                    cost_usd=format_usd(r.cost_micro_usd),
-                    cost_micro_usd=r.cost_micro_usd,
-                    cost_saved_usd=format_usd(r.cost_saved_micro_usd),
-                    unpriced_requests=r.unpriced_requests,
-                    failed_requests=r.failed_requests,
-                )
-                for r in rows
-            ],
+            rows=list(out.values()),
+            total_gpu_cost_usd=format_usd(gpu_total),
+            total_gpu_cost_micro_usd=gpu_total,
         )
         return _json(report)
 

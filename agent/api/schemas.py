@@ -189,6 +189,10 @@ class SpendRow(BaseModel):
     cost_saved_usd: str
     unpriced_requests: int
     failed_requests: int
+    # GPU time charged to this key (by user or department): busy time of their local requests,
+    # other processes' owners ("os:<name>"), idle time ("idle", "idle:<department>").
+    gpu_cost_usd: str = "0.000000"
+    gpu_cost_micro_usd: int = 0
 
 
 class SpendReport(BaseModel):
@@ -199,6 +203,8 @@ class SpendReport(BaseModel):
     total_cost_micro_usd: int
     unpriced_requests: int
     rows: list[SpendRow]
+    total_gpu_cost_usd: str = "0.000000"
+    total_gpu_cost_micro_usd: int = 0
 
 
 class Me(BaseModel):
