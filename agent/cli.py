@@ -869,3 +869,60 @@ def policy_sync(obj: _Context) -> None:
     click.echo(status.summary)
     if outcome.result in ("rejected", "no_share"):
         sys.exit(1)
+
+
+# -- gpu --------------------------------------------------------------------------------------
+# The `gpu` group is defined here, once. Its commands: `record` (just below, over native/nvml.py);
+# `report` belongs to the GPU cost work (agent/gpu/) and is added after this block.
+
+
+@main.group(cls=_Group)
+def gpu() -> None:
+    """GPU busy and idle time: record traces, report costs."""
+
+
+# -- end of the `gpu` group definition ----------------------------------------------------------
+
+
+@gpu.command("record")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Trace file (CSV); appended to if one.")
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between samples.")  # fmt: skip
+@click.option("--duration", "duration_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this many seconds (default: run until Ctrl-C or SIGTERM).")  # fmt: skip
+def gpu_record(out: str, interval_s: float, duration_s: float | None) -> None:
+    """Record what every NVIDIA GPU does into a trace (docs/GPU_TRACE.md) that replays anywhere."""
+    import math
+    import signal
+    import threading
+
+    from native.nvml import GpuSample, NvmlSource, TraceError, probe, record
+
+    status = probe()
+    if not status.available or not status.gpus:
+        _fail(f"no NVIDIA GPU: {status.error or 'NVML sees no GPU'}")
+    gpus = ", ".join(f"#{g.index} {g.name}" for g in status.gpus)
+    until = f"for {duration_s:g} s" if duration_s is not None else "until Ctrl-C"
+    click.echo(f"recording {gpus} every {interval_s:g} s {until} to {out}", err=True)
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    ticks = math.ceil(duration_s / interval_s) if duration_s is not None else None
+    try:
+        with click.progressbar(length=ticks or 1, label="samples", file=sys.stderr, hidden=ticks is None) as bar:
+            done = 0
+
+            def progress(samples: list[GpuSample]) -> None:
+                nonlocal done
+                done += 1
+                if ticks is not None:
+                    bar.update(1)
+                elif done % 60 == 0:
+                    click.echo(f"{done} samples so far", err=True)
+
+            rows = record(NvmlSource(), out, interval_s, duration_s, stop, on_sample=progress)
+    except (TraceError, OSError) as e:
+        _fail(str(e))
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    click.echo(f"wrote {rows} rows to {out}")
