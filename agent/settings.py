@@ -157,6 +157,35 @@ class PricingSection(_Section):
     overrides: dict[str, PriceOverride] = {}
 
 
+class GpuSection(_Section):
+    """GPU tracking (NVIDIA, through NVML) and what GPU time costs."""
+
+    enabled: bool = True
+    # USD per GPU hour by model name, matched in the NVML name case-insensitively at word
+    # boundaries ("H200" prices "NVIDIA H200"); "default" prices any other GPU. A GPU without
+    # a price has an unknown cost, never $0. Busy, idle and unknown time cost the same.
+    usd_per_hour: dict[str, Decimal] = {}
+    # Energy on top, USD per kWh of measured power draw. None: energy is not priced.
+    usd_per_kwh: Decimal | None = Field(None, ge=0)
+    # Utilisation (%) under which the GPU counts as idle.
+    idle_threshold_pct: float = Field(5.0, ge=0, le=100)
+    sample_interval_s: float = Field(2.0, ge=0.5)
+    # A sample stands for at most this long; beyond it is a gap (unknown time).
+    max_gap_s: float = Field(30.0, gt=0)
+    # GPU class catalogue for right-sizing (TOML). Empty: the bundled one.
+    catalogue: str = ""
+
+    @field_validator("usd_per_hour")
+    @classmethod
+    def _prices(cls, prices: dict[str, Decimal]) -> dict[str, Decimal]:
+        for name, price in prices.items():
+            if not name.strip():
+                raise ValueError("a GPU price needs a model name")
+            if not price.is_finite() or price < 0:
+                raise ValueError(f"{name}: USD per hour must be >= 0, got {price}")
+        return prices
+
+
 class LocalModelConfig(_Section):
     name: str = Field("local", pattern=_NAME)
     model: str = "smollm2-135m-instruct"
@@ -192,6 +221,7 @@ class Settings(_Section):
     routing: RoutingSection = RoutingSection()
     optimizer: OptimizerSection = OptimizerSection()
     pricing: PricingSection = PricingSection()
+    gpu: GpuSection = GpuSection()
     local_models: tuple[LocalModelConfig, ...] = (LocalModelConfig(),)
     cloud: tuple[CloudEndpoint, ...] = ()
     # Filled in by load_settings, not from the file.

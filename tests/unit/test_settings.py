@@ -17,6 +17,7 @@ from agent.paths import Paths
 from agent.settings import (
     AgentSection,
     CacheSection,
+    GpuSection,
     LocalModelConfig,
     ModelsSection,
     OptimizerSection,
@@ -213,12 +214,15 @@ def test_every_key_in_the_default_config_is_a_setting_and_every_setting_is_shown
         "tiers": TiersSection,
         "routing": RoutingSection,
         "optimizer": OptimizerSection,
+        "gpu": GpuSection,
     }
     assert set(data) == {*sections, "local_models"}
     for name, model in sections.items():
         fields = set(model.model_fields)
         if name == "pricing":
             fields.discard("overrides")  # shown as a commented example
+        if name == "gpu":
+            fields.discard("usd_per_kwh")  # None by default: TOML has no null, shown commented
         assert set(data[name]) == fields, name
     [local] = data["local_models"]
     assert set(local) == set(LocalModelConfig.model_fields)
@@ -233,6 +237,7 @@ def test_default_config_values_match_the_field_defaults() -> None:
         ("tiers", TiersSection),
         ("routing", RoutingSection),
         ("optimizer", OptimizerSection),
+        ("gpu", GpuSection),
     ):
         for key, value in data[section].items():
             assert model.model_validate({key: value}) == model(), f"{section}.{key}"
