@@ -28,7 +28,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 from agent.gpu.catalogue import GpuClass, current_class
@@ -203,7 +203,9 @@ def _round(value: float | None, digits: int) -> float | None:
 
 
 def _usd(micros: int | None) -> str:
-    return "an unknown amount" if micros is None else f"${micros_to_usd(micros):,.2f}"
+    if micros is None:
+        return "an unknown amount"
+    return f"${micros_to_usd(micros).quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,}"
 
 
 class _Advisor:
