@@ -31,6 +31,8 @@ from agent.cache.service import SemanticCache
 from agent.errors import AIFinOpsError, ConfigError
 from agent.gateway import Gateway
 from agent.gpu.attribution import ActivityLog
+from agent.gpu.cost import GpuPricing
+from agent.gpu.sampler import GpuSampler
 from agent.identity import Identity
 from agent.ledger.cache_entries import CacheEntries
 from agent.ledger.database import Database
@@ -49,11 +51,12 @@ from agent.providers.registry import ProviderRegistry
 from agent.routing.difficulty import DifficultyModel
 from agent.routing.router import TIERS, Router, Tier
 from agent.settings import Settings, write_default_config
+from native.nvml import GpuSource, NvmlSource, TraceReplay, probe
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Services:
     settings: Settings
     db: Database
@@ -70,6 +73,7 @@ class Services:
     scheduler: BackgroundScheduler
     gpu_ledger: GpuLedger
     activity: ActivityLog
+    gpu_sampler: GpuSampler | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -145,7 +149,36 @@ class Services:
                 every = min(60.0, max(idle_s / 4, 0.5))
                 self.scheduler.add_job(self._unload_if_idle, "interval", seconds=every, args=[provider, idle_s],
                                        id=f"unload-{provider.name}")  # fmt: skip
+        self._start_gpu_sampling()
         self.scheduler.start()
+
+    def _start_gpu_sampling(self) -> None:
+        """Every gpu.sample_interval_s: NVML (or a replayed trace) -> minutes, costs, charges."""
+        gpu = self.settings.gpu
+        if not gpu.enabled:
+            return
+        if gpu.trace:
+            try:
+                source: GpuSource = TraceReplay.from_file(gpu.trace)
+            except (OSError, ValueError) as e:
+                log.error("gpu.trace %s cannot be replayed: %s; GPU tracking off", gpu.trace, e)
+                return
+        else:
+            status = probe()
+            if not status.available:
+                log.info("no NVIDIA GPU (%s): running without GPU tracking", status.error)
+                return
+            source = NvmlSource()
+        self.gpu_sampler = GpuSampler(
+            source,
+            self.gpu_ledger,
+            GpuPricing.from_settings(gpu),
+            self.activity,
+            idle_threshold_pct=gpu.idle_threshold_pct,
+            max_gap_s=gpu.max_gap_s,
+            box_department=gpu.box_department,
+        )
+        self.scheduler.add_job(self.gpu_sampler.tick, "interval", seconds=gpu.sample_interval_s, id="gpu-sample")
         if self.cache is not None:
             self.cache.load()
             # Load the embedder and compile the similarity kernels now, not on the first request.
@@ -170,7 +203,9 @@ class Services:
 
     async def stop(self) -> None:
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+            self.scheduler.shutdown(wait=True)
+        if self.gpu_sampler is not None:
+            self.gpu_sampler.flush()  # the minutes still open are written too
         await self.registry.close()
         await asyncio.to_thread(self.optimizer.close)  # the lossy step's scoring model, if loaded
         self.db.close()

@@ -174,6 +174,10 @@ class GpuSection(_Section):
     max_gap_s: float = Field(30.0, gt=0)
     # GPU class catalogue for right-sizing (TOML). Empty: the bundled one.
     catalogue: str = ""
+    # The cost centre idle GPU time is charged to ("idle:<box_department>").
+    box_department: str = Field("box", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
+    # Replay a recorded trace (docs/GPU_TRACE.md) instead of NVML, as if live: demos and tests.
+    trace: str = ""
 
     @field_validator("usd_per_hour")
     @classmethod

@@ -47,6 +47,7 @@ def build_routes(services: Services) -> list[Route]:
         Route("/api/v1/cache/{entry_id:int}/invalidate", api.cache_invalidate, methods=["POST"]),
         Route("/api/v1/budgets", api.budgets, methods=["GET"]),
         Route("/api/v1/events", api.events, methods=["GET"]),
+        Route("/api/v1/gpu", api.gpu, methods=["GET"]),
     ]
 
 
@@ -246,6 +247,35 @@ class _Handlers:
         out = [schemas.EventOut(id=e.id, ts=e.ts, kind=e.kind, user_id=e.user_id, department=e.department, body=e.body)
                for e in found]  # fmt: skip
         return _json(schemas.EventList(events=out, last_id=found[-1].id if found else after))
+
+    async def gpu(self, request: Request) -> Response:
+        """This box's GPUs over ?since= (default 30d): utilisation, busy/idle hours and cost,
+        peak memory, right-sizing recommendations. Box-level figures: no one's requests."""
+        self.caller(request)
+        since = parse_since(request.query_params.get("since", "30d"))
+        report = await asyncio.to_thread(self._gpu_report, since)
+        return Response(json.dumps(report), media_type="application/json")
+
+    def _gpu_report(self, since: datetime) -> dict[str, Any]:
+        from decimal import Decimal
+        from pathlib import Path
+
+        from agent.gpu.catalogue import load_catalogue
+        from agent.gpu.cost import GpuPricing
+        from agent.gpu.ledger_minutes import load_rollups
+        from agent.gpu.report import gpu_report
+
+        section = self.s.settings.gpu
+        rollups = load_rollups(self.s.db, since)
+        sampling = self.s.gpu_sampler is not None
+        if not rollups:
+            return {"sampling": sampling, "gpus": [], "recommendations": [], "period_days": "0"}
+        now = datetime.now(UTC)
+        period_s = max((now - max(since, rollups[0].minute)).total_seconds(), 60.0)
+        catalogue = load_catalogue(Path(section.catalogue).expanduser() if section.catalogue else None)
+        report = gpu_report(rollups, GpuPricing.from_settings(section), catalogue,
+                            period_days=Decimal(repr(period_s)) / 86400)  # fmt: skip
+        return {"sampling": sampling, **report.to_json()}
 
     # -- /api/v1/cache ---------------------------------------------------------------------
 
