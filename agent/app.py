@@ -151,6 +151,16 @@ class Services:
                                        id=f"unload-{provider.name}")  # fmt: skip
         self._start_gpu_sampling()
         self.scheduler.start()
+        if self.cache is not None:
+            self.cache.load()
+            # Load the embedder and compile the similarity kernels now, not on the first request.
+            warm = asyncio.create_task(asyncio.to_thread(self.cache.warm_up))
+            warm.add_done_callback(_log_load_failure)
+        for provider in self.registry.local():
+            if provider.config.load_at_start:
+                # Loads in the model's own thread; a failure is logged, the agent stays up.
+                task = asyncio.create_task(provider.load())
+                task.add_done_callback(_log_load_failure)
 
     def _start_gpu_sampling(self) -> None:
         """Every gpu.sample_interval_s: NVML (or a replayed trace) -> minutes, costs, charges."""
@@ -179,16 +189,6 @@ class Services:
             box_department=gpu.box_department,
         )
         self.scheduler.add_job(self.gpu_sampler.tick, "interval", seconds=gpu.sample_interval_s, id="gpu-sample")
-        if self.cache is not None:
-            self.cache.load()
-            # Load the embedder and compile the similarity kernels now, not on the first request.
-            warm = asyncio.create_task(asyncio.to_thread(self.cache.warm_up))
-            warm.add_done_callback(_log_load_failure)
-        for provider in self.registry.local():
-            if provider.config.load_at_start:
-                # Loads in the model's own thread; a failure is logged, the agent stays up.
-                task = asyncio.create_task(provider.load())
-                task.add_done_callback(_log_load_failure)
 
     def _unload_if_idle(self, provider: LocalLlamaProvider, idle_s: float) -> None:
         unloaded = provider.unload_if_idle(idle_s)
