@@ -39,6 +39,7 @@ from agent.ledger.database import Database
 from agent.ledger.events import EventLog
 from agent.ledger.gpu import GpuLedger
 from agent.ledger.policies import PolicyStore
+from agent.ledger.preferences import Preferences
 from agent.ledger.requests import RequestLog
 from agent.ledger.users import UserStore
 from agent.models.store import ModelStore
@@ -73,6 +74,7 @@ class Services:
     scheduler: BackgroundScheduler
     gpu_ledger: GpuLedger
     activity: ActivityLog
+    preferences: Preferences
     gpu_sampler: GpuSampler | None = None
 
     @classmethod
@@ -97,6 +99,7 @@ class Services:
         )
         enforcer = BudgetEnforcer(db, lambda: policy.current, events)
         activity = ActivityLog()
+        preferences = Preferences(db)
         gateway = Gateway(
             registry,
             prices,
@@ -110,6 +113,7 @@ class Services:
             optimizer=optimizer,
             enforcer=enforcer,
             activity=activity,
+            cloud_paused=lambda caller: preferences.cloud_paused(caller.user_id),
         )
         scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         return cls(
@@ -128,6 +132,7 @@ class Services:
             scheduler,
             GpuLedger(db),
             activity,
+            preferences,
         )
 
     def provision(self) -> None:

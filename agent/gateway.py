@@ -169,6 +169,7 @@ class Gateway:
         enforcer: BudgetEnforcer | None = None,
         tiers: Mapping[Tier, str] | None = None,
         activity: ActivityLog | None = None,
+        cloud_paused: Callable[[Caller], bool] | None = None,
     ) -> None:
         self._registry = registry
         self._prices = prices
@@ -181,6 +182,7 @@ class Gateway:
         self._optimizer = optimizer
         self._enforcer = enforcer
         self._activity = activity  # local computations, for charging GPU busy time to their users
+        self._cloud_paused = cloud_paused  # the user chose "local only" in the tray
         # Which tier a model belongs to, for the ledger, whoever chose it (router, client, default).
         self._tier_of: dict[str, Tier] = {model: tier for tier, model in (tiers or {}).items() if model}
 
@@ -258,6 +260,16 @@ class Gateway:
             route = self.route(call, terms=terms)
             if self._enforcer is not None:
                 self._enforcer.check_model(caller, route.model)
+        if self._cloud_paused is not None and route.provider.kind == "cloud" and self._cloud_paused(caller):
+            local = self._local_tier_model(terms)
+            if not auto or local is None:
+                raise PermissionDenied(
+                    f"you paused cloud models (tray menu: Pause cloud); {route.model!r} is a cloud model",
+                    code="cloud_paused",
+                )
+            route = replace(self.route(replace(call, requested_model=local), terms=terms),
+                            reason="cloud paused by you -> local")  # fmt: skip
+            escalation = None
         # Auto requests share cached answers whichever tier gave them: the router chose it.
         lookup = await self._lookup(caller, call, "auto" if auto else route.model, vector, terms.cache)
         flight = Flight(caller, call, route, lookup, terms=terms, messages=call.messages, escalation=escalation)

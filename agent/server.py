@@ -17,6 +17,7 @@ import time
 import uvicorn
 
 from agent.app import Services, build_asgi_app
+from agent.discovery import agent_url, remove_discovery, write_discovery
 from agent.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,11 @@ def run_agent(settings: Settings) -> None:
     received: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: received.append(signum))
-    server.run()
+    write_discovery(settings.paths, agent_url(settings.agent))  # the tray finds us here
+    try:
+        server.run()
+    finally:
+        remove_discovery(settings.paths)
     names = ", ".join(signal.Signals(s).name for s in received) or "no signal"
     log.info("aifinops agent stopped (%s)", names)
 

@@ -48,6 +48,8 @@ def build_routes(services: Services) -> list[Route]:
         Route("/api/v1/budgets", api.budgets, methods=["GET"]),
         Route("/api/v1/events", api.events, methods=["GET"]),
         Route("/api/v1/gpu", api.gpu, methods=["GET"]),
+        Route("/api/v1/dashboard", api.dashboard, methods=["GET"]),
+        Route("/api/v1/preferences", api.preferences, methods=["POST"]),
     ]
 
 
@@ -126,7 +128,21 @@ class _Handlers:
 
     async def me(self, request: Request) -> Response:
         caller = self.caller(request)
-        return _json(schemas.Me(user=caller.user, department=caller.department, admin=caller.is_admin))
+        department = self.s.enforcer.effective_caller(caller).department
+        paused = self.s.preferences.cloud_paused(caller.user_id)
+        return _json(schemas.Me(user=caller.user, department=department, admin=caller.is_admin, cloud_paused=paused))
+
+    async def preferences(self, request: Request) -> Response:
+        caller = self.caller(request)
+        try:
+            wanted = schemas.PreferencesIn.model_validate(await self.body_json(request))
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()
+            )
+            raise InvalidRequest(f"invalid preferences: {problems}") from e
+        self.s.preferences.set_cloud_paused(caller.user_id, wanted.cloud_paused)
+        return await self.me(request)
 
     async def spend(self, request: Request) -> Response:
         caller = self.caller(request)
@@ -194,12 +210,72 @@ class _Handlers:
         everyone = request.query_params.get("all") == "true"
         if everyone and not caller.is_admin:
             raise PermissionDenied("only admins can see every budget")
+        version, entries = self._budget_entries(caller, everyone, request.query_params.get("feature", ""))
+        scope = "all" if everyone else "own"
+        return _json(schemas.BudgetReport(policy_version=version, scope=scope, budgets=entries))
+
+    async def dashboard(self, request: Request) -> Response:
+        """The tray's dashboard in one call: budgets, daily spend, spend by model/route/feature/
+        tier, savings, GPU cost; the caller's own figures (admins: ?all=true for everyone's)."""
+        caller = self.caller(request)
+        everyone = request.query_params.get("all") == "true"
+        if everyone and not caller.is_admin:
+            raise PermissionDenied("only admins can see everyone's dashboard")
+        since = parse_since(request.query_params.get("since", "30d"))
+        since_iso = since.isoformat(timespec="microseconds")
+        user_id = None if everyone else caller.user_id
+        requests = self.s.requests
+
+        def keyed(by: str) -> list[schemas.KeyedSpend]:
+            rows = requests.spend(by, since_iso, user_id)  # type: ignore[arg-type]
+            return [
+                schemas.KeyedSpend(
+                    key=r.key,
+                    requests=r.requests,
+                    cost_micro_usd=r.cost_micro_usd,
+                    cost_usd=format_usd(r.cost_micro_usd),
+                )
+                for r in rows
+            ]
+
+        daily = []
+        for d in requests.daily(since_iso, user_id):
+            cost = int(d["cost_micro_usd"])
+            daily.append(schemas.DailySpend(day=str(d["day"]), requests=int(d["requests"]), cost_micro_usd=cost,
+                                            cost_usd=format_usd(cost)))  # fmt: skip
+        cache, compression = requests.savings(since_iso, user_id)
+        gpu_rows = self.s.gpu_ledger.spend("user", since, None if everyone else caller.user)
+        idle_keys = ("idle", "other")
+        busy = sum(g.cost_micro_usd for g in gpu_rows if not g.key.startswith(idle_keys))
+        idle = sum(g.cost_micro_usd for g in gpu_rows if g.key.startswith(idle_keys))
+        version, budgets = self._budget_entries(caller, everyone, "")
+        total = sum(d.cost_micro_usd for d in daily)
+        dashboard = schemas.Dashboard(
+            since=since.isoformat(),
+            scope="all" if everyone else "own",
+            policy_version=version,
+            budgets=budgets,
+            daily=daily,
+            by_model=keyed("model"),
+            by_route=keyed("route"),
+            by_feature=keyed("feature"),
+            by_tier=keyed("tier"),
+            savings=schemas.Savings(cache_micro_usd=cache, compression_micro_usd=compression),
+            gpu=schemas.GpuCosts(busy_micro_usd=busy, idle_micro_usd=idle) if gpu_rows else None,
+            totals=schemas.Totals(
+                requests=sum(d.requests for d in daily), cost_micro_usd=total, cost_usd=format_usd(total)
+            ),
+        )
+        return _json(dashboard)
+
+    def _budget_entries(
+        self, caller: Caller, everyone: bool, feature: str
+    ) -> tuple[int | None, list[schemas.BudgetEntry]]:
         enforcer = self.s.enforcer
         policy = enforcer.policy
         if policy is None:
-            return _json(schemas.BudgetReport(policy_version=None, scope="all" if everyone else "own", budgets=[]))
+            return None, []
         caller = enforcer.effective_caller(caller)
-        feature = request.query_params.get("feature", "")
         statuses = enforcer.all_statuses() if everyone else enforcer.statuses(caller, feature)
         entries = [
             schemas.BudgetEntry(
@@ -220,10 +296,7 @@ class _Handlers:
             )
             for b in statuses
         ]
-        report = schemas.BudgetReport(
-            policy_version=policy.version, scope="all" if everyone else "own", budgets=entries
-        )
-        return _json(report)
+        return policy.version, entries
 
     async def events(self, request: Request) -> Response:
         """Events after ?since=ID; with ?wait=S (up to 60) the call waits for the first one."""

@@ -211,6 +211,15 @@ class Me(BaseModel):
     user: str
     department: str
     admin: bool
+    cloud_paused: bool = False  # "local only", set from the tray
+
+
+class PreferencesIn(BaseModel):
+    """POST /api/v1/preferences: what the user may change about their own requests."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    cloud_paused: bool
 
 
 class RouterInfo(BaseModel):
@@ -313,3 +322,50 @@ class EventOut(BaseModel):
 class EventList(BaseModel):
     events: list[EventOut]
     last_id: int  # pass as ?since= to wait for the next ones
+
+
+class DailySpend(BaseModel):
+    day: str  # YYYY-MM-DD, UTC
+    requests: int
+    cost_micro_usd: int
+    cost_usd: str
+
+
+class KeyedSpend(BaseModel):
+    key: str
+    requests: int
+    cost_micro_usd: int
+    cost_usd: str
+
+
+class Savings(BaseModel):
+    cache_micro_usd: int
+    compression_micro_usd: int
+
+
+class GpuCosts(BaseModel):
+    busy_micro_usd: int
+    idle_micro_usd: int
+
+
+class Totals(BaseModel):
+    requests: int
+    cost_micro_usd: int
+    cost_usd: str
+
+
+class Dashboard(BaseModel):
+    """Everything the tray's dashboard shows, aggregated in the ledger (SQL)."""
+
+    since: str
+    scope: Literal["own", "all"]
+    policy_version: int | None
+    budgets: list[BudgetEntry]
+    daily: list[DailySpend]
+    by_model: list[KeyedSpend]
+    by_route: list[KeyedSpend]
+    by_feature: list[KeyedSpend]
+    by_tier: list[KeyedSpend]
+    savings: Savings
+    gpu: GpuCosts | None  # None: no GPU time recorded in the period
+    totals: Totals

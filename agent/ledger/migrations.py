@@ -135,10 +135,19 @@ CREATE INDEX requests_user_name_ts ON requests(user_name, ts);
 CREATE INDEX requests_feature_ts ON requests(feature, ts)
 """
 
+M006_PREFERENCES = """
+CREATE TABLE user_preferences (
+    user_id       INTEGER PRIMARY KEY REFERENCES users(id),
+    cloud_paused  INTEGER NOT NULL DEFAULT 0,
+    updated_at    TEXT NOT NULL
+)
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_cache", M002_CACHE),
     ("m003_routing", M003_ROUTING),
     ("m004_policy", M004_POLICY),
     ("m005_gpu", M005_GPU),
+    ("m006_preferences", M006_PREFERENCES),
 )

@@ -98,6 +98,27 @@ class RequestLog:
             row[flag] = bool(row[flag])
         return RequestRecord(**row)
 
+    def daily(self, since_iso: str, user_id: int | None = None) -> list[dict[str, int | str]]:
+        """Requests and cost per UTC day since a time; only ``user_id``'s rows when given."""
+        where, params = _scope(since_iso, user_id)
+        return self._db.query(
+            "SELECT substr(ts, 1, 10) AS day, sum(parent_id = '') AS requests,"  # noqa: S608 - fixed text
+            f" coalesce(sum(cost_micro_usd), 0) AS cost_micro_usd FROM requests WHERE {where}"
+            " GROUP BY day ORDER BY day",
+            params,
+        )
+
+    def savings(self, since_iso: str, user_id: int | None = None) -> tuple[int, int]:
+        """(saved by the cache, saved by the prompt optimiser) in micro-USD."""
+        where, params = _scope(since_iso, user_id)
+        row = self._db.query(
+            "SELECT coalesce(sum(CASE WHEN cache_hit THEN cost_saved_micro_usd END), 0) AS cache,"  # noqa: S608
+            " coalesce(sum(CASE WHEN NOT cache_hit THEN cost_saved_micro_usd END), 0) AS compression"
+            f" FROM requests WHERE {where}",
+            params,
+        )[0]
+        return int(row["cache"]), int(row["compression"])
+
     def spend(self, by: SpendDimension, since_iso: str, user_id: int | None = None) -> list[SpendRow]:
         """Totals per value of `by` since a time; only `user_id`'s rows when given."""
         column = _DIMENSION_COLUMNS[by]
@@ -116,3 +137,11 @@ class RequestLog:
             f" FROM requests WHERE {where} GROUP BY {column} ORDER BY cost_micro_usd DESC, key"
         )
         return [SpendRow(**row) for row in self._db.query(sql, params)]
+
+
+def _scope(since_iso: str, user_id: int | None) -> tuple[str, dict[str, str]]:
+    where, params = "ts >= :since", {"since": since_iso}
+    if user_id is not None:
+        where += " AND user_id = :user_id"
+        params["user_id"] = str(user_id)
+    return where, params

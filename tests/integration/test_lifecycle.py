@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -113,6 +114,8 @@ def test_sigterm_lets_an_in_flight_stream_finish_or_records_it_aborted(tmp_path:
         _wait_for(lambda: _answers(base))
         token = (home / "config" / "token").read_text().strip()
         assert (home / "config" / "config.toml").read_text().startswith("# aifinops agent configuration")
+        discovery = json.loads((home / "config" / "agent.json").read_text())  # how the tray finds it
+        assert (discovery["url"], discovery["pid"]) == (base, proc.pid)
         with httpx.stream(
             "POST",
             f"{base}/v1/chat/completions",
@@ -126,6 +129,7 @@ def test_sigterm_lets_an_in_flight_stream_finish_or_records_it_aborted(tmp_path:
             rest = list(lines)  # the grace period lets the answer finish
         assert rest[-2:] == ["data: [DONE]", ""] or rest[-1] == "data: [DONE]"
         assert proc.wait(timeout=60) == 0
+        assert not (home / "config" / "agent.json").exists()  # a stopped agent is not advertised
     finally:
         if proc.poll() is None:
             proc.kill()

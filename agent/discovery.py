@@ -1,0 +1,54 @@
+"""The discovery file: how the tray (and any local tool) finds the running agent.
+
+``<config dir>/agent.json`` holds ``{"url", "pid", "version"}``. The agent writes it (0600,
+atomically) when it starts serving and removes it when it stops, if the file is still its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.paths import Paths
+from agent.settings import AgentSection
+
+FILE_NAME = "agent.json"
+
+
+def agent_url(agent: AgentSection) -> str:
+    host = "127.0.0.1" if agent.host in ("0.0.0.0", "::", "") else agent.host  # noqa: S104 - a wildcard bind
+    host = f"[{host}]" if ":" in host else host
+    scheme = "https" if agent.tls_certfile else "http"
+    return f"{scheme}://{host}:{agent.port}"
+
+
+def write_discovery(paths: Paths, url: str, pid: int | None = None) -> Path:
+    path = paths.config_dir / FILE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({"url": url, "pid": pid or os.getpid(), "version": __version__}, f)
+    tmp.replace(path)
+    return path
+
+
+def read_discovery(paths: Paths) -> dict[str, Any] | None:
+    """The running agent's entry, or None (no file, or not one we can read)."""
+    try:
+        data = json.loads((paths.config_dir / FILE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str) or not isinstance(data.get("pid"), int):
+        return None
+    return data
+
+
+def remove_discovery(paths: Paths, pid: int | None = None) -> None:
+    """Remove the file if it still names this process (another agent may have replaced it)."""
+    entry = read_discovery(paths)
+    if entry is not None and entry["pid"] == (pid or os.getpid()):
+        (paths.config_dir / FILE_NAME).unlink(missing_ok=True)
