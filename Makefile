@@ -13,11 +13,12 @@ TEST_MODELS := $(CURDIR)/.cache/models
 
 OTHER_FLAVOUR := $(if $(filter gpu,$(FLAVOUR)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: run test setup setup-test models lint pytest bench clean
+.PHONY: run test setup setup-gui setup-test models lint pytest bench clean
 
-run: setup
+# With a display: the tray, which finds or starts the agent. Without one (a server): the agent.
+run: setup-gui
 	$(BIN)/aifinops models pull
-	$(BIN)/aifinops agent run
+	if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] || [ "$$(uname)" = Darwin ]; then $(BIN)/aifinops-tray; else $(BIN)/aifinops agent run; fi
 
 test: setup-test
 	AIFINOPS_MODELS__DIR=$(TEST_MODELS) $(BIN)/aifinops models pull
@@ -25,6 +26,7 @@ test: setup-test
 	$(MAKE) pytest
 
 setup: $(VENV)/.installed-$(FLAVOUR)
+setup-gui: $(VENV)/.installed-$(FLAVOUR)-gui
 setup-test: $(VENV)/.installed-$(FLAVOUR)-test
 
 $(BIN)/python:
@@ -36,13 +38,20 @@ $(VENV)/.installed-$(FLAVOUR): pyproject.toml | $(BIN)/python
 	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[$(FLAVOUR)]'
 	touch $@
 
+# The tray's Qt libraries on top of the agent: `make run` starts both.
+$(VENV)/.installed-$(FLAVOUR)-gui: pyproject.toml | $(BIN)/python
+	-$(BIN)/python -m pip uninstall --quiet --yes $(OTHER_FLAVOUR) 2>/dev/null
+	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[$(FLAVOUR),gui]'
+	touch $(VENV)/.installed-$(FLAVOUR) $@
+
 $(VENV)/.installed-$(FLAVOUR)-test: pyproject.toml | $(BIN)/python
 	-$(BIN)/python -m pip uninstall --quiet --yes $(OTHER_FLAVOUR) 2>/dev/null
 	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[$(FLAVOUR),test]'
 	touch $(VENV)/.installed-$(FLAVOUR) $@
 
 lint: setup-test
-	$(BIN)/ruff check agent native tests bench
+	$(BIN)/ruff check agent native tests bench gui
+	$(BIN)/ruff format --check gui tests/gui
 	$(BIN)/mypy
 
 pytest: setup-test

@@ -1,0 +1,184 @@
+"""The agent's HTTP API, called from worker threads; results come back to the UI thread as signals.
+
+Every call runs in the global QThreadPool (httpx, blocking, in the worker); the UI thread never
+waits on the network. A `Reply` QObject lives in the caller's thread and emits `done(result)` or
+`failed(AgentError)` there through a queued connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+
+from agent.api.schemas import AIFinOpsInfo, BudgetReport, EventList, Info, ModelList
+from gui.errors import AgentError
+from gui.figures import Figures, figures_from_dashboard, figures_from_spend
+
+log = logging.getLogger(__name__)
+
+FALLBACK_SPEND_DIMENSIONS = ("model", "route", "feature", "tier")
+
+
+class Reply(QObject):
+    """The outcome of one call, delivered in the thread that created it."""
+
+    done = Signal(object)
+    failed = Signal(object)  # AgentError
+    finished = Signal()  # after `done` or `failed` (whose queued slots then run first)
+
+
+class StreamReply(Reply):
+    """A streamed chat answer: `delta(text)` as tokens arrive, then `done(AIFinOpsInfo | None)`."""
+
+    delta = Signal(str)
+
+
+class _Job(QRunnable):
+    def __init__(self, work: Callable[[], Any], reply: Reply) -> None:
+        super().__init__()
+        self._work = work
+        self._reply = reply
+
+    def run(self) -> None:
+        try:
+            result = self._work()
+        except AgentError as e:
+            self._reply.failed.emit(e)
+        except Exception as e:  # a worker-thread boundary: report, never crash the app
+            log.exception("agent call failed")
+            self._reply.failed.emit(AgentError(0, "client_error", str(e)))
+        else:
+            self._reply.done.emit(result)
+        self._reply.finished.emit()
+
+
+def run_in_pool(work: Callable[[], Any], reply: Reply) -> Reply:
+    """Run `work` in the global thread pool; `reply` emits its result in its own thread."""
+    reply.finished.connect(reply.deleteLater)
+    QThreadPool.globalInstance().start(_Job(work, reply))
+    return reply
+
+
+class AgentClient(QObject):
+    """One agent at `base_url` with one user's token. `base_url` may change (agent restarted)."""
+
+    def __init__(self, base_url: str, token: str | None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._lock = threading.Lock()
+        self._base_url = base_url.rstrip("/")
+        self.token = token
+
+    @property
+    def base_url(self) -> str:
+        with self._lock:
+            return self._base_url
+
+    def set_base_url(self, base_url: str) -> None:
+        with self._lock:
+            self._base_url = base_url.rstrip("/")
+
+    # -- blocking calls, for worker threads only --------------------------------------------
+    def request(self, method: str, path: str, *, json_body: Any = None, timeout_s: float = 10.0, **params: str) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            with httpx.Client(base_url=self.base_url, timeout=timeout_s) as http:
+                response = http.request(method, path, params=params or None, json=json_body, headers=headers)
+        except httpx.HTTPError as e:
+            raise AgentError.unreachable(f"{type(e).__name__}: {e}") from e
+        if response.status_code >= 400:
+            raise AgentError.from_body(
+                response.status_code, _json_or_none(response), response.headers.get("retry-after")
+            )
+        return response.json() if response.content else None
+
+    def info(self) -> Info:
+        return Info.model_validate(self.request("GET", "/api/v1/info", timeout_s=3.0))
+
+    def me(self) -> dict[str, Any]:
+        body = self.request("GET", "/api/v1/me")
+        return body if isinstance(body, dict) else {}
+
+    def budgets(self) -> BudgetReport:
+        return BudgetReport.model_validate(self.request("GET", "/api/v1/budgets"))
+
+    def models(self) -> list[str]:
+        return [card.id for card in ModelList.model_validate(self.request("GET", "/v1/models")).data]
+
+    def events(self, since: int, wait_s: int, timeout_s: float) -> EventList:
+        body = self.request("GET", "/api/v1/events", since=str(since), wait=str(wait_s), timeout_s=timeout_s)
+        return EventList.model_validate(body)
+
+    def figures(self, since: str = "30d") -> Figures:
+        """The dashboard's figures, from /api/v1/dashboard, or from spend and budgets on older agents."""
+        try:
+            return figures_from_dashboard(self.request("GET", "/api/v1/dashboard", since=since))
+        except AgentError as e:
+            if e.status != 404:
+                raise
+        spend = {by: self.request("GET", "/api/v1/spend", by=by, since=since) for by in FALLBACK_SPEND_DIMENSIONS}
+        return figures_from_spend(spend, self.budgets(), since)
+
+    def set_cloud_paused(self, paused: bool) -> bool:
+        body = self.request("POST", "/api/v1/preferences", json_body={"cloud_paused": paused})
+        return bool(body.get("cloud_paused", paused)) if isinstance(body, dict) else paused
+
+    def invalidate(self, entry_id: int) -> None:
+        self.request("POST", f"/api/v1/cache/{entry_id}/invalidate")
+
+    def stream_chat(self, body: dict[str, Any], reply: StreamReply) -> AIFinOpsInfo | None:
+        """POST a streamed chat; emits each text delta; returns the final chunk's x_aifinops."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        info: AIFinOpsInfo | None = None
+        timeout = httpx.Timeout(10.0, read=300.0)
+        try:
+            with (
+                httpx.Client(base_url=self.base_url, timeout=timeout) as http,
+                http.stream("POST", "/v1/chat/completions", json=payload, headers=headers) as response,
+            ):
+                if response.status_code >= 400:
+                    response.read()
+                    raise AgentError.from_body(
+                        response.status_code, _json_or_none(response), response.headers.get("retry-after")
+                    )
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise AgentError.from_body(502, chunk)
+                    for choice in chunk.get("choices") or ():
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            reply.delta.emit(text)
+                    if chunk.get("x_aifinops"):
+                        info = AIFinOpsInfo.model_validate(chunk["x_aifinops"])
+        except httpx.HTTPError as e:
+            raise AgentError.unreachable(f"{type(e).__name__}: {e}") from e
+        return info
+
+    # -- asynchronous calls, for the UI thread -----------------------------------------------
+    def call(self, work: Callable[[], Any], reply: Reply | None = None) -> Reply:
+        """Run `work` in the pool; connect to the returned reply's `done`/`failed`."""
+        return run_in_pool(work, reply or Reply(self))
+
+    def chat(self, body: dict[str, Any]) -> StreamReply:
+        reply = StreamReply(self)
+        self.call(lambda: self.stream_chat(body, reply), reply)
+        return reply
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None

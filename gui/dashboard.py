@@ -1,0 +1,200 @@
+"""The spend dashboard: budgets, daily spend, spend by model / route / feature, savings, GPU."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from agent.api.schemas import BudgetEntry
+from gui.client import AgentClient, Reply
+from gui.errors import AgentError, plain_words
+from gui.figures import Figures, Slice, usd
+
+log = logging.getLogger(__name__)
+
+
+def budget_caption(budget: BudgetEntry) -> str:
+    reset = budget.resets_at
+    try:
+        reset = datetime.fromisoformat(reset).strftime("%Y-%m-%d %H:%M %Z").strip()
+    except ValueError:
+        pass
+    return (
+        f"{budget.name} ({budget.period}): {usd(budget.spent_micro_usd)} of {usd(budget.amount_micro_usd)}, "
+        f"{usd(budget.remaining_micro_usd)} left, resets {reset}"
+    )
+
+
+def budget_percent(budget: BudgetEntry) -> int:
+    if budget.amount_micro_usd <= 0:
+        return 0
+    return min(100, budget.spent_micro_usd * 100 // budget.amount_micro_usd)
+
+
+class DashboardWindow(QWidget):
+    """Signals `loaded(Figures)` after each refresh, `failed(AgentError)`."""
+
+    loaded = Signal(object)
+    failed = Signal(object)
+
+    def __init__(self, client: AgentClient, since: str = "30d", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.client = client
+        self.since = since
+        self.figures: Figures | None = None
+        self.setWindowTitle("aifinops spend")
+        self.resize(900, 760)
+
+        header = QHBoxLayout()
+        self.total = QLabel("Loading...")
+        self.total.setStyleSheet("font-size: 16px; font-weight: bold;")
+        header.addWidget(self.total, 1)
+        self.refresh_button = QPushButton("Refresh")
+        self.refresh_button.clicked.connect(self.refresh)
+        header.addWidget(self.refresh_button)
+
+        self.budget_box = QGroupBox("Budgets")
+        self.budget_layout = QVBoxLayout(self.budget_box)
+
+        self.chart = pg.PlotWidget(background="w")
+        self.chart.setMinimumHeight(200)
+        self.chart.setLabel("left", "USD")
+        self.chart.showGrid(x=False, y=True, alpha=0.3)
+        self.chart_note = QLabel()
+        self.chart_note.setStyleSheet("color: #6b7280;")
+        chart_box = QGroupBox(f"Daily spend (last {since})")
+        chart_layout = QVBoxLayout(chart_box)
+        chart_layout.addWidget(self.chart)
+        chart_layout.addWidget(self.chart_note)
+
+        self.tables = {name: self._table() for name in ("model", "route", "feature")}
+        tables = QHBoxLayout()
+        for name, table in self.tables.items():
+            box = QGroupBox(f"By {name}")
+            QVBoxLayout(box).addWidget(table)
+            tables.addWidget(box)
+
+        self.savings = QLabel()
+        self.gpu = QLabel()
+        extra = QGridLayout()
+        extra.addWidget(QLabel("<b>Saved</b>"), 0, 0)
+        extra.addWidget(self.savings, 0, 1)
+        extra.addWidget(QLabel("<b>GPU</b>"), 1, 0)
+        extra.addWidget(self.gpu, 1, 1)
+        extra.setColumnStretch(1, 1)
+
+        self.status = QLabel()
+        self.status.setStyleSheet("color: #a02418;")
+        self.status.setWordWrap(True)
+        self.status.hide()
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(header)
+        layout.addWidget(self.status)
+        layout.addWidget(self.budget_box)
+        layout.addWidget(chart_box, 1)
+        layout.addLayout(tables, 1)
+        layout.addLayout(extra)
+
+    @staticmethod
+    def _table() -> QTableWidget:
+        table = QTableWidget(0, 3)
+        table.setHorizontalHeaderLabels(["", "Requests", "Cost"])
+        table.verticalHeader().hide()
+        table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        return table
+
+    def refresh(self) -> None:
+        self.refresh_button.setEnabled(False)
+        reply = self.client.call(lambda: self.client.figures(self.since), Reply(self))
+        reply.done.connect(self.show_figures)
+        reply.failed.connect(self._failed)
+
+    def _failed(self, error: AgentError) -> None:
+        self.refresh_button.setEnabled(True)
+        self.status.setText(plain_words(error))
+        self.status.show()
+        self.failed.emit(error)
+
+    def show_figures(self, figures: Figures) -> None:
+        self.refresh_button.setEnabled(True)
+        self.status.hide()
+        self.figures = figures
+        self.total.setText(
+            f"{usd(figures.total_cost_micro_usd)} spent on {figures.total_requests} requests (last {self.since})"
+        )
+        self._show_budgets(figures)
+        self._show_chart(figures)
+        for name, rows in (("model", figures.by_model), ("route", figures.by_route), ("feature", figures.by_feature)):
+            self._fill(self.tables[name], rows)
+        self.savings.setText(
+            f"{usd(figures.cache_saved_micro_usd)} by the cache, "
+            f"{usd(figures.compression_saved_micro_usd)} by prompt compression"
+        )
+        if figures.gpu_busy_micro_usd is None or figures.gpu_idle_micro_usd is None:
+            self.gpu.setText("no GPU on this machine")
+        else:
+            self.gpu.setText(f"{usd(figures.gpu_busy_micro_usd)} busy, {usd(figures.gpu_idle_micro_usd)} idle")
+        self.loaded.emit(figures)
+
+    def _show_budgets(self, figures: Figures) -> None:
+        while self.budget_layout.count():
+            item = self.budget_layout.takeAt(0)
+            widget = item.widget() if item is not None else None
+            if widget is not None:
+                widget.deleteLater()
+        if not figures.budgets:
+            none = "no budget applies to you" if figures.policy_version is not None else "no policy received yet"
+            self.budget_layout.addWidget(QLabel(none))
+            return
+        for budget in figures.budgets:
+            bar = QProgressBar()
+            bar.setRange(0, 100)
+            bar.setValue(budget_percent(budget))
+            bar.setFormat(budget_caption(budget))
+            bar.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            if budget_percent(budget) >= 100:
+                bar.setStyleSheet("QProgressBar::chunk { background: #d0392b; }")
+            elif budget_percent(budget) >= 80:
+                bar.setStyleSheet("QProgressBar::chunk { background: #e0a21b; }")
+            self.budget_layout.addWidget(bar)
+
+    def _show_chart(self, figures: Figures) -> None:
+        self.chart.clear()
+        if not figures.daily:
+            self.chart_note.setText("This agent does not report daily spend yet (it has no /api/v1/dashboard).")
+            return
+        self.chart_note.setText("")
+        xs = list(range(len(figures.daily)))
+        heights = [day.cost_micro_usd / 1_000_000 for day in figures.daily]  # display only
+        self.chart.addItem(pg.BarGraphItem(x=xs, height=heights, width=0.7, brush="#3b7dd8"))
+        step = max(1, len(xs) // 8)
+        ticks = [(x, figures.daily[x].day[5:]) for x in xs[::step]]
+        self.chart.getAxis("bottom").setTicks([ticks])
+
+    @staticmethod
+    def _fill(table: QTableWidget, rows: tuple[Slice, ...]) -> None:
+        table.setRowCount(len(rows))
+        for i, row in enumerate(rows):
+            for j, text in enumerate((row.key or "(none)", str(row.requests), usd(row.cost_micro_usd))):
+                item = QTableWidgetItem(text)
+                if j:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                table.setItem(i, j, item)

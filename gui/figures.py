@@ -1,0 +1,119 @@
+"""The dashboard's figures: from the agent's /api/v1/dashboard, or assembled from /api/v1/spend.
+
+Aggregation is the agent's job (SQL in its ledger); this module only reshapes its answers into
+immutable values the widgets show. Money stays integer micro-USD until it is formatted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from agent.api.schemas import BudgetEntry, BudgetReport, SpendReport
+
+MICRO = 1_000_000
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Spend of one key (a model, route, feature or tier)."""
+
+    key: str
+    requests: int
+    cost_micro_usd: int
+
+
+@dataclass(frozen=True)
+class Day:
+    day: str  # YYYY-MM-DD
+    requests: int
+    cost_micro_usd: int
+
+
+@dataclass(frozen=True)
+class Figures:
+    since: str
+    policy_version: int | None
+    budgets: tuple[BudgetEntry, ...]
+    daily: tuple[Day, ...]
+    by_model: tuple[Slice, ...]
+    by_route: tuple[Slice, ...]
+    by_feature: tuple[Slice, ...]
+    by_tier: tuple[Slice, ...]
+    cache_saved_micro_usd: int
+    compression_saved_micro_usd: int
+    gpu_busy_micro_usd: int | None  # None: no GPU on this box
+    gpu_idle_micro_usd: int | None
+    total_requests: int
+    total_cost_micro_usd: int
+    source: str  # "dashboard", or "spend" (an agent without /api/v1/dashboard: no daily series)
+
+
+def usd(micro_usd: int) -> str:
+    """1234567 -> '$1.234567'; exact, no float."""
+    sign = "-" if micro_usd < 0 else ""
+    whole, frac = divmod(abs(micro_usd), MICRO)
+    return f"{sign}${whole:,}.{frac:06d}"
+
+
+def _slices(rows: Any) -> tuple[Slice, ...]:
+    return tuple(
+        Slice(str(r["key"]), int(r["requests"]), int(r["cost_micro_usd"])) for r in rows or () if isinstance(r, dict)
+    )
+
+
+def figures_from_dashboard(body: Any) -> Figures:
+    savings = body.get("savings") or {}
+    gpu = body.get("gpu")
+    totals = body.get("totals") or {}
+    return Figures(
+        since=str(body.get("since", "")),
+        policy_version=body.get("policy_version"),
+        budgets=tuple(BudgetEntry.model_validate(b) for b in body.get("budgets") or ()),
+        daily=tuple(Day(str(d["day"]), int(d["requests"]), int(d["cost_micro_usd"])) for d in body.get("daily") or ()),
+        by_model=_slices(body.get("by_model")),
+        by_route=_slices(body.get("by_route")),
+        by_feature=_slices(body.get("by_feature")),
+        by_tier=_slices(body.get("by_tier")),
+        cache_saved_micro_usd=int(savings.get("cache_micro_usd", 0)),
+        compression_saved_micro_usd=int(savings.get("compression_micro_usd", 0)),
+        gpu_busy_micro_usd=int(gpu["busy_micro_usd"]) if isinstance(gpu, dict) else None,
+        gpu_idle_micro_usd=int(gpu["idle_micro_usd"]) if isinstance(gpu, dict) else None,
+        total_requests=int(totals.get("requests", 0)),
+        total_cost_micro_usd=int(totals.get("cost_micro_usd", 0)),
+        source="dashboard",
+    )
+
+
+def _micro(decimal_usd: str) -> int:
+    return int(Decimal(decimal_usd) * MICRO)
+
+
+def figures_from_spend(spend: dict[str, Any], budgets: BudgetReport, since: str) -> Figures:
+    """For agents without /api/v1/dashboard: one spend report per dimension, and the budgets."""
+    reports = {by: SpendReport.model_validate(body) for by, body in spend.items()}
+    by_route = reports["route"]
+    cache_saved = sum(_micro(r.cost_saved_usd) for r in by_route.rows if r.key == "cache")
+    other_saved = sum(_micro(r.cost_saved_usd) for r in by_route.rows if r.key != "cache")
+
+    def slices(by: str) -> tuple[Slice, ...]:
+        return tuple(Slice(r.key, r.requests, r.cost_micro_usd) for r in reports[by].rows)
+
+    return Figures(
+        since=since,
+        policy_version=budgets.policy_version,
+        budgets=tuple(budgets.budgets),
+        daily=(),
+        by_model=slices("model"),
+        by_route=slices("route"),
+        by_feature=slices("feature"),
+        by_tier=slices("tier"),
+        cache_saved_micro_usd=cache_saved,
+        compression_saved_micro_usd=other_saved,
+        gpu_busy_micro_usd=None,
+        gpu_idle_micro_usd=None,
+        total_requests=sum(r.requests for r in by_route.rows),
+        total_cost_micro_usd=by_route.total_cost_micro_usd,
+        source="spend",
+    )

@@ -1,0 +1,170 @@
+"""Find the agent, or start one and keep it running.
+
+Order: the URL given on the command line, the discovery file a running agent writes
+(`<config dir>/agent.json`), then the default URL. The first that answers `/api/v1/info` is
+used. If none does, `python -m agent agent run` is started as a child and restarted when it dies,
+at most `max_restarts` times per `window_s`. An agent this tray did not start is never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from PySide6.QtCore import QObject, QProcess, QTimer, Signal
+
+from agent.paths import Paths
+from gui.client import Reply, run_in_pool
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:8765"
+DISCOVERY_FILE = "agent.json"
+
+
+def discovered_url(paths: Paths) -> str | None:
+    """The URL in the discovery file, or None (no file, or not one we can read)."""
+    try:
+        data = json.loads((paths.config_dir / DISCOVERY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    url = data.get("url") if isinstance(data, dict) else None
+    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+
+
+def answers(url: str, timeout_s: float = 1.0) -> bool:
+    """Whether an aifinops agent answers at `url` (blocking: worker threads only)."""
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/api/v1/info", timeout=timeout_s)
+        return response.status_code == 200 and response.json().get("name") == "aifinops"
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return False
+
+
+@dataclass
+class RestartLimit:
+    """At most `max_restarts` restarts in any `window_s` seconds."""
+
+    max_restarts: int = 3
+    window_s: float = 300.0
+    _times: deque[float] = field(default_factory=deque)
+
+    def allow(self, now_s: float) -> bool:
+        while self._times and now_s - self._times[0] > self.window_s:
+            self._times.popleft()
+        if len(self._times) >= self.max_restarts:
+            return False
+        self._times.append(now_s)
+        return True
+
+
+class Supervisor(QObject):
+    """Owns at most one child agent. Signals: `found(url)`, `gave_up(why)`."""
+
+    found = Signal(str)
+    gave_up = Signal(str)
+
+    def __init__(
+        self,
+        paths: Paths,
+        configured_url: str | None = None,
+        home: Path | None = None,
+        limit: RestartLimit | None = None,
+        probe: Callable[[str], bool] = answers,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.paths = paths
+        self.configured_url = configured_url
+        self.home = home
+        self.limit = limit or RestartLimit()
+        self._probe = probe
+        self._child: QProcess | None = None
+        self._stopping = False
+        self._wait_timer = QTimer(self)
+        self._wait_timer.setInterval(250)
+        self._wait_timer.timeout.connect(self._check_child_ready)
+        self._wait_deadline_s = 0.0
+        self._probing = False
+
+    @property
+    def owns_agent(self) -> bool:
+        return self._child is not None and self._child.state() != QProcess.ProcessState.NotRunning
+
+    def candidates(self) -> list[str]:
+        urls = [self.configured_url, discovered_url(self.paths), DEFAULT_URL]
+        return list(dict.fromkeys(u.rstrip("/") for u in urls if u))
+
+    def locate(self) -> str | None:
+        """The first candidate that answers (blocking: call from a worker thread)."""
+        return next((url for url in self.candidates() if self._probe(url)), None)
+
+    def start_child(self) -> None:
+        """Start `python -m agent agent run`, then emit `found` once it answers."""
+        if self.owns_agent or self._stopping:
+            return
+        if not self.limit.allow(time.monotonic()):
+            self.gave_up.emit(
+                f"the agent stopped {self.limit.max_restarts} times in {self.limit.window_s:.0f} s; "
+                f"see the log folder {self.paths.log_dir}"
+            )
+            return
+        args = ["-m", "agent"]
+        if self.home is not None:
+            args += ["--home", str(self.home)]
+        args += ["agent", "run"]
+        child = QProcess(self)
+        child.setProcessChannelMode(QProcess.ProcessChannelMode.ForwardedChannels)
+        child.finished.connect(self._child_finished)
+        log.info("starting the agent: %s %s", sys.executable, " ".join(args))
+        child.start(sys.executable, args)
+        self._child = child
+        self._wait_deadline_s = time.monotonic() + 120.0
+        self._wait_timer.start()
+
+    def _check_child_ready(self) -> None:
+        if self._probing:
+            return
+        self._probing = True
+        reply = run_in_pool(self.locate, Reply(self))
+        reply.done.connect(self._child_probed)
+        reply.failed.connect(self._child_probed)
+
+    def _child_probed(self, url: object) -> None:
+        self._probing = False
+        if not self._wait_timer.isActive():
+            return
+        if isinstance(url, str):
+            self._wait_timer.stop()
+            self.found.emit(url)
+        elif time.monotonic() > self._wait_deadline_s:
+            self._wait_timer.stop()
+            self.gave_up.emit("the agent did not start within 120 s")
+
+    def _child_finished(self, exit_code: int, _status: QProcess.ExitStatus) -> None:
+        self._wait_timer.stop()
+        self._child = None
+        if self._stopping:
+            return
+        log.warning("the agent we started exited (status %d); restarting", exit_code)
+        self.start_child()
+
+    def stop(self, timeout_ms: int = 10_000) -> None:
+        """Stop the agent this tray started (SIGTERM, then kill); leave any other agent alone."""
+        self._stopping = True
+        self._wait_timer.stop()
+        child, self._child = self._child, None
+        if child is None or child.state() == QProcess.ProcessState.NotRunning:
+            return
+        child.finished.disconnect(self._child_finished)
+        child.terminate()
+        if not child.waitForFinished(timeout_ms):
+            child.kill()
+            child.waitForFinished(2_000)

@@ -1,0 +1,94 @@
+"""The tray's state: a pure function of the budgets, and following the agent going and coming."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from pytestqt.qtbot import QtBot
+
+from agent.api.schemas import BudgetEntry, EventOut
+from gui.client import AgentClient
+from gui.tray import STATE_COLOURS, Tray, TrayState, notification_text, state_pixmap, tray_state
+from tests.conftest import RunningAgent
+
+
+def budget(spent_micro_usd: int, amount_micro_usd: int = 10_000_000) -> BudgetEntry:
+    remaining = amount_micro_usd - spent_micro_usd
+    return BudgetEntry(
+        name="team",
+        scope="department",
+        subject="eng",
+        period="month",
+        action="block",
+        amount_usd="10",
+        spent_usd="0",
+        reserved_usd="0",
+        remaining_usd="0",
+        amount_micro_usd=amount_micro_usd,
+        spent_micro_usd=spent_micro_usd,
+        reserved_micro_usd=0,
+        remaining_micro_usd=remaining,
+        resets_at="2030-02-01T00:00:00+00:00",
+    )
+
+
+@pytest.mark.parametrize(
+    ("spent", "state"),
+    [
+        (0, TrayState.OK),
+        (7_999_999, TrayState.OK),
+        (8_000_000, TrayState.NEAR_BUDGET),
+        (9_999_999, TrayState.NEAR_BUDGET),
+        (10_000_000, TrayState.OVER_BUDGET),
+        (12_000_000, TrayState.OVER_BUDGET),
+    ],
+)
+def test_state_follows_a_budget_crossing(spent: int, state: TrayState) -> None:
+    assert tray_state([budget(spent)], reachable=True) is state
+    assert tray_state([budget(0), budget(spent)], reachable=True) is state  # the worst one counts
+    assert tray_state([budget(spent)], reachable=False) is TrayState.UNREACHABLE
+
+
+def test_no_budgets_is_ok() -> None:
+    assert tray_state([], reachable=True) is TrayState.OK
+    assert tray_state(None, reachable=True) is TrayState.OK
+
+
+def test_each_state_has_its_own_icon(qtbot: QtBot) -> None:
+    centres = {}
+    for state in TrayState:
+        image = state_pixmap(state, 64).toImage()
+        assert image.width() == 64
+        centres[state] = image.pixelColor(12, 32).name()
+    assert centres[TrayState.OK] == STATE_COLOURS[TrayState.OK]
+    assert centres[TrayState.OVER_BUDGET] == STATE_COLOURS[TrayState.OVER_BUDGET]
+    assert len(set(centres.values())) == len(TrayState)
+
+
+def test_budget_events_become_notifications() -> None:
+    body = {"budget": "team", "threshold_percent": 80, "spent_usd": "8", "amount_usd": "10", "resets_at": "soon"}
+    event = EventOut(id=1, ts="t", kind="budget_alert", user_id=1, department="eng", body=body)
+    title, message = notification_text(event) or ("", "")
+    assert title == "Budget 'team' at 80 %"
+    assert "$8 of $10" in message
+    unloaded = EventOut(id=2, ts="t", kind="model_unloaded", user_id=None, department=None, body={})
+    assert notification_text(unloaded) is None
+
+
+def test_agent_down_then_back(qtbot: QtBot, start_agent: Callable[..., RunningAgent]) -> None:
+    first = start_agent()
+    port = first.thread.port
+    tray = Tray(AgentClient(first.base_url, first.token), poll_ms=100)
+    tray.start()
+    qtbot.waitUntil(lambda: tray.state is TrayState.OK, timeout=10_000)
+
+    first.thread.stop()
+    with qtbot.waitSignal(tray.unreachable, timeout=10_000):
+        pass
+    assert tray.state is TrayState.UNREACHABLE
+    assert "unreachable" in tray.icon.toolTip()
+
+    start_agent(agent={"port": port})  # the same home, ledger and token, on the same port
+    qtbot.waitUntil(lambda: tray.state is TrayState.OK, timeout=10_000)
+    tray.stop()
