@@ -165,6 +165,7 @@ class Tray(QObject):
         self.menu.addSeparator()
         self.pause_action = QAction("Pause cloud (local only)", self.menu)
         self.pause_action.setCheckable(True)
+        self.pause_action.setEnabled(False)  # until the agent says whether cloud is paused
         self.pause_action.toggled.connect(self._pause_toggled)
         self.menu.addAction(self.pause_action)
         self.menu.addSeparator()
@@ -222,8 +223,8 @@ class Tray(QObject):
             self.pause_action.blockSignals(True)
             self.pause_action.setChecked(paused)
             self.pause_action.blockSignals(False)
+            self.pause_action.setEnabled(True)
         else:
-            self.pause_action.setEnabled(False)
             self.pause_action.setToolTip("This agent cannot pause cloud models yet")
 
     def _pause_toggled(self, paused: bool) -> None:

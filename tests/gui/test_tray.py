@@ -92,3 +92,16 @@ def test_agent_down_then_back(qtbot: QtBot, start_agent: Callable[..., RunningAg
     start_agent(agent={"port": port})  # the same home, ledger and token, on the same port
     qtbot.waitUntil(lambda: tray.state is TrayState.OK, timeout=10_000)
     tray.stop()
+
+
+def test_pause_cloud_reaches_the_agent(qtbot: QtBot, agent: RunningAgent) -> None:
+    tray = Tray(AgentClient(agent.base_url, agent.token), poll_ms=60_000)
+    tray.start()
+    qtbot.waitUntil(tray.pause_action.isEnabled, timeout=10_000)  # once the agent said it is not paused
+    assert not tray.pause_action.isChecked()
+    with agent.http() as http:
+        tray.pause_action.trigger()
+        qtbot.waitUntil(lambda: http.get("/api/v1/me").json()["cloud_paused"] is True, timeout=10_000)
+        tray.pause_action.trigger()
+        qtbot.waitUntil(lambda: http.get("/api/v1/me").json()["cloud_paused"] is False, timeout=10_000)
+    tray.stop()
