@@ -81,4 +81,9 @@ def test_the_user_field_never_changes_who_is_charged(agent: RunningAgent) -> Non
 def test_me_reports_the_caller(agent: RunningAgent) -> None:
     alice = agent.add_user("alice", "sales")
     with agent.http(alice) as http:
-        assert http.get("/api/v1/me").json() == {"user": "alice", "department": "sales", "admin": False}
+        assert http.get("/api/v1/me").json() == {
+            "user": "alice",
+            "department": "sales",
+            "admin": False,
+            "cloud_paused": False,
+        }
