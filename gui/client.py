@@ -49,13 +49,22 @@ class _Job(QRunnable):
         try:
             result = self._work()
         except AgentError as e:
-            self._reply.failed.emit(e)
+            _emit(self._reply.failed, e)
         except Exception as e:  # a worker-thread boundary: report, never crash the app
             log.exception("agent call failed")
-            self._reply.failed.emit(AgentError(0, "client_error", str(e)))
+            _emit(self._reply.failed, AgentError(0, "client_error", str(e)))
         else:
-            self._reply.done.emit(result)
-        self._reply.finished.emit()
+            _emit(self._reply.done, result)
+        _emit(self._reply.finished)
+
+
+def _emit(signal: Any, *args: Any) -> None:
+    """Emit from a worker; when the window that asked is gone (the app is closing), its reply
+    object is deleted and there is nobody left to tell: drop the result."""
+    try:
+        signal.emit(*args)
+    except RuntimeError:
+        log.debug("reply dropped: its receiver was deleted")
 
 
 def run_in_pool(work: Callable[[], Any], reply: Reply) -> Reply:
@@ -159,7 +168,7 @@ class AgentClient(QObject):
                     for choice in chunk.get("choices") or ():
                         text = (choice.get("delta") or {}).get("content")
                         if text:
-                            reply.delta.emit(text)
+                            _emit(reply.delta, text)
                     if chunk.get("x_aifinops"):
                         info = AIFinOpsInfo.model_validate(chunk["x_aifinops"])
         except httpx.HTTPError as e:
