@@ -346,7 +346,7 @@ def router_train(obj: _Context, files: tuple[str, ...], out: str, holdout: float
 
 @main.group(cls=_Group)
 def bench() -> None:
-    """Measure the cache and the similarity search on your own data."""
+    """Measure the cache, similarity search, router, optimiser and whole pipeline on your data."""
 
 
 @bench.command("cache-quality")

@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from agent.budgets.periods import period_bounds, period_key
 from agent.budgets.ratelimit import RateLimit, RateLimiter
@@ -39,7 +39,6 @@ from agent.policy.model import RateLimit as RateRule
 
 log = logging.getLogger(__name__)
 
-Scope = Literal["user", "department", "feature", "organisation"]
 # Budget scope -> requests column. A fixed map: nothing from the policy reaches SQL text.
 _SCOPE_COLUMN: dict[str, str | None] = {
     "user": "user_name",
@@ -227,12 +226,7 @@ class BudgetEnforcer:
             if reservation is not None:
                 if reservation.settled:
                     return  # settled once: a second call changes nothing
-                reservation.settled = True
-                if self._open.pop(reservation.request_id, None) is not None:
-                    for charge in reservation.charges:
-                        totals = self._totals.get(charge.key)
-                        if totals is not None:
-                            totals.reserved = max(totals.reserved - reservation.amount, 0)
+                self._drop_hold(reservation)
             for charge in charges:
                 totals = self._totals_for(charge)
                 before = totals.spent
@@ -249,13 +243,8 @@ class BudgetEnforcer:
         if reservation is None:
             return
         with self._lock:
-            if reservation.settled or self._open.pop(reservation.request_id, None) is None:
-                return
-            reservation.settled = True
-            for charge in reservation.charges:
-                totals = self._totals.get(charge.key)
-                if totals is not None:
-                    totals.reserved = max(totals.reserved - reservation.amount, 0)
+            if not reservation.settled:
+                self._drop_hold(reservation)
 
     def used_fraction(self, caller: Caller, feature: str) -> float | None:
         """The highest share of any applicable budget already spent or held (for the router)."""
@@ -328,17 +317,22 @@ class BudgetEnforcer:
         )
         return int(rows[0]["spent"])
 
+    def _drop_hold(self, reservation: Reservation) -> None:
+        """Under the lock: mark settled and give its amount back to every budget it held."""
+        reservation.settled = True
+        if self._open.pop(reservation.request_id, None) is None:
+            return
+        for charge in reservation.charges:
+            totals = self._totals.get(charge.key)
+            if totals is not None:
+                totals.reserved = max(totals.reserved - reservation.amount, 0)
+
     def _expire_stale(self) -> None:
         cutoff = time.monotonic() - _RESERVATION_MAX_AGE_S
         for request_id, reservation in list(self._open.items()):
             if reservation.created < cutoff:
                 log.warning("budget hold of request %s was never settled: released", request_id)
-                del self._open[request_id]
-                reservation.settled = True
-                for charge in reservation.charges:
-                    totals = self._totals.get(charge.key)
-                    if totals is not None:
-                        totals.reserved = max(totals.reserved - reservation.amount, 0)
+                self._drop_hold(reservation)
 
     def _alert(self, charge: Charge, threshold: int | None, totals: _Totals, caller: Caller) -> None:
         """One event per budget, subject, period and threshold; ``threshold=None``: the budget
