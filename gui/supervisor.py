@@ -49,6 +49,16 @@ def answers(url: str, timeout_s: float = 1.0) -> bool:
 
 
 @dataclass
+def agent_command(home: Path | None = None) -> tuple[str, list[str]]:
+    """How to start an agent: `python -m agent agent run`, or the bundle's `aifinops` beside us."""
+    args = ["--home", str(home)] if home is not None else []
+    args += ["agent", "run"]
+    if getattr(sys, "frozen", False):  # PyInstaller: sys.executable is aifinops-tray itself
+        cli = Path(sys.executable).with_name("aifinops.exe" if sys.platform == "win32" else "aifinops")
+        return str(cli), args
+    return sys.executable, ["-m", "agent", *args]
+
+
 class RestartLimit:
     """At most `max_restarts` restarts in any `window_s` seconds."""
 
@@ -116,15 +126,12 @@ class Supervisor(QObject):
                 f"see the log folder {self.paths.log_dir}"
             )
             return
-        args = ["-m", "agent"]
-        if self.home is not None:
-            args += ["--home", str(self.home)]
-        args += ["agent", "run"]
+        program, args = agent_command(self.home)
         child = QProcess(self)
         child.setProcessChannelMode(QProcess.ProcessChannelMode.ForwardedChannels)
         child.finished.connect(self._child_finished)
-        log.info("starting the agent: %s %s", sys.executable, " ".join(args))
-        child.start(sys.executable, args)
+        log.info("starting the agent: %s %s", program, " ".join(args))
+        child.start(program, args)
         self._child = child
         self._wait_deadline_s = time.monotonic() + 120.0
         self._wait_timer.start()
