@@ -48,7 +48,6 @@ def answers(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
-@dataclass
 def agent_command(home: Path | None = None) -> tuple[str, list[str]]:
     """How to start an agent: `python -m agent agent run`, or the bundle's `aifinops` beside us."""
     args = ["--home", str(home)] if home is not None else []
@@ -59,6 +58,7 @@ def agent_command(home: Path | None = None) -> tuple[str, list[str]]:
     return sys.executable, ["-m", "agent", *args]
 
 
+@dataclass
 class RestartLimit:
     """At most `max_restarts` restarts in any `window_s` seconds."""
 
