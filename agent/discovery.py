@@ -18,11 +18,12 @@ from agent.settings import AgentSection
 FILE_NAME = "agent.json"
 
 
-def agent_url(agent: AgentSection) -> str:
+def agent_url(agent: AgentSection, port: int | None = None) -> str:
+    """The URL a local client uses; `port` is the bound one when the setting was 0 (any)."""
     host = "127.0.0.1" if agent.host in ("0.0.0.0", "::", "") else agent.host  # noqa: S104 - a wildcard bind
     host = f"[{host}]" if ":" in host else host
     scheme = "https" if agent.tls_certfile else "http"
-    return f"{scheme}://{host}:{agent.port}"
+    return f"{scheme}://{host}:{port if port is not None else agent.port}"
 
 
 def write_discovery(paths: Paths, url: str, pid: int | None = None) -> Path:

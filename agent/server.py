@@ -18,6 +18,7 @@ import uvicorn
 
 from agent.app import Services, build_asgi_app
 from agent.discovery import agent_url, remove_discovery, write_discovery
+from agent.errors import ConfigError
 from agent.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,27 +41,38 @@ def _uvicorn_config(services: Services) -> uvicorn.Config:
     )
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before serving so port 0 (any free port) is known up front."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror} (is another agent running?)") from exc
+    return sock
+
+
 def run_agent(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT; a graceful stop returns normally (exit status 0)."""
+    sock = _bind(settings.agent.host, settings.agent.port)
+    port = int(sock.getsockname()[1])
     services = Services.open(settings)
     services.provision()
     server = uvicorn.Server(_uvicorn_config(services))
-    log.info(
-        "aifinops agent on http://%s:%d (ledger %s)",
-        settings.agent.host,
-        settings.agent.port,
-        settings.paths.ledger_file,
-    )
+    url = agent_url(settings.agent, port)
+    log.info("aifinops agent on %s (ledger %s)", url, settings.paths.ledger_file)
     # uvicorn handles the signals while serving, then re-raises them to the handlers it found
     # installed. Ours only log, so a graceful stop is not turned into death by signal.
     received: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: received.append(signum))
-    write_discovery(settings.paths, agent_url(settings.agent))  # the tray finds us here
+    write_discovery(settings.paths, url)  # the tray finds us here
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         remove_discovery(settings.paths)
+        sock.close()
     names = ", ".join(signal.Signals(s).name for s in received) or "no signal"
     log.info("aifinops agent stopped (%s)", names)
 
@@ -74,10 +86,7 @@ class AgentThread:
     def __init__(self, settings: Settings) -> None:
         self.services = Services.open(settings)
         self.services.provision()
-        host = settings.agent.host
-        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, settings.agent.port))
+        self._sock = _bind(settings.agent.host, settings.agent.port)
         self.port = self._sock.getsockname()[1]
         self.server = uvicorn.Server(_uvicorn_config(self.services))
         self._thread = threading.Thread(

@@ -105,6 +105,11 @@ class Supervisor(QObject):
         self._probing = False
 
     @property
+    def child_pid(self) -> int | None:
+        """The process id of the agent this tray started, while it runs."""
+        return self._child.processId() if self.owns_agent and self._child is not None else None
+
+    @property
     def owns_agent(self) -> bool:
         return self._child is not None and self._child.state() != QProcess.ProcessState.NotRunning
 

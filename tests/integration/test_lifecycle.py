@@ -181,3 +181,21 @@ def test_a_killed_agent_leaves_a_consistent_ledger(tmp_path: Path, chat_model_pa
     rows = db.query("SELECT id, status, output_tokens, cost_micro_usd FROM requests")
     assert [(r["id"], r["status"]) for r in rows] == [(done.json()["id"], "ok")]
     assert rows[0]["output_tokens"] > 0 and rows[0]["cost_micro_usd"] > 0
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "agent", "agent", "run", "--port", str(port)],
+            env={**os.environ, "AIFINOPS_HOME": str(tmp_path / "busy")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "busy" / "config" / "agent.json").exists()
