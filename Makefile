@@ -13,7 +13,7 @@ TEST_MODELS := $(CURDIR)/.cache/models
 
 OTHER_FLAVOUR := $(if $(filter gpu,$(FLAVOUR)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: run test setup setup-gui setup-test models lint pytest bench clean
+.PHONY: run test setup setup-gui setup-test models lint pytest bench clean bundle package-test
 
 # With a display: the tray, which finds or starts the agent. Without one (a server): the agent.
 run: setup-gui
@@ -24,6 +24,7 @@ test: setup-test
 	AIFINOPS_MODELS__DIR=$(TEST_MODELS) $(BIN)/aifinops models pull
 	$(MAKE) lint
 	$(MAKE) pytest
+	$(MAKE) package-test
 
 setup: $(VENV)/.installed-$(FLAVOUR)
 setup-gui: $(VENV)/.installed-$(FLAVOUR)-gui
@@ -55,10 +56,50 @@ lint: setup-test
 	$(BIN)/mypy
 
 pytest: setup-test
-	AIFINOPS_MODELS__DIR=$(TEST_MODELS) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	AIFINOPS_MODELS__DIR=$(TEST_MODELS) $(BIN)/python -m pytest --ignore=tests/packaging $(PYTEST_ARGS)
 
 bench: setup-test
 	AIFINOPS_MODELS__DIR=$(TEST_MODELS) $(BIN)/python bench/run_all.py
 
+# -- the PyInstaller bundle: dist/aifinops/ (aifinops + aifinops-tray, one shared _internal/) ---
+BUNDLE_VENV := .venv-bundle
+BUNDLE_BIN  := $(BUNDLE_VENV)/bin
+BUNDLE      := dist/aifinops
+LLAMA_CPP_VERSION := 0.3.36
+# pip's wheel cache ignores CMAKE_ARGS (its cached llama-cpp-python is -march=native), so the
+# portable build is made once, explicitly, into a folder outside the repo that clean clones reuse.
+PORTABLE_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/aifinops-build/wheels/portable
+PORTABLE_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+BUNDLE_INPUTS := build.spec pyproject.toml $(shell find agent native gui -type f -not -path '*/__pycache__/*' 2>/dev/null)
+
+bundle: $(BUNDLE)/aifinops
+
+$(BUNDLE_BIN)/python:
+	$(PYTHON) -m venv $(BUNDLE_VENV)
+	$(BUNDLE_BIN)/python -m pip install --quiet --upgrade pip wheel
+
+$(PORTABLE_WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION): | $(BUNDLE_BIN)/python
+	rm -rf $(PORTABLE_WHEELS)/.partial && mkdir -p $(PORTABLE_WHEELS)/.partial
+	CMAKE_ARGS="$(PORTABLE_CMAKE_ARGS)" $(BUNDLE_BIN)/python -m pip wheel --quiet --no-deps --no-cache-dir \
+		llama-cpp-python==$(LLAMA_CPP_VERSION) -w $(PORTABLE_WHEELS)/.partial
+	mv $(PORTABLE_WHEELS)/.partial/llama_cpp_python-*.whl $(PORTABLE_WHEELS)/ && rmdir $(PORTABLE_WHEELS)/.partial
+	touch $@
+
+# The portable wheel goes in first; the project install then finds llama-cpp-python satisfied.
+$(BUNDLE_VENV)/.installed: pyproject.toml $(PORTABLE_WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION) | $(BUNDLE_BIN)/python
+	$(BUNDLE_BIN)/python -m pip install --quiet --no-deps --force-reinstall \
+		$(PORTABLE_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	$(BUNDLE_BIN)/python -m pip install --quiet --find-links $(PORTABLE_WHEELS) -e '.[cpu,gui,bundle]'
+	touch $@
+
+$(BUNDLE)/aifinops: $(BUNDLE_VENV)/.installed $(BUNDLE_INPUTS)
+	AIFINOPS_MODELS__DIR=$(TEST_MODELS) $(BUNDLE_BIN)/aifinops models pull
+	AIFINOPS_BUNDLE_MODELS=$(TEST_MODELS) $(BUNDLE_BIN)/pyinstaller build.spec --noconfirm --log-level WARN
+	touch $@
+
+# The tests of what ships (tests/packaging): they skip unless AIFINOPS_BUNDLE names a bundle.
+package-test: bundle setup-test
+	AIFINOPS_BUNDLE=$(CURDIR)/$(BUNDLE) $(BIN)/python -m pytest tests/packaging $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BUNDLE_VENV) .cache .pytest_cache .mypy_cache .ruff_cache build dist

