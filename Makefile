@@ -13,7 +13,7 @@ TEST_MODELS := $(CURDIR)/.cache/models
 
 OTHER_FLAVOUR := $(if $(filter gpu,$(FLAVOUR)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: run test setup setup-gui setup-test models lint pytest bench clean bundle package-test
+.PHONY: run test setup setup-gui setup-test models lint pytest bench clean bundle package-test deb
 
 # With a display: the tray, which finds or starts the agent. Without one (a server): the agent.
 run: setup-gui
@@ -97,9 +97,21 @@ $(BUNDLE)/aifinops: $(BUNDLE_VENV)/.installed $(BUNDLE_INPUTS)
 	AIFINOPS_BUNDLE_MODELS=$(TEST_MODELS) $(BUNDLE_BIN)/pyinstaller build.spec --noconfirm --log-level WARN
 	touch $@
 
-# The tests of what ships (tests/packaging): they skip unless AIFINOPS_BUNDLE names a bundle.
-package-test: bundle setup-test
-	AIFINOPS_BUNDLE=$(CURDIR)/$(BUNDLE) $(BIN)/python -m pytest tests/packaging $(PYTEST_ARGS)
+# -- the Linux package: dist/aifinops_<version>_amd64.deb from the bundle (packaging/linux) -----
+# nfpm (and shellcheck, for the tests) come with the bundle venv's `bundle` extra.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n 1)
+DEB     := dist/aifinops_$(VERSION)_amd64.deb
+
+deb: $(DEB)
+
+$(DEB): $(BUNDLE)/aifinops agent/default_config.toml $(wildcard packaging/linux/* packaging/linux/scripts/*)
+	packaging/linux/build-deb.sh $(BUNDLE) dist $(VERSION) $(BUNDLE_BIN)/nfpm
+
+# The tests of what ships (tests/packaging): they skip unless AIFINOPS_BUNDLE names a bundle
+# (and, for the .deb, AIFINOPS_DEB names the package).
+package-test: bundle deb setup-test
+	AIFINOPS_BUNDLE=$(CURDIR)/$(BUNDLE) AIFINOPS_DEB=$(CURDIR)/$(DEB) \
+		$(BIN)/python -m pytest tests/packaging $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(BUNDLE_VENV) .cache .pytest_cache .mypy_cache .ruff_cache build dist

