@@ -17,8 +17,7 @@
 ;   the tray) to C:\Program Files\aifinops. An upgrade replaces _internal\ entirely.
 ; - machine agent (task "machineagent", on by default): a Task Scheduler task "aifinops-agent"
 ;   that starts `aifinops.exe --home C:\ProgramData\aifinops --config ...\config.toml agent run`
-;   at boot as
-;   NT AUTHORITY\LOCAL SERVICE. Why a task and not a service: aifinops.exe is a plain console
+;   at boot as NT AUTHORITY\LOCAL SERVICE. Why a task and not a service: aifinops.exe is a plain console
 ;   program; a Windows service must answer the Service Control Manager (StartServiceCtrlDispatcher),
 ;   which it does not, so registering it with `sc create` would fail to start after 30 s. A boot
 ;   task needs no wrapper (WinSW, NSSM) to ship and audit. The task has no run-time limit
