@@ -147,8 +147,8 @@ def test_control_fields_and_maintainer_scripts(tmp_path: Path) -> None:
     fields = {
         f: run("dpkg-deb", "-f", DEB, f).stdout.strip() for f in ("Package", "Version", "Architecture", "Depends")
     }
-    assert fields == {"Package": "aifinops", "Version": VERSION, "Architecture": "amd64", "Depends": "libc6 (>= 2.34)"}
-    assert "libxcb-cursor0" in run("dpkg-deb", "-f", DEB, "Recommends").stdout
+    assert fields == {"Package": "aifinops", "Version": VERSION, "Architecture": "amd64", "Depends": "libc6 (>= 2.36)"}
+    assert "libxcb-icccm4" in run("dpkg-deb", "-f", DEB, "Recommends").stdout
     assert Path(DEB).name == f"aifinops_{VERSION}_amd64.deb"
     control = tmp_path / "control"
     run("dpkg-deb", "-e", DEB, control)
@@ -207,9 +207,8 @@ def share(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     publish(sign_file(policy_file, key_file), folder)
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     try:
-        yield folder, "ed25519:" + base64.b64encode(raw).decode()
+        yield folder, public_key_text(key)
     finally:
         shutil.rmtree(folder)
 
@@ -295,6 +294,33 @@ def test_bad_preseed_value_aborts_before_anything_is_installed(purge_after: None
     assert "c2VjcmV0" not in result.stderr + result.stdout
     assert not CONFIG.exists()
     assert not Path("/opt/aifinops").exists()
+
+
+def public_key_text(key: Ed25519PrivateKey) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + base64.b64encode(raw).decode()
+
+
+@needs_install
+def test_key_that_did_not_sign_the_share_policy_fails_then_a_retry_installs(
+    purge_after: None, share: tuple[Path, str]
+) -> None:
+    share_dir, public_key = share
+    wrong_key = public_key_text(Ed25519PrivateKey.generate())
+    result = run(
+        "dpkg", "--install", DEB, env={"AIFINOPS_SHARE": str(share_dir), "AIFINOPS_PUBKEY": wrong_key}, check=False
+    )
+    assert result.returncode != 0
+    assert "signed by an unknown key" in result.stderr
+    assert dpkg_status() == "install ok half-configured"
+    assert not CONFIG.exists()
+    assert not ENABLE_LINK.is_symlink()
+
+    run("dpkg", "--install", DEB, env={"AIFINOPS_SHARE": str(share_dir), "AIFINOPS_PUBKEY": public_key})
+    assert dpkg_status() == "install ok installed"
+    assert tomllib.loads(CONFIG.read_text())["share"]["public_keys"] == [public_key]
+    if shutil.which("systemctl"):
+        assert ENABLE_LINK.is_symlink()
 
 
 @needs_install
