@@ -27,6 +27,7 @@ from agent.api.errors import on_aifinops_error, on_http_exception, on_unexpected
 from agent.api.middleware import HostCheckMiddleware
 from agent.api.routes import build_routes
 from agent.budgets.enforcer import BudgetEnforcer
+from agent.bundle import direct_numba_cache
 from agent.cache.service import SemanticCache
 from agent.errors import AIFinOpsError, ConfigError
 from agent.gateway import Gateway
@@ -80,8 +81,8 @@ class Services:
     @classmethod
     def open(cls, settings: Settings) -> Services:
         settings.paths.ensure()
-        # numba reads this when the kernels are first imported: a writable, per-user folder.
-        os.environ.setdefault("NUMBA_CACHE_DIR", str(settings.paths.cache_dir / "numba"))
+        # Before the kernels are first imported: a writable, per-user folder (in a bundle too).
+        direct_numba_cache(settings.paths.cache_dir / "numba")
         if write_default_config(settings.paths.config_file):
             log.info("wrote a commented default config to %s", settings.paths.config_file)
         db = Database.open(settings.paths.ledger_file)

@@ -10,15 +10,21 @@ Outside a bundle every function returns None.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent import __version__
 
 BUILD_INFO_FILE = "build-info.json"
 MODELS_FOLDER = "models"
 MODELS_MANIFEST = "manifest.json"
+# numba's own locators after ours (bare names are looked up in numba.core.caching).
+FROZEN_NUMBA_LOCATORS = (
+    "native.numba_cache.FrozenCacheLocator,UserProvidedCacheLocator,InTreeCacheLocator,UserWideCacheLocator"
+)
 
 
 @dataclass(frozen=True)
@@ -60,3 +66,19 @@ def bundled_models_dir() -> Path | None:
     if folder is None or not (folder / MODELS_FOLDER / MODELS_MANIFEST).is_file():
         return None
     return folder / MODELS_FOLDER
+
+
+def direct_numba_cache(folder: Path) -> None:
+    """Compiled numba kernels go to `folder` (unless NUMBA_CACHE_DIR says otherwise), frozen or not.
+
+    Call before the kernels are imported. In a bundle numba would otherwise use ~/.cache/numba
+    (see native/numba_cache.py). numba reads these variables when it is first imported; if it
+    already is, its config is updated too.
+    """
+    cache_dir = os.environ.setdefault("NUMBA_CACHE_DIR", str(folder))
+    locators = os.environ.setdefault("NUMBA_CACHE_LOCATOR_CLASSES", FROZEN_NUMBA_LOCATORS) if bundle_dir() else ""
+    config: Any = sys.modules.get("numba.core.config")
+    if config is not None:
+        config.CACHE_DIR = cache_dir
+        if locators:
+            config.CACHE_LOCATOR_CLASSES = locators

@@ -648,7 +648,9 @@ def bench_replay(
 def bench_similarity(obj: _Context, sizes: str, dtypes: str, as_json: bool) -> None:
     """Top-k search speed: our kernels vs numpy and faiss, against the memory-bandwidth floor."""
     settings = obj.settings()
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(settings.paths.cache_dir / "numba"))
+    from agent.bundle import direct_numba_cache
+
+    direct_numba_cache(settings.paths.cache_dir / "numba")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from agent.benchmarks.similarity import format_markdown, run_similarity_bench
 
