@@ -40,6 +40,7 @@ CONFIG = Path("/etc/aifinops/config.toml")
 PRESEED = Path("/etc/aifinops/preseed.env")
 DATA = Path("/var/lib/aifinops")
 ENABLE_LINK = Path("/etc/systemd/system/multi-user.target.wants/aifinops-agent.service")
+USER_ENABLE_LINK = Path("/etc/systemd/user/default.target.wants/aifinops-agent.service")
 # Only what dpkg and the maintainer scripts need: nothing of this test run leaks into them.
 CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 POLICY = """\
@@ -345,6 +346,10 @@ def test_install_serve_upgrade_remove_purge(purge_after: None, share: tuple[Path
         assert ENABLE_LINK.is_symlink()  # enabled even where systemd is not running (images)
     if shutil.which("systemd-analyze"):
         run("systemd-analyze", "verify", "/usr/lib/systemd/system/aifinops-agent.service")
+    if shutil.which("systemctl"):
+        # The documented switch of a workstation to the user unit; purge undoes it too.
+        run("systemctl", "--global", "enable", "aifinops-agent.service")
+        assert USER_ENABLE_LINK.resolve() == Path("/usr/lib/systemd/user/aifinops-agent.service").resolve()
 
     # The installed agent, as the service runs it, answers with the bundled local model.
     port = free_port()
@@ -402,3 +407,4 @@ def test_install_serve_upgrade_remove_purge(purge_after: None, share: tuple[Path
     assert not user_exists("aifinops")
     assert not group_exists("aifinops")
     assert not ENABLE_LINK.is_symlink()
+    assert not USER_ENABLE_LINK.is_symlink()
