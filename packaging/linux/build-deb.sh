@@ -18,11 +18,16 @@ for exe in aifinops aifinops-tray; do
     [ -x "$bundle/$exe" ] || { echo "$0: $bundle/$exe is missing: build the bundle first (make bundle)" >&2; exit 1; }
 done
 
+# The newest glibc symbol version any bundled binary asks for: the package's libc6 dependency.
+# (The strings sit in each ELF file's version table; grep reads them without binutils.)
+glibc=$(grep -aohr 'GLIBC_2\.[0-9][0-9.]*' "$bundle" | sed 's/^GLIBC_//' | sort -uV | tail -n 1)
+[ -n "$glibc" ] || { echo "$0: found no glibc symbol versions in $bundle" >&2; exit 1; }
+
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 ln -s "$bundle" "$stage/bundle"
 ln -s "$repo" "$stage/repo"
 target="$out/aifinops_${version}_amd64.deb"
 rm -f "$target"
-(cd "$stage" && VERSION="$version" "$nfpm" package --config repo/packaging/linux/nfpm.yaml \
+(cd "$stage" && VERSION="$version" GLIBC_MIN="$glibc" "$nfpm" package --config repo/packaging/linux/nfpm.yaml \
     --packager deb --target "$target")
