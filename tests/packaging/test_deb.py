@@ -179,6 +179,35 @@ def test_scripts_pass_shellcheck() -> None:
     run(SHELLCHECK, "--shell=sh", *scripts, SCRIPTS.parent / "build-deb.sh")
 
 
+def unit_settings(name: str) -> dict[str, str]:
+    """`Key=value` lines of a unit file (later lines win, as for these keys in systemd)."""
+    lines = (SCRIPTS.parent / name).read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def test_system_unit_runs_the_agent_as_its_user_hardened_with_the_gpu_visible() -> None:
+    unit = unit_settings("aifinops-agent.service")
+    assert unit["User"] == unit["Group"] == "aifinops"
+    assert unit["Environment"] == "AIFINOPS_HOME=/var/lib/aifinops AIFINOPS_CONFIG=/etc/aifinops/config.toml"
+    assert unit["ExecStart"] == "/opt/aifinops/aifinops agent run"
+    assert unit["ProtectSystem"] == "strict"
+    assert unit["ReadWritePaths"] == "/var/lib/aifinops"
+    assert unit["NoNewPrivileges"] == unit["PrivateTmp"] == "yes"
+    assert unit["Restart"] == "on-failure"
+    assert int(unit["StartLimitBurst"]) > 0
+    # Any of these would hide /dev/nvidia* from NVML on a GPU box.
+    assert not {"PrivateDevices", "DeviceAllow", "DevicePolicy", "ProtectClock"} & unit.keys()
+    assert unit["WantedBy"] == "multi-user.target"
+
+
+def test_user_unit_keeps_the_users_own_folders() -> None:
+    unit = unit_settings("aifinops-agent.user.service")
+    assert "User" not in unit
+    assert unit["Environment"] == "AIFINOPS_CONFIG=/etc/aifinops/config.toml"  # no AIFINOPS_HOME
+    assert unit["WorkingDirectory"] == "%h"
+    assert unit["WantedBy"] == "default.target"
+
+
 def test_desktop_entries_start_the_installed_tray() -> None:
     for name in ("aifinops-tray.desktop", "aifinops-tray.autostart.desktop"):
         lines = (SCRIPTS.parent / name).read_text().splitlines()
