@@ -7,11 +7,20 @@ import logging
 import logging.handlers
 import os
 import sys
+import time
 from pathlib import Path
 
-from PySide6.QtCore import QLockFile, QObject, QUrl
+from PySide6.QtCore import QEvent, QLockFile, QObject, QUrl
 from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import QApplication, QDialog, QDialogButtonBox, QFormLayout, QLabel, QWidget
+from PySide6.QtWidgets import (
+    QApplication,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QLabel,
+    QSystemTrayIcon,
+    QWidget,
+)
 
 from agent.identity import read_token_file
 from agent.paths import Paths
@@ -49,6 +58,21 @@ class SettingsDialog(QDialog):
         form.addRow(buttons)
 
 
+class FirstPaint(QObject):
+    """Logs when a window is first painted: what a user sees, and what the start-up bench reads."""
+
+    def __init__(self, window: QWidget, name: str) -> None:
+        super().__init__(window)
+        self.name = name
+        window.installEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt names it
+        if event.type() == QEvent.Type.Paint:
+            watched.removeEventFilter(self)
+            log.info("%s window painted at %.3f (unix time)", self.name, time.time())
+        return False
+
+
 class TrayApp(QObject):
     """Wires the supervisor, the client, the tray, the windows and the events poller."""
 
@@ -72,10 +96,22 @@ class TrayApp(QObject):
         self.tray.quit_requested.connect(self.quit)
         self.events.received.connect(self.tray.notify)
 
-    def start(self) -> None:
+    def start(self, open_window: str | None = None) -> None:
         self.tray.start()
         self.events.start()
         self.locate()
+        if not QSystemTrayIcon.isSystemTrayAvailable():
+            # No tray host (e.g. GNOME without its extension): the chat window is the app.
+            log.warning("this desktop shows no tray icons; opening the chat window instead")
+            open_window = open_window or "chat"
+            app = QApplication.instance()
+            if isinstance(app, QApplication):
+                app.setQuitOnLastWindowClosed(True)
+                app.lastWindowClosed.connect(self.stop)
+        if open_window == "chat":
+            self.show_chat()
+        elif open_window == "dashboard":
+            self.show_dashboard()
 
     def locate(self) -> None:
         """Find an agent in a worker; start one if none answers (and none of ours is starting)."""
@@ -105,6 +141,8 @@ class TrayApp(QObject):
     def show_chat(self) -> None:
         if self.chat is None:
             self.chat = ChatWindow(self.client)
+            self.chat.dashboard_requested.connect(self.show_dashboard)
+            FirstPaint(self.chat, "chat")
             self.chat.load_models()
         self.chat.show()
         self.chat.raise_()
@@ -112,6 +150,7 @@ class TrayApp(QObject):
     def show_dashboard(self) -> None:
         if self.dashboard is None:
             self.dashboard = DashboardWindow(self.client)
+            FirstPaint(self.dashboard, "dashboard")
         self.dashboard.refresh()
         self.dashboard.show()
         self.dashboard.raise_()
@@ -139,6 +178,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="aifinops-tray", description="The aifinops tray: chat, spend, budgets.")
     parser.add_argument("--url", help="the agent's URL (default: the discovery file, then http://127.0.0.1:8765)")
     parser.add_argument("--home", help="keep config, data and logs under this folder (like AIFINOPS_HOME)")
+    parser.add_argument("--open", choices=("chat", "dashboard"), help="open this window at start")
     parser.add_argument("--screenshot", metavar="DIR", help="render the windows to PNG files in DIR and exit")
     return parser.parse_args(argv)
 
@@ -181,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(app, QApplication):
         app.setQuitOnLastWindowClosed(False)
     tray_app = TrayApp(paths, args.url, home)
-    tray_app.start()
+    tray_app.start(args.open)
     try:
         return app.exec()
     finally:

@@ -108,6 +108,7 @@ class ChatWindow(QWidget):
     answered = Signal(object)
     failed = Signal(object)
     streamed = Signal(str)  # each piece of an answer as it arrives
+    dashboard_requested = Signal()  # the "Spend" button: the way to the dashboard without a tray
 
     def __init__(self, client: AgentClient, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -131,6 +132,10 @@ class ChatWindow(QWidget):
         self.new_button = QPushButton("New conversation")
         self.new_button.clicked.connect(self.new_conversation)
         top.addWidget(self.new_button)
+        self.spend_button = QPushButton("Spend")
+        self.spend_button.setToolTip("Your spend and budgets")
+        self.spend_button.clicked.connect(self.dashboard_requested.emit)
+        top.addWidget(self.spend_button)
 
         self.column = QVBoxLayout()
         self.column.addStretch(1)

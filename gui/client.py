@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtCore import QCoreApplication, QObject, QRunnable, QThreadPool, Signal
 
 from agent.api.schemas import AIFinOpsInfo, BudgetReport, EventList, Info, ModelList
 from gui.errors import AgentError
@@ -68,7 +68,15 @@ def _emit(signal: Any, *args: Any) -> None:
 
 
 def run_in_pool(work: Callable[[], Any], reply: Reply) -> Reply:
-    """Run `work` in the global thread pool; `reply` emits its result in its own thread."""
+    """Run `work` in the global thread pool; `reply` emits its result in its own thread.
+
+    The reply is handed to the application for the duration of the call: the window or tray
+    that asked may be deleted meanwhile (Qt then drops its connections), but the object the
+    worker emits on must live until the worker is done with it.
+    """
+    app = QCoreApplication.instance()
+    if app is not None:
+        reply.setParent(app)
     reply.finished.connect(reply.deleteLater)
     QThreadPool.globalInstance().start(_Job(work, reply))
     return reply

@@ -1,0 +1,62 @@
+"""The whole tray app wired together against a real agent, as a user on a desktop meets it."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PySide6.QtWidgets import QApplication, QSystemTrayIcon
+from pytestqt.qtbot import QtBot
+
+from agent.paths import Paths
+from gui.app import TrayApp
+from gui.tray import TrayState
+from tests.conftest import RunningAgent
+
+
+@pytest.fixture
+def tray_app(qapp: QApplication, agent: RunningAgent, hermetic_home: Path) -> Iterator[TrayApp]:
+    quit_on_last_window = qapp.quitOnLastWindowClosed()  # TrayApp may change it: give it back after
+    app = TrayApp(Paths.resolve(hermetic_home), agent.base_url, hermetic_home)
+    yield app
+    for window in (app.chat, app.dashboard):
+        if window is not None:
+            window.close()
+    app.stop()
+    # Its widgets are Python-owned: free them here, in the GUI thread. Left to the cyclic garbage
+    # collector they could be freed from whichever thread it next runs in (a crash inside Qt).
+    del app
+    gc.collect()
+    qapp.setQuitOnLastWindowClosed(quit_on_last_window)
+
+
+def test_without_a_tray_host_the_chat_window_is_the_app(
+    qtbot: QtBot, qapp: QApplication, tray_app: TrayApp, agent: RunningAgent, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert not QSystemTrayIcon.isSystemTrayAvailable()  # the offscreen platform has no tray host
+    caplog.set_level(logging.INFO, logger="gui.app")
+    tray_app.start()
+    assert tray_app.chat is not None and tray_app.chat.isVisible()
+    assert qapp.quitOnLastWindowClosed()  # closing the chat window quits: nothing left hidden
+    qtbot.waitUntil(lambda: tray_app.tray.state is TrayState.OK, timeout=30_000)  # found the agent
+    qtbot.waitUntil(lambda: "chat window painted at" in caplog.text, timeout=10_000)
+
+    tray_app.chat.spend_button.click()  # the way to the dashboard without a tray menu
+    assert tray_app.dashboard is not None
+    with qtbot.waitSignal(tray_app.dashboard.loaded, timeout=30_000):
+        pass
+    assert tray_app.dashboard.isVisible()
+    tray_app.stop()
+    assert httpx.get(f"{agent.base_url}/api/v1/info", timeout=5).status_code == 200  # not ours: still up
+
+
+def test_open_names_the_window_shown_at_start(qtbot: QtBot, tray_app: TrayApp) -> None:
+    tray_app.start("dashboard")
+    assert tray_app.dashboard is not None and tray_app.dashboard.isVisible()
+    assert tray_app.chat is None  # the named window alone, even without a tray host
+    with qtbot.waitSignal(tray_app.dashboard.loaded, timeout=30_000):
+        pass
