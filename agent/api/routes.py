@@ -216,18 +216,24 @@ class _Handlers:
 
     async def dashboard(self, request: Request) -> Response:
         """The tray's dashboard in one call: budgets, daily spend, spend by model/route/feature/
-        tier, savings, GPU cost; the caller's own figures (admins: ?all=true for everyone's)."""
+        tier, savings, GPU cost; the caller's own figures (admins: ?all=true for everyone's).
+        Whole UTC days: `since` is taken back to the start of its day."""
         caller = self.caller(request)
         everyone = request.query_params.get("all") == "true"
         if everyone and not caller.is_admin:
             raise PermissionDenied("only admins can see everyone's dashboard")
-        since = parse_since(request.query_params.get("since", "30d"))
-        since_iso = since.isoformat(timespec="microseconds")
-        user_id = None if everyone else caller.user_id
-        requests = self.s.requests
+        moment = parse_since(request.query_params.get("since", "30d"))
+        since = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        dashboard = await asyncio.to_thread(self._dashboard, caller, everyone, since)
+        return _json(dashboard)
+
+    def _dashboard(self, caller: Caller, everyone: bool, since: datetime) -> schemas.Dashboard:
+        """The figures (SQL over the daily rollup, in a worker thread: never in the event loop)."""
+        summary = self.s.requests.summary(
+            since.date().isoformat(), None if everyone else caller.user_id, ("model", "route", "feature", "tier")
+        )
 
         def keyed(by: str) -> list[schemas.KeyedSpend]:
-            rows = requests.spend(by, since_iso, user_id)  # type: ignore[arg-type]
             return [
                 schemas.KeyedSpend(
                     key=r.key,
@@ -235,22 +241,22 @@ class _Handlers:
                     cost_micro_usd=r.cost_micro_usd,
                     cost_usd=format_usd(r.cost_micro_usd),
                 )
-                for r in rows
+                for r in summary.by[by]
             ]
 
-        daily = []
-        for d in requests.daily(since_iso, user_id):
-            cost = int(d["cost_micro_usd"])
-            daily.append(schemas.DailySpend(day=str(d["day"]), requests=int(d["requests"]), cost_micro_usd=cost,
-                                            cost_usd=format_usd(cost)))  # fmt: skip
-        cache, compression = requests.savings(since_iso, user_id)
+        daily = [
+            schemas.DailySpend(
+                day=d.day, requests=d.requests, cost_micro_usd=d.cost_micro_usd, cost_usd=format_usd(d.cost_micro_usd)
+            )
+            for d in summary.daily
+        ]
         gpu_rows = self.s.gpu_ledger.spend("user", since, None if everyone else caller.user)
         idle_keys = ("idle", "other")
         busy = sum(g.cost_micro_usd for g in gpu_rows if not g.key.startswith(idle_keys))
         idle = sum(g.cost_micro_usd for g in gpu_rows if g.key.startswith(idle_keys))
         version, budgets = self._budget_entries(caller, everyone, "")
         total = sum(d.cost_micro_usd for d in daily)
-        dashboard = schemas.Dashboard(
+        return schemas.Dashboard(
             since=since.isoformat(),
             scope="all" if everyone else "own",
             policy_version=version,
@@ -260,13 +266,15 @@ class _Handlers:
             by_route=keyed("route"),
             by_feature=keyed("feature"),
             by_tier=keyed("tier"),
-            savings=schemas.Savings(cache_micro_usd=cache, compression_micro_usd=compression),
+            savings=schemas.Savings(
+                cache_micro_usd=summary.cache_saved_micro_usd,
+                compression_micro_usd=summary.compression_saved_micro_usd,
+            ),
             gpu=schemas.GpuCosts(busy_micro_usd=busy, idle_micro_usd=idle) if gpu_rows else None,
             totals=schemas.Totals(
                 requests=sum(d.requests for d in daily), cost_micro_usd=total, cost_usd=format_usd(total)
             ),
         )
-        return _json(dashboard)
 
     def _budget_entries(
         self, caller: Caller, everyone: bool, feature: str

@@ -25,6 +25,20 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def statements(script: str) -> list[str]:
+    """A migration's statements, split at the semicolons that end one (not those in a trigger)."""
+    found, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                found.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        found.append(pending.strip())
+    return found
+
+
 class Database:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
@@ -53,7 +67,7 @@ class Database:
             for name, script in MIGRATIONS:
                 if name in done:
                     continue
-                for statement in filter(str.strip, script.split(";")):
+                for statement in statements(script):
                     conn.execute(statement)
                 conn.execute("INSERT INTO _migrations VALUES (?, ?)", (name, utc_now_iso()))
 

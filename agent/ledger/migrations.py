@@ -143,6 +143,58 @@ CREATE TABLE user_preferences (
 )
 """
 
+# Spend per UTC day and per (user, department, feature, model, provider, route, tier): what the
+# dashboard reads, so it costs the same with a million requests as with ten. The trigger keeps it
+# in the same transaction as each request row (requests are append-only: never updated or
+# deleted), and the backfill makes it whole for ledgers written before it existed.
+M007_SPEND_DAILY = """
+CREATE TABLE spend_daily (
+    day                          TEXT NOT NULL,
+    user_id                      INTEGER NOT NULL,
+    department                   TEXT NOT NULL,
+    feature                      TEXT NOT NULL,
+    model                        TEXT NOT NULL,
+    provider                     TEXT NOT NULL,
+    route                        TEXT NOT NULL,
+    tier                         TEXT NOT NULL,
+    requests                     INTEGER NOT NULL,
+    input_tokens                 INTEGER NOT NULL,
+    output_tokens                INTEGER NOT NULL,
+    cost_micro_usd               INTEGER NOT NULL,
+    cache_saved_micro_usd        INTEGER NOT NULL,
+    compression_saved_micro_usd  INTEGER NOT NULL,
+    unpriced_requests            INTEGER NOT NULL,
+    failed_requests              INTEGER NOT NULL,
+    PRIMARY KEY (user_id, day, department, feature, model, provider, route, tier)
+) WITHOUT ROWID;
+CREATE INDEX spend_daily_day ON spend_daily(day);
+INSERT INTO spend_daily
+SELECT substr(ts, 1, 10), user_id, department, feature, model, provider, route, tier,
+       sum(parent_id = ''), sum(input_tokens), sum(output_tokens), coalesce(sum(cost_micro_usd), 0),
+       sum(CASE WHEN cache_hit THEN cost_saved_micro_usd ELSE 0 END),
+       sum(CASE WHEN cache_hit THEN 0 ELSE cost_saved_micro_usd END),
+       sum(cost_micro_usd IS NULL), sum(status != 'ok')
+FROM requests GROUP BY 1, 2, 3, 4, 5, 6, 7, 8;
+CREATE TRIGGER requests_spend_daily AFTER INSERT ON requests BEGIN
+    INSERT INTO spend_daily VALUES (
+        substr(NEW.ts, 1, 10), NEW.user_id, NEW.department, NEW.feature, NEW.model, NEW.provider,
+        NEW.route, NEW.tier, NEW.parent_id = '', NEW.input_tokens, NEW.output_tokens,
+        coalesce(NEW.cost_micro_usd, 0),
+        CASE WHEN NEW.cache_hit THEN NEW.cost_saved_micro_usd ELSE 0 END,
+        CASE WHEN NEW.cache_hit THEN 0 ELSE NEW.cost_saved_micro_usd END,
+        NEW.cost_micro_usd IS NULL, NEW.status != 'ok')
+    ON CONFLICT (user_id, day, department, feature, model, provider, route, tier) DO UPDATE SET
+        requests = requests + excluded.requests,
+        input_tokens = input_tokens + excluded.input_tokens,
+        output_tokens = output_tokens + excluded.output_tokens,
+        cost_micro_usd = cost_micro_usd + excluded.cost_micro_usd,
+        cache_saved_micro_usd = cache_saved_micro_usd + excluded.cache_saved_micro_usd,
+        compression_saved_micro_usd = compression_saved_micro_usd + excluded.compression_saved_micro_usd,
+        unpriced_requests = unpriced_requests + excluded.unpriced_requests,
+        failed_requests = failed_requests + excluded.failed_requests;
+END
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_cache", M002_CACHE),
@@ -150,4 +202,5 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m004_policy", M004_POLICY),
     ("m005_gpu", M005_GPU),
     ("m006_preferences", M006_PREFERENCES),
+    ("m007_spend_daily", M007_SPEND_DAILY),
 )

@@ -88,6 +88,12 @@ class RequestLog:
         with self._db.transaction() as conn:
             conn.execute(_INSERT, asdict(record))
 
+    def summary(
+        self, since_day: str, user_id: int | None = None, dimensions: tuple[SpendDimension, ...] = ()
+    ) -> SpendSummary:
+        """Daily spend, spend per dimension and savings over whole UTC days (the rollup)."""
+        return spend_summary(self._db, since_day, user_id, dimensions)
+
     def get(self, request_id: str) -> RequestRecord | None:
         sql = f"SELECT {', '.join(_COLUMNS)} FROM requests WHERE id = ?"  # noqa: S608
         rows = self._db.query(sql, (request_id,))
@@ -97,27 +103,6 @@ class RequestLog:
         for flag in ("tokens_estimated", "cache_hit", "stream"):
             row[flag] = bool(row[flag])
         return RequestRecord(**row)
-
-    def daily(self, since_iso: str, user_id: int | None = None) -> list[dict[str, int | str]]:
-        """Requests and cost per UTC day since a time; only ``user_id``'s rows when given."""
-        where, params = _scope(since_iso, user_id)
-        return self._db.query(
-            "SELECT substr(ts, 1, 10) AS day, sum(parent_id = '') AS requests,"  # noqa: S608 - fixed text
-            f" coalesce(sum(cost_micro_usd), 0) AS cost_micro_usd FROM requests WHERE {where}"
-            " GROUP BY day ORDER BY day",
-            params,
-        )
-
-    def savings(self, since_iso: str, user_id: int | None = None) -> tuple[int, int]:
-        """(saved by the cache, saved by the prompt optimiser) in micro-USD."""
-        where, params = _scope(since_iso, user_id)
-        row = self._db.query(
-            "SELECT coalesce(sum(CASE WHEN cache_hit THEN cost_saved_micro_usd END), 0) AS cache,"  # noqa: S608
-            " coalesce(sum(CASE WHEN NOT cache_hit THEN cost_saved_micro_usd END), 0) AS compression"
-            f" FROM requests WHERE {where}",
-            params,
-        )[0]
-        return int(row["cache"]), int(row["compression"])
 
     def spend(self, by: SpendDimension, since_iso: str, user_id: int | None = None) -> list[SpendRow]:
         """Totals per value of `by` since a time; only `user_id`'s rows when given."""
@@ -139,9 +124,62 @@ class RequestLog:
         return [SpendRow(**row) for row in self._db.query(sql, params)]
 
 
-def _scope(since_iso: str, user_id: int | None) -> tuple[str, dict[str, str]]:
-    where, params = "ts >= :since", {"since": since_iso}
+@dataclass(frozen=True)
+class DaySpend:
+    day: str  # UTC, YYYY-MM-DD
+    requests: int
+    cost_micro_usd: int
+
+
+@dataclass(frozen=True)
+class SpendSummary:
+    """The dashboard's figures from the daily rollup: whole UTC days from `since_day` on."""
+
+    daily: tuple[DaySpend, ...]
+    by: dict[str, tuple[SpendRow, ...]]  # dimension -> rows, the most expensive first
+    cache_saved_micro_usd: int
+    compression_saved_micro_usd: int
+
+
+_SUMS = (
+    "sum(requests) AS requests, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,"
+    " sum(cost_micro_usd) AS cost_micro_usd,"
+    " sum(cache_saved_micro_usd + compression_saved_micro_usd) AS cost_saved_micro_usd,"
+    " sum(unpriced_requests) AS unpriced_requests, sum(failed_requests) AS failed_requests"
+)
+
+
+def spend_summary(
+    db: Database, since_day: str, user_id: int | None = None, dimensions: tuple[SpendDimension, ...] = ()
+) -> SpendSummary:
+    """Read from `spend_daily` (kept by a trigger on every request row), so a dashboard costs
+    the same over a million requests as over ten."""
+    where, params = "day >= :day", {"day": since_day}
     if user_id is not None:
         where += " AND user_id = :user_id"
         params["user_id"] = str(user_id)
-    return where, params
+    daily = tuple(
+        DaySpend(str(r["day"]), int(r["requests"]), int(r["cost_micro_usd"]))
+        for r in db.query(
+            f"SELECT day, sum(requests) AS requests, sum(cost_micro_usd) AS cost_micro_usd"  # noqa: S608
+            f" FROM spend_daily WHERE {where} GROUP BY day ORDER BY day",
+            params,
+        )
+    )
+    by: dict[str, tuple[SpendRow, ...]] = {}
+    for dimension in dimensions:
+        if dimension == "user":
+            raise ValueError("the daily rollup is per user id; report users with RequestLog.spend")
+        column = _DIMENSION_COLUMNS[dimension]
+        rows = db.query(
+            f"SELECT {column} AS key, {_SUMS} FROM spend_daily WHERE {where}"  # noqa: S608 - fixed names
+            f" GROUP BY {column} ORDER BY cost_micro_usd DESC, key",
+            params,
+        )
+        by[dimension] = tuple(SpendRow(**r) for r in rows)
+    saved = db.query(
+        "SELECT coalesce(sum(cache_saved_micro_usd), 0) AS cache,"  # noqa: S608
+        f" coalesce(sum(compression_saved_micro_usd), 0) AS compression FROM spend_daily WHERE {where}",
+        params,
+    )[0]
+    return SpendSummary(daily, by, int(saved["cache"]), int(saved["compression"]))
