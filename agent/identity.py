@@ -109,7 +109,7 @@ class Identity:
             try:
                 return self.authenticate(existing)
             except AuthError:
-                log.info("token file %s holds no valid token; issuing a new one", token_file)
+                log.info("token file %s holds no token this agent knows", token_file)
         name = _os_user_name()
         row = self._users.get(name)
         if row is None:
@@ -121,6 +121,11 @@ class Identity:
             return None
         else:
             token = self.issue_token(name, label="token-file")
+        if existing:
+            # It may be a token another agent issued (a shared box's system agent): keep it.
+            kept = token_file.with_name(token_file.name + ".replaced")
+            token_file.replace(kept)
+            log.warning("token file %s replaced; the token it held is kept in %s", token_file, kept)
         write_token_file(token_file, token)
         return self.authenticate(token)
 

@@ -223,6 +223,8 @@ def test_a_garbage_token_file_gets_a_new_token_for_the_same_user(
     assert new_token is not None and new_token.startswith(TOKEN_PREFIX)
     assert identity.authenticate(new_token) == first
     assert [(u.name, u.active_tokens) for u in identity.list_users()] == [(os_user, 2)]
+    # Not lost: it may be a token another agent issued (a shared box's system agent).
+    assert (tmp_path / "token.replaced").read_text() == "this is not a token\n"
 
 
 def test_a_revoked_os_user_is_left_revoked(identity: Identity, os_user: str, tmp_path: Path) -> None:
