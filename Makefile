@@ -51,7 +51,7 @@ $(VENV)/.installed-$(FLAVOUR)-test: pyproject.toml | $(BIN)/python
 	touch $(VENV)/.installed-$(FLAVOUR) $@
 
 lint: setup-test
-	$(BIN)/ruff check agent native tests bench gui
+	$(BIN)/ruff check agent native tests bench gui docs
 	$(BIN)/ruff format --check gui tests/gui
 	$(BIN)/mypy
 
