@@ -6,11 +6,12 @@ import argparse
 import logging
 import logging.handlers
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QLockFile, QObject, QUrl
+from PySide6.QtCore import QCoreApplication, QEvent, QLockFile, QObject, QTimer, QUrl
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QApplication,
@@ -174,6 +175,18 @@ class TrayApp(QObject):
         self.supervisor.stop()  # stops only an agent this tray started
 
 
+def quit_on_signals(app: QCoreApplication) -> None:
+    """SIGTERM/SIGINT quit the event loop, so `main` cleans up (the default would just die).
+
+    Python runs signal handlers only between bytecodes; a timer lets it in every 200 ms.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signum, _frame: app.quit())
+    timer = QTimer(app)
+    timer.timeout.connect(lambda: None)
+    timer.start(200)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="aifinops-tray", description="The aifinops tray: chat, spend, budgets.")
     parser.add_argument("--url", help="the agent's URL (default: the discovery file, then http://127.0.0.1:8765)")
@@ -221,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(app, QApplication):
         app.setQuitOnLastWindowClosed(False)
     tray_app = TrayApp(paths, args.url, home)
+    quit_on_signals(app)  # a session ending (SIGTERM) stops the agent we started, too
     tray_app.start(args.open)
     try:
         return app.exec()

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +20,7 @@ from pytestqt.qtbot import QtBot
 
 from agent.paths import Paths
 from gui.app import TrayApp
+from gui.supervisor import answers, discovered_url
 from gui.tray import TrayState
 from tests.conftest import RunningAgent
 
@@ -60,3 +67,34 @@ def test_open_names_the_window_shown_at_start(qtbot: QtBot, tray_app: TrayApp) -
     assert tray_app.chat is None  # the named window alone, even without a tray host
     with qtbot.waitSignal(tray_app.dashboard.loaded, timeout=30_000):
         pass
+
+
+def test_a_session_ending_stops_the_tray_and_the_agent_it_started(tmp_path: Path, chat_model_path: Path) -> None:
+    """SIGTERM (a logout) to a tray that had to start its own agent: both exit, nothing left behind."""
+    home = tmp_path / "session"
+    env = {**os.environ, "AIFINOPS_AGENT__PORT": "0", "QT_QPA_PLATFORM": "offscreen"}
+    tray = subprocess.Popen(
+        [sys.executable, "-m", "gui.app", "--home", str(home), "--url", "http://127.0.0.1:9"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    paths = Paths.resolve(home)
+    agent_pid = None
+    try:
+        deadline = time.monotonic() + 120
+        while (url := discovered_url(paths)) is None or not answers(url):
+            assert tray.poll() is None and time.monotonic() < deadline, "the tray's agent never answered"
+            time.sleep(0.2)
+        agent_pid = json.loads((paths.config_dir / "agent.json").read_text())["pid"]
+        tray.send_signal(signal.SIGTERM)
+        assert tray.wait(60) == 0
+    finally:
+        if tray.poll() is None:
+            tray.kill()
+        if agent_pid is not None and tray.returncode != 0:
+            os.kill(agent_pid, signal.SIGKILL)  # the test failed: leave no agent behind
+    assert not answers(url)
+    assert discovered_url(paths) is None  # the agent stopped cleanly and took its discovery file
+    with pytest.raises(ProcessLookupError):
+        os.kill(agent_pid, 0)
