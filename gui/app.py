@@ -90,6 +90,7 @@ class TrayApp(QObject):
         self.supervisor.found.connect(self._found)
         self.supervisor.gave_up.connect(self._gave_up)
         self.tray.unreachable.connect(self.locate)
+        self.tray.token_refused.connect(self._reload_token)
         self.tray.chat_requested.connect(self.show_chat)
         self.tray.dashboard_requested.connect(self.show_dashboard)
         self.tray.settings_requested.connect(self.show_settings)
@@ -135,6 +136,14 @@ class TrayApp(QObject):
         self.client.set_base_url(url)
         self.client.token = self.client.token or read_token_file(self.paths.token_file)
         self.tray.refresh()
+
+    def _reload_token(self) -> None:
+        """An admin may have put a (new) token in the file since we read it."""
+        token = read_token_file(self.paths.token_file)
+        if token and token != self.client.token:
+            log.info("using the token now in %s", self.paths.token_file)
+            self.client.token = token
+            self.tray.refresh()
 
     def _gave_up(self, why: str) -> None:
         self.tray.icon.showMessage("aifinops agent", f"The agent could not be started: {why}")

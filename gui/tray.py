@@ -152,6 +152,7 @@ class Tray(QObject):
     log_folder_requested = Signal()
     quit_requested = Signal()
     unreachable = Signal()
+    token_refused = Signal()  # the agent answered 401: the token file may have a newer token
 
     def __init__(self, client: AgentClient, poll_ms: int = 5_000, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -180,6 +181,7 @@ class Tray(QObject):
         self._timer.setInterval(poll_ms)
         self._timer.timeout.connect(self.refresh)
         self._busy = False
+        self._told_token = False
 
     def start(self) -> None:
         self.icon.show()
@@ -206,10 +208,23 @@ class Tray(QObject):
         if error.status == 0:
             self._set_state(TrayState.UNREACHABLE)
             self.unreachable.emit()
+        elif error.status == 401:  # an agent answers, but not to us (a shared box's system agent)
+            self._set_state(TrayState.UNREACHABLE)
+            self.icon.setToolTip("aifinops: the agent does not accept your token")
+            self.token_refused.emit()
+            if not self._told_token:
+                self._told_token = True
+                self.icon.showMessage(
+                    "aifinops: not signed in",
+                    f"The agent at {self.client.base_url} does not accept your token. Ask your admin "
+                    "for one and put it in the token file that Settings shows.",
+                )
         else:
             log.warning("budgets: %s", error)
 
     def _set_state(self, state: TrayState) -> None:
+        if state is not TrayState.UNREACHABLE:
+            self._told_token = False  # signed in again: say it again if it is lost again
         changed = state is not self.state
         self.state = state
         self.icon.setIcon(state_icon(state))

@@ -98,3 +98,19 @@ def test_a_session_ending_stops_the_tray_and_the_agent_it_started(tmp_path: Path
     assert discovered_url(paths) is None  # the agent stopped cleanly and took its discovery file
     with pytest.raises(ProcessLookupError):
         os.kill(agent_pid, 0)
+
+
+def test_a_token_the_agent_refuses_is_said_and_a_new_one_in_the_file_is_picked_up(
+    qtbot: QtBot, tray_app: TrayApp, agent: RunningAgent, hermetic_home: Path
+) -> None:
+    """A shared box: the system agent does not know this user's token until the admin issues one."""
+    token_file = Paths.resolve(hermetic_home).token_file
+    good = token_file.read_text()
+    token_file.write_text("afo_not-a-token-this-agent-issued\n")
+    tray_app.client.token = None  # as at start: read from the file
+    tray_app.start()
+    qtbot.waitUntil(lambda: "does not accept your token" in tray_app.tray.icon.toolTip(), timeout=20_000)
+    assert tray_app.tray.state is TrayState.UNREACHABLE
+
+    token_file.write_text(good)  # the admin's token arrives
+    qtbot.waitUntil(lambda: tray_app.tray.state is TrayState.OK, timeout=20_000)
