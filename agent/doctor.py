@@ -75,7 +75,8 @@ def _models(settings: Settings) -> list[Check]:
     out = []
     for status in store.statuses():
         if status.verified:
-            out.append(Check("model", "ok", f"{status.asset.name}: {status.path} (sha256 verified)"))
+            how = "in the bundle, sha256 verified at build time" if status.bundled else "sha256 verified"
+            out.append(Check("model", "ok", f"{status.asset.name}: {status.path} ({how})"))
         else:
             what = "present but not verified" if status.present else "missing"
             out.append(

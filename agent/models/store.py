@@ -40,6 +40,7 @@ class AssetStatus:
     path: Path
     present: bool
     verified: bool
+    bundled: bool = False  # verified when the bundle was built (its manifest), not on this machine
 
 
 class ModelStore:
@@ -56,7 +57,7 @@ class ModelStore:
     def status(self, asset: ModelAsset) -> AssetStatus:
         bundled = self.bundled(asset)
         if bundled is not None:
-            return AssetStatus(asset, bundled, True, True)
+            return AssetStatus(asset, bundled, True, True, bundled=True)
         path = self.path_for(asset)
         return AssetStatus(asset, path, path.exists(), self._verified_note_matches(asset, path))
 

@@ -49,7 +49,12 @@ def test_bundled_copy_is_used_in_place(tmp_path: Path) -> None:
     folder = bundled(tmp_path)
     store = ModelStore(tmp_path / "models", bundled_dir=folder)
     status = store.status(ASSET)
-    assert (status.path, status.present, status.verified) == (folder / ASSET.name / ASSET.filename, True, True)
+    assert (status.path, status.present, status.verified, status.bundled) == (
+        folder / ASSET.name / ASSET.filename,
+        True,
+        True,
+        True,
+    )
     assert store.pull(ASSET) == folder / ASSET.name / ASSET.filename
     assert not (tmp_path / "models").exists()
 
@@ -66,6 +71,7 @@ def test_mismatched_bundled_copy_is_ignored(tmp_path: Path, content: bytes, sha2
     assert store.bundled(ASSET) is None
     assert store.status(ASSET).path == tmp_path / "models" / ASSET.name / ASSET.filename
     assert not store.status(ASSET).present
+    assert not store.status(ASSET).bundled
 
 
 def test_unreadable_manifest_means_no_bundled_models(tmp_path: Path) -> None:
