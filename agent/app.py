@@ -160,8 +160,9 @@ class Services:
         if self.cache is not None:
             self.cache.load()
             # Load the embedder and compile the similarity kernels now, not on the first request.
-            warm = asyncio.create_task(asyncio.to_thread(self.cache.warm_up))
-            warm.add_done_callback(_log_load_failure)
+            # A daemon thread, not the loop's executor: a stop during a first run's compile (10 s
+            # and more on 2 cores) must not wait for it.
+            threading.Thread(target=_warm_up, args=(self.cache,), name="cache-warm-up", daemon=True).start()
         for provider in self.registry.local():
             if provider.config.load_at_start:
                 # Loads in the model's own thread; a failure is logged, the agent stays up.
@@ -215,6 +216,13 @@ class Services:
         await self.registry.close()
         await asyncio.to_thread(self.optimizer.close)  # the lossy step's scoring model, if loaded
         self.db.close()
+
+
+def _warm_up(cache: SemanticCache) -> None:
+    try:
+        cache.warm_up()
+    except Exception:  # a thread boundary: the agent stays up, the first lookup loads it again
+        log.exception("warming up the semantic cache failed")
 
 
 def _log_load_failure(task: asyncio.Task[None]) -> None:

@@ -106,6 +106,10 @@ class AgentThread:
             time.sleep(0.01)
         return self
 
+    @property
+    def server_thread_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self, timeout_s: float = 30.0) -> None:
         self.server.should_exit = True
         self._thread.join(timeout_s)

@@ -9,13 +9,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from agent.cache.service import SemanticCache
 from agent.ledger.database import Database
 from agent.ledger.requests import RequestLog
 from tests.conftest import RunningAgent
@@ -199,3 +202,24 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "busy" / "config" / "agent.json").exists()
+
+
+def test_a_stop_does_not_wait_for_the_cache_warm_up(
+    start_agent: Callable[..., RunningAgent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first run compiles the similarity kernels for 10 s and more: stopping must not wait."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow_warm_up(_cache: SemanticCache) -> None:
+        started.set()
+        release.wait(120)
+
+    monkeypatch.setattr(SemanticCache, "warm_up", slow_warm_up)
+    running = start_agent()
+    try:
+        assert started.wait(30)
+        running.thread.stop(timeout_s=30)
+        assert not running.thread.server_thread_alive  # stopped while the warm-up is still busy
+        assert not release.is_set()
+    finally:
+        release.set()
