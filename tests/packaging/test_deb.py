@@ -163,7 +163,10 @@ def test_control_fields_and_maintainer_scripts(tmp_path: Path) -> None:
 # -- the scripts themselves (no package needed) ----------------------------------------------
 
 
-@pytest.mark.parametrize("script", ["preinst", "postinst", "prerm", "postrm", "../build-deb.sh"])
+@pytest.mark.parametrize(
+    "script",
+    ["preinst", "postinst", "prerm", "postrm", "../build-deb.sh", "../check-systemd.sh", "../check-systemd-inside.sh"],
+)
 def test_script_parses_with_sh(script: str) -> None:
     run("sh", "-n", SCRIPTS / script)
 
@@ -176,7 +179,8 @@ SHELLCHECK = shutil.which("shellcheck") or shutil.which("shellcheck", path=REPO 
 def test_scripts_pass_shellcheck() -> None:
     assert SHELLCHECK is not None
     scripts = [SCRIPTS / s for s in ("preinst", "postinst", "prerm", "postrm")]
-    run(SHELLCHECK, "--shell=sh", *scripts, SCRIPTS.parent / "build-deb.sh")
+    tools = [SCRIPTS.parent / s for s in ("build-deb.sh", "check-systemd.sh", "check-systemd-inside.sh")]
+    run(SHELLCHECK, "--shell=sh", *scripts, *tools)
 
 
 def unit_settings(name: str) -> dict[str, str]:
@@ -198,6 +202,9 @@ def test_system_unit_runs_the_agent_as_its_user_hardened_with_the_gpu_visible() 
     # Any of these would hide /dev/nvidia* from NVML on a GPU box.
     assert not {"PrivateDevices", "DeviceAllow", "DevicePolicy", "ProtectClock"} & unit.keys()
     assert unit["WantedBy"] == "multi-user.target"
+    # Starts without waiting for the network (it listens on 127.0.0.1; network shares order it).
+    assert "network-online.target" not in unit.get("Wants", "") + unit.get("After", "")
+    assert unit["After"] == "remote-fs.target"
 
 
 def test_user_unit_keeps_the_users_own_folders() -> None:
@@ -216,6 +223,17 @@ def test_desktop_entries_start_the_installed_tray() -> None:
         assert entry["Type"] == "Application"
         assert entry["Exec"].split()[-1] == "/usr/bin/aifinops-tray"
         assert entry["Icon"] == "aifinops"
+
+
+@pytest.mark.skipif(
+    shutil.which("desktop-file-validate") is None,
+    reason="no desktop-file-validate (apt-get install desktop-file-utils)",
+)
+def test_desktop_entries_pass_desktop_file_validate() -> None:
+    for name in ("aifinops-tray.desktop", "aifinops-tray.autostart.desktop"):
+        # Errors fail it; warnings and hints (e.g. two main categories: listed twice in menus) print.
+        result = run("desktop-file-validate", SCRIPTS.parent / name)
+        assert result.stdout + result.stderr == "", f"{name}: {result.stdout}{result.stderr}"
 
 
 # -- installing for real ---------------------------------------------------------------------
