@@ -83,8 +83,11 @@ class Services:
         settings.paths.ensure()
         # Before the kernels are first imported: a writable, per-user folder (in a bundle too).
         direct_numba_cache(settings.paths.cache_dir / "numba")
-        if write_default_config(settings.paths.config_file):
-            log.info("wrote a commented default config to %s", settings.paths.config_file)
+        # Only where the config in force is read: with AIFINOPS_CONFIG or --config naming another
+        # file (a system service's /etc/aifinops/config.toml), a copy in the home would mislead.
+        in_force = settings.config_file or settings.paths.config_file
+        if in_force == settings.paths.config_file and write_default_config(in_force):
+            log.info("wrote a commented default config to %s", in_force)
         db = Database.open(settings.paths.ledger_file)
         requests = RequestLog(db)
         store = ModelStore(settings.models_dir, settings.share_dir)

@@ -223,3 +223,15 @@ def test_a_stop_does_not_wait_for_the_cache_warm_up(
         assert not release.is_set()
     finally:
         release.set()
+
+
+def test_the_default_config_is_written_only_where_the_config_in_force_is_read(
+    start_agent: Callable[..., RunningAgent], hermetic_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system_config = tmp_path / "etc" / "config.toml"  # a system service's /etc/aifinops/config.toml
+    system_config.parent.mkdir()
+    system_config.write_text('[agent]\nlog_level = "WARNING"\n')
+    monkeypatch.setenv("AIFINOPS_CONFIG", str(system_config))
+    start_agent()
+    assert not (hermetic_home / "config" / "config.toml").exists()  # no second file to edit by mistake
+    assert system_config.read_text() == '[agent]\nlog_level = "WARNING"\n'
