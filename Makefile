@@ -109,7 +109,14 @@ $(DEB): $(BUNDLE)/aifinops agent/default_config.toml $(wildcard packaging/linux/
 
 # The tests of what ships (tests/packaging): they skip unless AIFINOPS_BUNDLE names a bundle
 # (and, for the .deb, AIFINOPS_DEB names the package).
+# As root on Debian (CI here), the tools some of them need are installed first: the .deb under a
+# real systemd (systemd-nspawn, debootstrap) and the desktop entries' validator.
+PACKAGE_TOOLS := systemd-nspawn:systemd-container debootstrap:debootstrap desktop-file-validate:desktop-file-utils
+
 package-test: bundle deb setup-test
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=$$(for t in $(PACKAGE_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \
+		if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi; fi
 	AIFINOPS_BUNDLE=$(CURDIR)/$(BUNDLE) AIFINOPS_DEB=$(CURDIR)/$(DEB) \
 		$(BIN)/python -m pytest tests/packaging $(PYTEST_ARGS)
 
