@@ -107,11 +107,10 @@ def doctor(obj: _Context) -> None:
     from rich.table import Table
 
     from agent.api.client import AgentClient
-    from agent.doctor import run_checks
+    from agent.doctor import run_checks, running_agent
 
     settings = obj.settings()
-    info = AgentClient.from_settings(settings).info()
-    checks = run_checks(settings, f"{info.name} {info.version}" if info else None)
+    checks = run_checks(settings, running_agent(AgentClient.from_settings(settings)))
     table = Table("", "area", "finding", "fix", show_lines=False, box=None)
     marks = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]"}
     for check in checks:

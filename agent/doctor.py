@@ -7,11 +7,14 @@ import importlib.util
 import os
 import stat
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from agent.models.catalog import find_asset
 from agent.models.store import ModelStore
 from agent.settings import Settings
+
+if TYPE_CHECKING:
+    from agent.api.client import AgentClient
 
 Level = Literal["ok", "warn", "fail"]
 
@@ -24,7 +27,33 @@ class Check:
     fix: str = ""
 
 
-def run_checks(settings: Settings, agent_info: str | None) -> list[Check]:
+@dataclass(frozen=True)
+class RunningAgent:
+    """What the agent that answers says, asked with this user's token."""
+
+    version: str  # "aifinops 0.1.0"
+    user: str | None = None  # who the token is, when the agent accepts it
+    policy_version: int | None = None  # the policy that agent applies (None: none yet)
+    token_problem: str = ""  # why the agent did not answer for this token
+
+
+def running_agent(client: AgentClient) -> RunningAgent | None:
+    """Ask the agent that answers who we are to it and which policy it applies."""
+    from agent.errors import AIFinOpsError
+
+    info = client.info()
+    if info is None:
+        return None
+    version = f"{info.name} {info.version}"
+    try:
+        me = client.me()
+        report = client.budgets(False)
+    except AIFinOpsError as e:
+        return RunningAgent(version, token_problem=f"it does not answer for your token: {e.message}")
+    return RunningAgent(version, me.user, report.policy_version)
+
+
+def run_checks(settings: Settings, agent: RunningAgent | None) -> list[Check]:
     checks: list[Check] = []
     checks += _paths(settings)
     checks += _models(settings)
@@ -33,13 +62,15 @@ def run_checks(settings: Settings, agent_info: str | None) -> list[Check]:
     checks += _share(settings)
     checks += _cloud(settings)
     checks += _routing(settings)
-    checks += _policy(settings)
+    checks += _policy(settings, agent)
     checks += _identity(settings)
-    checks.append(
-        Check("agent", "ok", f"running: {agent_info}")
-        if agent_info
-        else Check("agent", "warn", "not reachable", "start it: aifinops agent run")
-    )
+    if agent is None:
+        checks.append(Check("agent", "warn", "not reachable", "start it: aifinops agent run"))
+    elif agent.token_problem:
+        fix = f"ask an admin for a token (aifinops users token NAME) and put it in {settings.paths.token_file}"
+        checks.append(Check("agent", "fail", f"running: {agent.version}, but {agent.token_problem}", fix))
+    else:
+        checks.append(Check("agent", "ok", f"running: {agent.version}, answering you as {agent.user}"))
     return checks
 
 
@@ -191,31 +222,20 @@ def _routing(settings: Settings) -> list[Check]:
     return [Check("router", "ok", f"tiers {shown}; difficulty model loaded{cascade}")]
 
 
-def _policy(settings: Settings) -> list[Check]:
-    """The policy in force (last good, from the ledger) and whether the share's copy would apply."""
+def _policy(settings: Settings, agent: RunningAgent | None) -> list[Check]:
+    """The policy in force and whether the share's copy would apply. In force: what the running
+    agent says (on a shared box its ledger is not this user's), else the ledger's last good one."""
     from agent.errors import AIFinOpsError
-    from agent.ledger.database import Database
-    from agent.ledger.policies import PolicyStore
     from agent.policy.sync import read_published
 
     out: list[Check] = []
-    ledger = settings.paths.ledger_file
-    applied = None
-    if ledger.exists():
-        try:
-            db = Database.open(ledger)
-            try:
-                applied = PolicyStore(db).last_good()
-            finally:
-                db.close()
-        except AIFinOpsError as e:
-            out.append(Check("policy", "warn", f"cannot read the applied policy: {e.message}"))
-    if applied is None:
-        out.append(Check("policy", "ok", "no policy received yet: running on the local config's defaults"))
+    if agent is not None and agent.user is not None:
+        current = agent.policy_version
+        in_force = "none yet" if current is None else f"version {current}"
+        out.append(Check("policy", "ok", f"in force at the running agent: {in_force}"))
     else:
-        out.append(
-            Check("policy", "ok", f"version {applied.version} ({applied.sha256[:12]}) applied {applied.applied_at}")
-        )
+        current, check = _policy_in_ledger(settings)
+        out.append(check)
     share = settings.share_dir
     if share is None:
         return out
@@ -224,12 +244,35 @@ def _policy(settings: Settings) -> list[Check]:
     except AIFinOpsError as e:
         fix = "publish with aifinops policy publish; check share.public_keys"
         return [*out, Check("policy", "fail", f"the share's policy cannot be applied: {e.message}", fix)]
-    newer = applied is None or published.policy.version > applied.version
+    newer = current is None or published.policy.version > current
     state = "newer: applies at the next sync" if newer else "in force"
     return [
         *out,
         Check("policy", "ok", f"share: version {published.policy.version}, signed by {published.key_id} ({state})"),
     ]
+
+
+def _policy_in_ledger(settings: Settings) -> tuple[int | None, Check]:
+    """The last good policy this home's ledger applied (no agent answered for us to ask)."""
+    from agent.errors import AIFinOpsError
+    from agent.ledger.database import Database
+    from agent.ledger.policies import PolicyStore
+
+    ledger = settings.paths.ledger_file
+    if not ledger.exists():
+        return None, Check("policy", "ok", "no policy received yet: running on the local config's defaults")
+    try:
+        db = Database.open(ledger)
+        try:
+            applied = PolicyStore(db).last_good()
+        finally:
+            db.close()
+    except AIFinOpsError as e:
+        return None, Check("policy", "warn", f"cannot read the applied policy: {e.message}")
+    if applied is None:
+        return None, Check("policy", "ok", "no policy received yet: running on the local config's defaults")
+    detail = f"version {applied.version} ({applied.sha256[:12]}) applied {applied.applied_at}"
+    return applied.version, Check("policy", "ok", detail)
 
 
 def _identity(settings: Settings) -> list[Check]:

@@ -107,6 +107,8 @@ echo "$doctor" | grep -E ' (agent|token|policy|share) ' | evidence
 expect "doctor as alice: the agent line says running" contains "$doctor" " agent +running"
 expect "doctor as alice: the token line names her token file" \
     contains "$doctor" " token +/home/alice/.config/aifinops/token"
+expect "doctor as alice: the policy in force is the system agent's (version 1)" \
+    contains "$doctor" " policy +in force at the running agent: version 1"
 
 code=$(chat "$token" local)
 { echo "HTTP $code"; grep -i '^x-aifinops' /tmp/chat.headers; cat /tmp/chat.body; echo; } | evidence
@@ -117,8 +119,8 @@ expect "... with a non-empty answer" grep -q '"content": *"[^"]' /tmp/chat.body
 # -- the policy from the share is in force ---------------------------------------------------
 doctor=$($admin aifinops doctor 2>&1)
 echo "$doctor" | grep -E ' (policy|share) ' | evidence
-expect "doctor as the service user: policy version 1 applied" \
-    contains "$doctor" " policy +version 1 .*applied"
+expect "doctor as the service user: policy version 1 in force" \
+    contains "$doctor" " policy +in force at the running agent: version 1"
 expect "doctor as the service user: the share's policy is signed by the installed key" \
     contains "$doctor" " policy +share: version 1, signed by"
 bob=$($admin aifinops users add bob --department research 2>&1 | grep -o 'afo_[A-Za-z0-9_-]*' | head -n 1)

@@ -95,6 +95,15 @@ def test_doctor_and_models_list_report_the_models(agent: RunningAgent) -> None:
     doctor = aifinops("doctor", port=agent.thread.port, check=False).stdout
     assert "llama-cpp-python" in doctor and "running: aifinops" in doctor and "no NVIDIA GPU" in doctor
     assert "difficulty model loaded" in doctor
+    assert "answering you as" in doctor and "in force at the running agent: none yet" in " ".join(doctor.split())
+
+
+def test_doctor_says_when_the_agent_refuses_the_token(agent: RunningAgent) -> None:
+    """A shared box's user whose token the system agent does not know: a failed check saying what to do."""
+    result = aifinops("doctor", port=agent.thread.port, token="afo_not-issued-by-this-agent", check=False)
+    assert result.returncode == 1
+    text = " ".join(result.stdout.split())
+    assert "does not answer for your token" in text and "ask an admin for a token" in text
 
 
 def test_doctor_says_when_the_router_runs_on_rules(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
