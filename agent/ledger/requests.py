@@ -91,8 +91,38 @@ class RequestLog:
     def summary(
         self, since_day: str, user_id: int | None = None, dimensions: tuple[SpendDimension, ...] = ()
     ) -> SpendSummary:
-        """Daily spend, spend per dimension and savings over whole UTC days (the rollup)."""
-        return spend_summary(self._db, since_day, user_id, dimensions)
+        """Daily spend, spend per dimension and savings over whole UTC days, read from
+        `spend_daily` (kept by a trigger on every request row): a dashboard costs the same over a
+        million requests as over ten."""
+        where, params = "day >= :day", {"day": since_day}
+        if user_id is not None:
+            where += " AND user_id = :user_id"
+            params["user_id"] = str(user_id)
+        daily = tuple(
+            DaySpend(str(r["day"]), int(r["requests"]), int(r["cost_micro_usd"]))
+            for r in self._db.query(
+                f"SELECT day, sum(requests) AS requests, sum(cost_micro_usd) AS cost_micro_usd"  # noqa: S608
+                f" FROM spend_daily WHERE {where} GROUP BY day ORDER BY day",
+                params,
+            )
+        )
+        by: dict[str, tuple[SpendRow, ...]] = {}
+        for dimension in dimensions:
+            if dimension == "user":
+                raise ValueError("the daily rollup is per user id; report users with RequestLog.spend")
+            column = _DIMENSION_COLUMNS[dimension]
+            rows = self._db.query(
+                f"SELECT {column} AS key, {_SUMS} FROM spend_daily WHERE {where}"  # noqa: S608 - fixed names
+                f" GROUP BY {column} ORDER BY cost_micro_usd DESC, key",
+                params,
+            )
+            by[dimension] = tuple(SpendRow(**r) for r in rows)
+        saved = self._db.query(
+            "SELECT coalesce(sum(cache_saved_micro_usd), 0) AS cache,"  # noqa: S608
+            f" coalesce(sum(compression_saved_micro_usd), 0) AS compression FROM spend_daily WHERE {where}",
+            params,
+        )[0]
+        return SpendSummary(daily, by, int(saved["cache"]), int(saved["compression"]))
 
     def get(self, request_id: str) -> RequestRecord | None:
         sql = f"SELECT {', '.join(_COLUMNS)} FROM requests WHERE id = ?"  # noqa: S608
@@ -147,39 +177,3 @@ _SUMS = (
     " sum(cache_saved_micro_usd + compression_saved_micro_usd) AS cost_saved_micro_usd,"
     " sum(unpriced_requests) AS unpriced_requests, sum(failed_requests) AS failed_requests"
 )
-
-
-def spend_summary(
-    db: Database, since_day: str, user_id: int | None = None, dimensions: tuple[SpendDimension, ...] = ()
-) -> SpendSummary:
-    """Read from `spend_daily` (kept by a trigger on every request row), so a dashboard costs
-    the same over a million requests as over ten."""
-    where, params = "day >= :day", {"day": since_day}
-    if user_id is not None:
-        where += " AND user_id = :user_id"
-        params["user_id"] = str(user_id)
-    daily = tuple(
-        DaySpend(str(r["day"]), int(r["requests"]), int(r["cost_micro_usd"]))
-        for r in db.query(
-            f"SELECT day, sum(requests) AS requests, sum(cost_micro_usd) AS cost_micro_usd"  # noqa: S608
-            f" FROM spend_daily WHERE {where} GROUP BY day ORDER BY day",
-            params,
-        )
-    )
-    by: dict[str, tuple[SpendRow, ...]] = {}
-    for dimension in dimensions:
-        if dimension == "user":
-            raise ValueError("the daily rollup is per user id; report users with RequestLog.spend")
-        column = _DIMENSION_COLUMNS[dimension]
-        rows = db.query(
-            f"SELECT {column} AS key, {_SUMS} FROM spend_daily WHERE {where}"  # noqa: S608 - fixed names
-            f" GROUP BY {column} ORDER BY cost_micro_usd DESC, key",
-            params,
-        )
-        by[dimension] = tuple(SpendRow(**r) for r in rows)
-    saved = db.query(
-        "SELECT coalesce(sum(cache_saved_micro_usd), 0) AS cache,"  # noqa: S608
-        f" coalesce(sum(compression_saved_micro_usd), 0) AS compression FROM spend_daily WHERE {where}",
-        params,
-    )[0]
-    return SpendSummary(daily, by, int(saved["cache"]), int(saved["compression"]))
