@@ -93,7 +93,7 @@ class BudgetExceeded(AIFinOpsError):
     status_code = 402
     error_type = "budget_exceeded"
 
-    def __init__(self, message: str, *, code: str | None = None, budget: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, budget: dict[str, str | int] | None = None) -> None:
         super().__init__(message, code=code)
         self.budget = budget or {}  # which budget, spent, amount, reset time: in the error body
 

@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from fractions import Fraction
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from agent.budgets.enforcer import Quote
 from agent.cache.keys import cache_key
 from agent.cache.service import CacheLookup, Embedder, SemanticCache
+from agent.chat import ChatCall
 from agent.errors import AIFinOpsError, BudgetExceeded, InvalidRequest, PermissionDenied
 from agent.gpu.attribution import Activity, ActivityLog
 from agent.identity import Caller
@@ -34,7 +38,6 @@ from agent.pricing.prices import MILLION, Price, PriceBook, TokenRates
 from agent.pricing.tokens import count_message_tokens, count_text_tokens
 from agent.providers.base import (
     CallProgress,
-    ChatParams,
     Completion,
     Delta,
     Message,
@@ -47,6 +50,7 @@ from agent.routing.router import TIERS, Decision, Router, RouteSignals, Tier
 from agent.settings import CacheSection, RoutingSection
 
 if TYPE_CHECKING:
+    from agent.budgets.calibration import InputCalibration
     from agent.budgets.enforcer import Admission, BudgetEnforcer, Reservation
 
 log = logging.getLogger(__name__)
@@ -57,8 +61,12 @@ _TEMPLATE_MARGIN_TOKENS = 64
 _O200K_SHARE_OF_LOCAL_CONTEXT = 0.8
 # Worst case held against budgets: the estimate of the prompt plus this margin, and max_tokens
 # of answer (or this many when the client sets none).
-_INPUT_ESTIMATE_MARGIN = 1.1
+_INPUT_ESTIMATE_MARGIN = Fraction(11, 10)
+_INPUT_ESTIMATE_SLACK_TOKENS = 16
 _WORST_CASE_OUTPUT_TOKENS = 4096
+# Nearly spent: a grant below the worst case is taken when it pays for at least this many tokens
+# of answer (the request's max_tokens is lowered to what the grant pays for).
+_MIN_ANSWER_TOKENS = 32
 
 
 class Optimized(Protocol):
@@ -92,17 +100,6 @@ class Terms:
 
 
 @dataclass(frozen=True)
-class ChatCall:
-    requested_model: str
-    messages: tuple[Message, ...]
-    params: ChatParams
-    feature: str = ""
-    stream: bool = False
-    include_usage: bool = False  # stream_options.include_usage: send a final usage chunk
-    cache_allowed: bool = True  # false for `"cache": false` or `Cache-Control: no-cache`
-
-
-@dataclass(frozen=True)
 class Route:
     provider: Provider
     model: str
@@ -126,6 +123,7 @@ class Flight:
     escalation: Route | None = None  # cascade: where to go when the local answer is not confident
     admission: Admission | None = None  # what the rate limits counted
     reservation: Reservation | None = None  # the worst case held against the caller's budgets
+    expected_input: tuple[str, int] | None = None  # (paid model, input tokens we estimated for it)
     request_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     ts: str = field(default_factory=utc_now_iso)
     started: float = field(default_factory=time.perf_counter)
@@ -170,6 +168,8 @@ class Gateway:
         tiers: Mapping[Tier, str] | None = None,
         activity: ActivityLog | None = None,
         cloud_paused: Callable[[Caller], bool] | None = None,
+        calibration: InputCalibration | None = None,
+        hold_wait_s: float = 0.0,
     ) -> None:
         self._registry = registry
         self._prices = prices
@@ -183,6 +183,8 @@ class Gateway:
         self._enforcer = enforcer
         self._activity = activity  # local computations, for charging GPU busy time to their users
         self._cloud_paused = cloud_paused  # the user chose "local only" in the tray
+        self._calibration = calibration  # each model's reported / estimated input tokens
+        self._hold_wait_s = hold_wait_s  # how long a request waits for holds in flight to settle
         # Which tier a model belongs to, for the ledger, whoever chose it (router, client, default).
         self._tier_of: dict[str, Tier] = {model: tier for tier, model in (tiers or {}).items() if model}
 
@@ -294,17 +296,32 @@ class Gateway:
         )
 
     async def _reserve(self, flight: Flight) -> None:
-        """Hold the worst case of the paid call against the caller's budgets. Over a hard budget:
-        ``block`` refuses (402); ``downgrade`` answers from the local tier instead."""
+        """Hold the worst case of the paid call against the caller's budgets, waiting a bounded
+        time for calls in flight to settle. Nearly spent: a smaller grant with ``max_tokens``
+        lowered to what it pays for. Over a hard budget: ``block`` refuses (402); ``downgrade``
+        answers from the local tier instead."""
         enforcer = self._enforcer
         paid = flight.escalation or flight.route
         if enforcer is None or paid.provider.kind == "local":
             return  # local answers are never blocked by a money budget
         call = flight.call
-        input_tokens = round(count_message_tokens(m.content for m in flight.messages) * _INPUT_ESTIMATE_MARGIN) + 16
+        expected = count_message_tokens(m.content for m in flight.messages)
         output_tokens = call.params.max_tokens or _WORST_CASE_OUTPUT_TOKENS
-        worst = self._token_price(flight, paid, input_tokens, output_tokens)
-        if worst.cost_micro_usd is None:
+        flight.expected_input = (paid.model, expected)
+        held_input = 0
+
+        def quote() -> Quote:
+            nonlocal held_input
+            ratio = self._calibration.ratio(paid.model) if self._calibration is not None else Fraction(1)
+            scaled = expected * max(ratio or 1, 1) * _INPUT_ESTIMATE_MARGIN
+            held_input = math.ceil(scaled) + _INPUT_ESTIMATE_SLACK_TOKENS
+            worst = self._token_price(flight, paid, held_input, output_tokens).cost_micro_usd
+            short = min(output_tokens, _MIN_ANSWER_TOKENS)
+            floor = self._token_price(flight, paid, held_input, short).cost_micro_usd
+            # Not calibrated: one call at a time learns the model's ratio.
+            return Quote(worst or 0, floor, exclusive=ratio is None)
+
+        if self._token_price(flight, paid, 1, 1).cost_micro_usd is None:
             if enforcer.charges(flight.caller, call.feature):
                 raise PermissionDenied(
                     f"model {paid.model!r} has no known price, so budgets cannot be enforced on it: "
@@ -313,7 +330,9 @@ class Gateway:
                 )
             return
         try:
-            flight.reservation = enforcer.reserve(flight.caller, call.feature, flight.request_id, worst.cost_micro_usd)
+            flight.reservation = await enforcer.reserve_waiting(
+                flight.caller, call.feature, flight.request_id, quote, wait_s=self._hold_wait_s
+            )
         except BudgetExceeded as e:
             local = self._local_tier_model(flight.terms)
             if e.code != "downgrade" or local is None:
@@ -322,7 +341,24 @@ class Gateway:
             reason = f"budget {name!r} exhausted -> local tier instead of {paid.model}"
             flight.route = replace(self.route(replace(call, requested_model=local), terms=flight.terms), reason=reason)
             flight.escalation = None
+            flight.expected_input = None
             await self._optimize(flight)
+            return
+        if flight.reservation.capped:
+            self._cap_answer(flight, paid, held_input, flight.reservation.amount)
+
+    def _cap_answer(self, flight: Flight, paid: Route, input_tokens: int, grant_micro_usd: int) -> None:
+        """Lower ``max_tokens`` to the answer the grant pays for, after the input's cost."""
+        input_cost = self._token_price(flight, paid, input_tokens, 0).cost_micro_usd or 0
+        million_out = self._token_price(flight, paid, 0, 1_000_000).cost_micro_usd or 0
+        asked = flight.call.params.max_tokens or _WORST_CASE_OUTPUT_TOKENS
+        tokens = asked if million_out == 0 else min(asked, (grant_micro_usd - input_cost) * 1_000_000 // million_out)
+        tokens = max(tokens, 1)
+        flight.call = replace(flight.call, params=replace(flight.call.params, max_tokens=tokens))
+        note = f"budget nearly spent: answer capped at {tokens} tokens"
+        flight.route = replace(flight.route, reason=f"{flight.route.reason}; {note}")
+        if flight.escalation is not None:
+            flight.escalation = replace(flight.escalation, reason=f"{flight.escalation.reason}; {note}")
 
     def _local_tier_model(self, terms: Terms | None) -> str | None:
         for model, tier in (terms.tier_of if terms is not None else self._tier_of).items():
@@ -533,6 +569,8 @@ class Gateway:
             return
         if finish_reason not in ("stop", "length") or not text.strip():
             return
+        if flight.reservation is not None and flight.reservation.capped:
+            return  # cut short by the budget: not the answer the client's limit asked for
         try:
             await asyncio.get_running_loop().run_in_executor(
                 None,
@@ -582,6 +620,8 @@ class Gateway:
         self._settle(flight, price.cost_micro_usd, usage.input_tokens + usage.output_tokens)
         self._requests.record(row)
         self._note_activity(flight)
+        if status == "ok" and self._calibration is not None and row.input_tokens_expected and not usage.estimated:
+            self._calibration.observe(row.model, row.input_tokens_expected, usage.input_tokens)
         return price
 
     def _note_activity(self, flight: Flight) -> None:
@@ -603,6 +643,8 @@ class Gateway:
     def _row(self, flight: Flight, status: Status, usage: Usage, price: Price, error_type: str = "") -> RequestRecord:
         route, call, optimized = flight.route, flight.call, flight.optimized
         saved = self._optimizer_saving(flight) if status == "ok" else 0
+        paid = flight.expected_input
+        expected = paid[1] if paid is not None and paid[0] == route.model else None
         return RequestRecord(
             id=flight.request_id,
             ts=flight.ts,
@@ -634,6 +676,8 @@ class Gateway:
             prompt_tokens_after=optimized.tokens_after if optimized else None,
             optimizer_note=optimized.note if optimized else "",
             model_load_ms=round(flight.progress.load_s * 1000) if flight.progress.load_s else None,
+            input_tokens_expected=expected,
+            hold_micro_usd=flight.reservation.amount if flight.reservation is not None else None,
         )
 
     def _optimizer_saving(self, flight: Flight) -> int:

@@ -16,9 +16,10 @@ import time
 
 import uvicorn
 
-from agent.app import Services, build_asgi_app
+from agent.app import build_asgi_app
 from agent.discovery import agent_url, remove_discovery, write_discovery
 from agent.errors import ConfigError
+from agent.services import Services
 from agent.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -147,6 +147,11 @@ class ShareSection(_Section):
     read_timeout_s: float = Field(5.0, gt=0)
 
 
+class BudgetsSection(_Section):
+    # A request kept out only by the holds of calls in flight waits this long for them to settle.
+    hold_wait_s: float = Field(15.0, ge=0, le=600)
+
+
 class PriceOverride(_Section):
     input_usd_per_mtok: Decimal = Field(ge=0)
     output_usd_per_mtok: Decimal = Field(ge=0)
@@ -225,6 +230,7 @@ class Settings(_Section):
     routing: RoutingSection = RoutingSection()
     optimizer: OptimizerSection = OptimizerSection()
     pricing: PricingSection = PricingSection()
+    budgets: BudgetsSection = BudgetsSection()
     gpu: GpuSection = GpuSection()
     local_models: tuple[LocalModelConfig, ...] = (LocalModelConfig(),)
     cloud: tuple[CloudEndpoint, ...] = ()

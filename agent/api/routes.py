@@ -19,8 +19,9 @@ from agent import __version__
 from agent.api import schemas
 from agent.api.errors import error_json
 from agent.cache.keys import scope_of, visible_scopes
+from agent.chat import ChatCall
 from agent.errors import AIFinOpsError, InvalidRequest, PermissionDenied, RequestTooLarge
-from agent.gateway import ChatCall, ChatResult, Flight, StreamSummary
+from agent.gateway import ChatResult, Flight, StreamSummary
 from agent.identity import Caller
 from agent.ledger.requests import SPEND_DIMENSIONS, RequestRecord
 from agent.money import format_usd
@@ -28,7 +29,7 @@ from agent.pricing.prices import Price
 from agent.providers.base import ChatParams, Delta, Message, Usage
 
 if TYPE_CHECKING:
-    from agent.app import Services
+    from agent.services import Services
 
 FEATURE_HEADER = "x-aifinops-feature"
 

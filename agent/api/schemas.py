@@ -172,7 +172,7 @@ class ErrorDetail(BaseModel):
     type: str
     param: str | None = None
     code: str | None = None
-    budget: dict[str, str] | None = None  # budget_exceeded: which budget, spent, amount, resets_at
+    budget: dict[str, str | int] | None = None  # budget_exceeded: which budget, spent, amount, resets_at
 
 
 class ErrorBody(BaseModel):

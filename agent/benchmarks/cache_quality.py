@@ -19,6 +19,7 @@ import numpy as np
 
 from agent.cache.keys import cache_key
 from agent.cache.service import Embedder, SemanticCache
+from agent.chat import ChatCall
 from agent.errors import InvalidRequest
 from agent.identity import Caller
 from agent.jsonlines import read_records
@@ -51,8 +52,6 @@ def run_cache_quality(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Similarity of each pair's best hit (guard on and off), then precision/recall per threshold."""
-    from agent.gateway import ChatCall  # the gateway imports the cache: import it late
-
     lowest = min(min(SWEEP), settings.threshold)
     v1, v2 = [], []
     for start in range(0, len(pairs), 64):

@@ -5,6 +5,8 @@ empty): a normal answer, a 429 with Retry-After, a 5xx, a slow answer, malformed
 stream cut off in the middle. Every request body received is kept in ``received``, and its
 headers (lower-case names) in ``received_headers``. With ``count_usage`` the usage reports the
 request's real token counts (o200k), as a provider would, instead of the scripted numbers.
+An answer never bills more completion tokens than the request's ``max_tokens`` (it is then
+cut: ``finish_reason`` "length"), as a provider's would not.
 Used by the tests, by ``bench/`` and by ``aifinops bench replay``.
 """
 
@@ -108,6 +110,10 @@ class ScriptedUpstream:
             if self.count_usage:
                 prompt_tokens = count_message_tokens(str(m.get("content", "")) for m in body.get("messages", []))
                 completion_tokens = count_text_tokens(b.text)
+            limit = body.get("max_tokens")
+            if isinstance(limit, int) and 0 < limit < completion_tokens:  # as a provider stops at max_tokens
+                completion_tokens = limit
+                answer["choices"][0]["finish_reason"] = "length"
             answer["usage"] = {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,

@@ -1,10 +1,21 @@
 """Budgets and rate limits, enforced before any money is spent.
 
 Before a paid call the gateway **reserves** the call's worst-case cost against every budget
-that applies to the caller (user, department, feature, organisation); the reservation fails
-when it would take any hard budget past its amount, so concurrent requests can never spend past
-it together. When the call ends (answered, failed, aborted) its ledger row is written and the
-reservation is **settled**: released, and the real cost added to the spent total.
+that applies to the caller (user, department, feature, organisation); the reservation never
+takes a hard budget past its amount, so concurrent requests can never spend past it together.
+When the call ends (answered, failed, aborted) its ledger row is written and the reservation is
+**settled**: released, and the real cost added to the spent total.
+
+A request whose worst case does not fit only because of the holds of calls in flight **waits**
+for them to settle (bounded by ``budgets.hold_wait_s``) instead of being refused; one that still
+does not fit, with nothing in flight, may be granted what is left when that pays for a short
+answer (``floor``): the gateway then lowers its ``max_tokens`` to what the grant pays for. A
+refusal says whether the budget is spent or held by calls in flight.
+
+Holds are estimates. A call that settles above its hold (the provider counted more input than
+we estimated) *closes* its budgets to new holds until the calls in flight have settled, so one
+surprise cannot repeat across many concurrent calls; spend past the amount raises one
+``budget_overrun`` event per budget, subject and period, with the amount over.
 
 Spent totals are the ledger's: loaded once per budget, subject and period from the requests
 table, then kept in memory next to the open reservations, all under one lock (this agent is the
@@ -17,6 +28,7 @@ period and threshold, and posts it to the policy's webhook if it names one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -70,6 +82,9 @@ class Charge:
 class _Totals:
     spent: int
     reserved: int = 0
+    holds: int = 0  # calls in flight holding against this budget
+    closed: bool = False  # a call settled above its hold: no new holds until ``holds`` is 0
+    overrun_reported: bool = False
 
 
 @dataclass
@@ -79,6 +94,31 @@ class Reservation:
     amount: int  # micro-USD held against each charge
     created: float = field(default_factory=time.monotonic)
     settled: bool = False
+    asked: int = 0  # the worst case asked for; ``amount`` is less when the grant was capped
+    waited_s: float = 0.0
+
+    @property
+    def capped(self) -> bool:
+        return self.amount < self.asked
+
+
+@dataclass(frozen=True)
+class Quote:
+    """What a paid call asks to hold (micro-USD): its worst case; ``floor``, the least grant worth
+    answering with (None: all or nothing); ``exclusive``, hold only while no other call holds
+    against the same budgets (its model's input is not calibrated yet)."""
+
+    worst: int
+    floor: int | None = None
+    exclusive: bool = False
+
+
+@dataclass(frozen=True)
+class _Wait:
+    """Holds in flight are in the way: wait for one to settle and ask again."""
+
+    charge: Charge
+    totals: _Totals
 
 
 @dataclass(frozen=True)
@@ -123,6 +163,7 @@ class BudgetEnforcer:
         self._lock = threading.Lock()
         self._totals: dict[tuple[str, str, str, str, str], _Totals] = {}
         self._open: dict[str, Reservation] = {}
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     @property
     def policy(self) -> Policy | None:
@@ -188,27 +229,115 @@ class BudgetEnforcer:
             out.append(Charge(rule, subject, start, end, period_key(rule.period, at, policy.timezone)))
         return tuple(out)
 
-    def reserve(self, caller: Caller, feature: str, request_id: str, worst_case_micro_usd: int) -> Reservation:
-        """Hold the worst case against every budget, or raise BudgetExceeded naming the first
-        hard budget it would break (``code`` says ``block`` or ``downgrade``)."""
+    def reserve(
+        self,
+        caller: Caller,
+        feature: str,
+        request_id: str,
+        worst_case_micro_usd: int,
+        *,
+        floor_micro_usd: int | None = None,
+        exclusive: bool = False,
+    ) -> Reservation:
+        """Hold the worst case against every budget now, or raise BudgetExceeded naming the first
+        hard budget it would break (``code`` says ``block`` or ``downgrade``). Never waits."""
         charges = self.charges(caller, feature)
         with self._lock:
-            self._expire_stale()
-            refused = None
-            for charge in charges:
-                totals = self._totals_for(charge)
-                if totals.spent + totals.reserved + worst_case_micro_usd > charge.rule.amount_micro_usd:
-                    refused = (charge, _Totals(totals.spent, totals.reserved))
-                    break
-            if refused is None:
-                for charge in charges:
-                    self._totals_for(charge).reserved += worst_case_micro_usd
-                reservation = Reservation(request_id, charges, worst_case_micro_usd)
-                self._open[request_id] = reservation
-                return reservation
-        charge, totals = refused
+            outcome = self._attempt(charges, request_id, worst_case_micro_usd, floor_micro_usd, exclusive, None)
+        if isinstance(outcome, Reservation):
+            return outcome
+        raise self._refusal(outcome, caller, worst_case_micro_usd, waited_s=0.0)
+
+    async def reserve_waiting(
+        self, caller: Caller, feature: str, request_id: str, quote: Callable[[], Quote], *, wait_s: float
+    ) -> Reservation:
+        """As ``reserve``, but a request that only the holds of calls in flight keep out waits up
+        to ``wait_s`` for them to settle. ``quote`` is asked again after each wait: what a call
+        holds can change meanwhile (a settled call calibrated its model)."""
+        charges = self.charges(caller, feature)
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        deadline = started + wait_s
+        while True:
+            woken: asyncio.Future[None] = loop.create_future()
+            asked = quote()
+            with self._lock:
+                outcome = self._attempt(charges, request_id, asked.worst, asked.floor, asked.exclusive, (loop, woken))
+            if isinstance(outcome, Reservation):
+                outcome.waited_s = time.monotonic() - started
+                return outcome
+            left = deadline - time.monotonic()
+            if not isinstance(outcome, _Wait) or left <= 0:
+                self._forget(woken)
+                raise self._refusal(outcome, caller, asked.worst, waited_s=time.monotonic() - started)
+            try:
+                await asyncio.wait_for(asyncio.shield(woken), timeout=left)
+            except TimeoutError:
+                pass
+            finally:
+                self._forget(woken)
+
+    def _attempt(
+        self,
+        charges: tuple[Charge, ...],
+        request_id: str,
+        worst: int,
+        floor: int | None,
+        exclusive: bool,
+        waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None,
+    ) -> Reservation | _Wait | tuple[Charge, _Totals]:
+        """Under the lock: a reservation, a reason to wait (registering ``waiter`` to be woken
+        when a hold goes), or the charge that refuses."""
+        self._expire_stale()
+        grant, wait = worst, None
+        for charge in charges:
+            totals = self._totals_for(charge)
+            free = self._limit(charge) - totals.spent - totals.reserved
+            busy = totals.holds > 0
+            if busy and (totals.closed or exclusive):
+                wait = wait or _Wait(charge, _copy(totals))
+            elif free >= worst:
+                continue
+            elif busy:
+                wait = wait or _Wait(charge, _copy(totals))
+            elif floor is not None and free >= floor:
+                grant = min(grant, free)
+            else:
+                return (charge, _copy(totals))
+        if wait is not None:
+            if waiter is not None:
+                self._waiters.append(waiter)
+            return wait
+        for charge in charges:
+            totals = self._totals_for(charge)
+            totals.reserved += grant
+            totals.holds += 1
+        reservation = Reservation(request_id, charges, grant, asked=worst)
+        self._open[request_id] = reservation
+        return reservation
+
+    def _refusal(
+        self, outcome: _Wait | tuple[Charge, _Totals], caller: Caller, asked: int, *, waited_s: float
+    ) -> BudgetExceeded:
+        if isinstance(outcome, _Wait):
+            return _exceeded(outcome.charge, outcome.totals, asked, self._limit(outcome.charge), waited_s=waited_s)
+        charge, totals = outcome
         self._alert(charge, None, totals, caller)  # once per period: "this budget now refuses"
-        raise _exceeded(charge, totals, worst_case_micro_usd)
+        return _exceeded(charge, totals, asked, self._limit(charge))
+
+    def _limit(self, charge: Charge) -> int:
+        """What this agent may spend against a budget: its amount."""
+        return charge.rule.amount_micro_usd
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        with self._lock:
+            self._waiters = [(loop, fut) for loop, fut in self._waiters if fut is not waiter]
+
+    def _wake_all(self) -> None:
+        """Under the lock: every waiting request asks again (a hold went, or spend changed)."""
+        waiters, self._waiters = self._waiters, []
+        for loop, fut in waiters:
+            loop.call_soon_threadsafe(_resolve, fut)
 
     def settle(
         self,
@@ -220,8 +349,10 @@ class BudgetEnforcer:
     ) -> None:
         """After the ledger row is written: release the hold, count the real cost, raise alerts."""
         crossed: list[tuple[Charge, int, _Totals]] = []
+        overrun: list[tuple[Charge, _Totals]] = []
         charges = reservation.charges if reservation is not None else self.charges(caller, feature, at)
         cost = cost_micro_usd or 0
+        above_hold = reservation is not None and cost > reservation.amount
         with self._lock:
             if reservation is not None:
                 if reservation.settled:
@@ -231,12 +362,25 @@ class BudgetEnforcer:
                 totals = self._totals_for(charge)
                 before = totals.spent
                 totals.spent += cost
+                if above_hold and totals.holds > 0:
+                    totals.closed = True  # the other holds may be as wrong: let them settle first
                 for threshold in charge.rule.alerts:
                     limit = charge.rule.amount_micro_usd * threshold
                     if before * 100 < limit <= totals.spent * 100:
-                        crossed.append((charge, threshold, _Totals(totals.spent, totals.reserved)))
+                        crossed.append((charge, threshold, _copy(totals)))
+                if totals.spent > charge.rule.amount_micro_usd and not totals.overrun_reported and cost > 0:
+                    totals.overrun_reported = True
+                    overrun.append((charge, _copy(totals)))
+            self._wake_all()
+        if above_hold and reservation is not None:
+            log.warning(
+                "request %s cost %s USD, above its hold of %s USD",
+                reservation.request_id, format_usd(cost), format_usd(reservation.amount),
+            )  # fmt: skip
         for charge, threshold, totals in crossed:
             self._alert(charge, threshold, totals, caller)
+        for charge, totals in overrun:
+            self._alert(charge, None, totals, caller, kind="budget_overrun")
 
     def release(self, reservation: Reservation | None) -> None:
         """Give a hold back without spending (the request never reached a provider)."""
@@ -245,6 +389,7 @@ class BudgetEnforcer:
         with self._lock:
             if not reservation.settled:
                 self._drop_hold(reservation)
+                self._wake_all()
 
     def used_fraction(self, caller: Caller, feature: str) -> float | None:
         """The highest share of any applicable budget already spent or held (for the router)."""
@@ -326,6 +471,9 @@ class BudgetEnforcer:
             totals = self._totals.get(charge.key)
             if totals is not None:
                 totals.reserved = max(totals.reserved - reservation.amount, 0)
+                totals.holds = max(totals.holds - 1, 0)
+                if totals.holds == 0:
+                    totals.closed = False
 
     def _expire_stale(self) -> None:
         cutoff = time.monotonic() - _RESERVATION_MAX_AGE_S
@@ -333,13 +481,16 @@ class BudgetEnforcer:
             if reservation.created < cutoff:
                 log.warning("budget hold of request %s was never settled: released", request_id)
                 self._drop_hold(reservation)
+                self._wake_all()
 
-    def _alert(self, charge: Charge, threshold: int | None, totals: _Totals, caller: Caller) -> None:
+    def _alert(
+        self, charge: Charge, threshold: int | None, totals: _Totals, caller: Caller, kind: str | None = None
+    ) -> None:
         """One event per budget, subject, period and threshold; ``threshold=None``: the budget
-        has started refusing (kind ``budget_exhausted``)."""
+        has started refusing (kind ``budget_exhausted``), or spend went past it (``budget_overrun``)."""
         rule = charge.rule
-        kind = "budget_alert" if threshold is not None else "budget_exhausted"
-        body = {
+        kind = kind or ("budget_alert" if threshold is not None else "budget_exhausted")
+        body: dict[str, Any] = {
             "budget": rule.name,
             "scope": rule.scope,
             "subject": charge.subject,
@@ -351,6 +502,8 @@ class BudgetEnforcer:
             "resets_at": _iso(charge.end),
             "action": rule.action,
         }
+        if kind == "budget_overrun":
+            body["overrun_usd"] = format_usd(totals.spent - rule.amount_micro_usd)
         user_id = caller.user_id if rule.scope == "user" else None
         department = charge.subject if rule.scope == "department" else None
         key = f"{kind}:{rule.name}:{rule.scope}:{charge.subject}:{charge.period_key}:{threshold or ''}"
@@ -373,13 +526,25 @@ def _post_webhook(url: str, body: dict[str, Any]) -> None:
         log.warning("alert webhook failed: %s", e)
 
 
-def _exceeded(charge: Charge, totals: _Totals, asked: int) -> BudgetExceeded:
+def _exceeded(
+    charge: Charge, totals: _Totals, asked: int, limit: int, *, waited_s: float | None = None
+) -> BudgetExceeded:
+    """The 402: which budget, how much is spent and held, and whether the calls in flight (not
+    the spend) are what kept this request out (``waited_s`` is then how long it waited)."""
     rule = charge.rule
+    held = waited_s is not None
+    if held:
+        cause = f"{totals.holds} call(s) in flight hold {format_usd(totals.reserved)} USD of it"
+        cause += f" and did not settle within {waited_s:.1f} s" if waited_s else ""
+        cause += "; retry when they finish"
+    else:
+        cause = f"it resets at {_iso(charge.end)}"
+    scope = f"{rule.scope} {charge.subject!r}, per {rule.period}"
+    fleet = " (this agent's share of the fleet's budget)" if limit != rule.amount_micro_usd else ""
     return BudgetExceeded(
-        f"budget {rule.name!r} ({rule.scope} {charge.subject!r}, per {rule.period}) would be exceeded: "
-        f"spent {format_usd(totals.spent)} USD (+{format_usd(totals.reserved)} in flight) of "
-        f"{format_usd(rule.amount_micro_usd)} USD; this request may cost up to {format_usd(asked)} USD; "
-        f"it resets at {_iso(charge.end)}",
+        f"budget {rule.name!r} ({scope}) would be exceeded: spent {format_usd(totals.spent)} USD "
+        f"(+{format_usd(totals.reserved)} in flight) of {format_usd(limit)} USD{fleet}; this request may "
+        f"cost up to {format_usd(asked)} USD; {cause}" + (f"; it resets at {_iso(charge.end)}" if held else ""),
         code=rule.action,
         budget={
             "name": rule.name,
@@ -388,11 +553,23 @@ def _exceeded(charge: Charge, totals: _Totals, asked: int) -> BudgetExceeded:
             "period": rule.period,
             "action": rule.action,
             "amount_usd": format_usd(rule.amount_micro_usd),
+            "limit_usd": format_usd(limit),
             "spent_usd": format_usd(totals.spent),
             "reserved_usd": format_usd(totals.reserved),
+            "cause": "in_flight" if held else "spent",
+            "in_flight": totals.holds,
             "resets_at": _iso(charge.end),
         },
     )
+
+
+def _copy(totals: _Totals) -> _Totals:
+    return replace(totals)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _describe_rate(rule: RateRule) -> str:

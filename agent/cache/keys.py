@@ -12,13 +12,10 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from agent.chat import ChatCall
 from agent.identity import Caller
 from agent.settings import CacheSection
-
-if TYPE_CHECKING:
-    from agent.gateway import ChatCall
 
 
 @dataclass(frozen=True)

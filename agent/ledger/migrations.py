@@ -195,6 +195,22 @@ CREATE TRIGGER requests_spend_daily AFTER INSERT ON requests BEGIN
 END
 """
 
+# Budget holds: what the request was expected to send (the o200k estimate of its input, before
+# the provider counted) and what was held for it, so each model's reported / estimated input ratio
+# can be learned from the ledger (agent.budgets.calibration). Fleet publishing: how far each
+# stream of rows has reached the share (agent.fleet.publisher).
+M008_HOLDS_AND_FLEET = """
+ALTER TABLE requests ADD COLUMN input_tokens_expected INTEGER;
+ALTER TABLE requests ADD COLUMN hold_micro_usd INTEGER;
+CREATE INDEX requests_model_ts ON requests(model, ts);
+CREATE TABLE fleet_watermarks (
+    stream       TEXT PRIMARY KEY,
+    position     TEXT NOT NULL,
+    segments     INTEGER NOT NULL,
+    updated_at   TEXT NOT NULL
+)
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_cache", M002_CACHE),
@@ -203,4 +219,5 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m005_gpu", M005_GPU),
     ("m006_preferences", M006_PREFERENCES),
     ("m007_spend_daily", M007_SPEND_DAILY),
+    ("m008_holds_and_fleet", M008_HOLDS_AND_FLEET),
 )

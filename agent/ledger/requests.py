@@ -60,6 +60,9 @@ class RequestRecord:
     optimizer_note: str = ""
     # The local model had to be loaded for this request (after an idle unload): what it waited.
     model_load_ms: int | None = None
+    # Budget hold (m008): the input tokens estimated before the call, and the micro-USD held.
+    input_tokens_expected: int | None = None
+    hold_micro_usd: int | None = None
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,97 @@ def test_concurrent_requests_never_spend_past_a_hard_budget(
     assert budget["spent_micro_usd"] == spent and budget["reserved_micro_usd"] == 0
 
 
+def fire_concurrently(g: Governed, n: int, max_tokens: int) -> list[httpx.Response]:
+    async def fire() -> list[httpx.Response]:
+        headers = {"Authorization": f"Bearer {g.agent.token}"}
+        limits = httpx.Limits(max_connections=n)
+        async with httpx.AsyncClient(base_url=g.agent.base_url, headers=headers, timeout=120, limits=limits) as c:
+            body = {"model": MODEL, "messages": QUESTION, "max_tokens": max_tokens}
+            return list(await asyncio.gather(*(c.post("/v1/chat/completions", json=body) for _ in range(n))))
+
+    return asyncio.run(fire())
+
+
+def test_requests_the_budget_can_pay_for_wait_for_the_holds_in_flight_instead_of_being_refused(
+    governed: Callable[..., Governed], upstream: ScriptedUpstream
+) -> None:
+    # About 20 answers of 1,460 micro-USD in $0.03; each holds a worst case of 200 answer tokens
+    # (6,000+), so only four fit in flight at once: the others must wait, not be refused.
+    upstream.default = Behaviour(delay_s=0.05, completion_tokens=45)
+    answer = 11 * 10 + 45 * 30
+    amount = 30_000
+    g = governed(policy_text(1, "0.03"))
+    responses = fire_concurrently(g, 200, max_tokens=200)
+    ok = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code != 200]
+    rows = g.agent.rows()
+    spent = sum(r.cost_micro_usd or 0 for r in rows)
+    print(f"\n200 concurrent vs $0.03: {len(ok)} answered, {len(refused)} refused, "
+          f"spent {spent} of {amount} micro-USD ({100 * spent / amount:.1f}%)")  # fmt: skip
+    assert spent <= amount  # 0 overrun
+    assert spent >= 0.9 * amount
+    assert len(ok) >= amount // answer - 1 and len(ok) == len(rows)
+    assert all(r.status_code == 402 for r in refused) and len(refused) == 200 - len(ok)
+    causes = {r.json()["error"]["budget"]["cause"] for r in refused}
+    assert causes == {"spent"}  # nothing was refused because of holds: those waited
+    capped = [r for r in rows if "answer capped" in r.reason]
+    assert all(r.output_tokens < 200 for r in capped)
+    with g.agent.http() as http:
+        [budget] = http.get("/api/v1/budgets").json()["budgets"]
+    assert budget["spent_micro_usd"] == spent and budget["reserved_micro_usd"] == 0
+
+
+def test_a_refusal_caused_by_holds_in_flight_says_so(
+    governed: Callable[..., Governed], upstream: ScriptedUpstream
+) -> None:
+    upstream.default = Behaviour(delay_s=3.0)
+    g = governed(policy_text(1, "0.004"), budgets={"hold_wait_s": 0.5})  # room for one worst case
+
+    async def race() -> tuple[httpx.Response, httpx.Response]:
+        headers = {"Authorization": f"Bearer {g.agent.token}"}
+        async with httpx.AsyncClient(base_url=g.agent.base_url, headers=headers, timeout=30) as c:
+            body = {"model": MODEL, "messages": QUESTION, "max_tokens": 100}
+            first = asyncio.create_task(c.post("/v1/chat/completions", json=body))
+            await asyncio.sleep(1.0)
+            second = await c.post("/v1/chat/completions", json=body)
+            return await first, second
+
+    first, second = asyncio.run(race())
+    assert first.status_code == 200 and second.status_code == 402
+    error = second.json()["error"]
+    assert error["budget"]["cause"] == "in_flight" and error["budget"]["in_flight"] == 1
+    assert "in flight" in error["message"] and "did not settle within 0.5 s" in error["message"]
+
+
+def test_input_the_provider_counts_above_the_estimate_overruns_by_at_most_one_answer(
+    governed: Callable[..., Governed], upstream: ScriptedUpstream
+) -> None:
+    # Another tokenizer, tool schemas or images: 1,000 input tokens billed for a short question.
+    upstream.default = Behaviour(delay_s=0.05, prompt_tokens=1000)
+    answer = 1000 * 10 + 7 * 30
+    amount = 200_000  # about 19 answers
+    g = governed(policy_text(1, "0.2"))
+    with g.agent.http() as http:
+        before = http.get("/api/v1/events").json()["last_id"]
+    responses = fire_concurrently(g, 200, max_tokens=7)
+    rows = g.agent.rows()
+    spent = sum(r.cost_micro_usd or 0 for r in rows)
+    ok = [r for r in responses if r.status_code == 200]
+    print(f"\n200 concurrent, 1000 input tokens billed: {len(ok)} answered, spent {spent} of {amount} "
+          f"micro-USD, overrun {max(spent - amount, 0)} (one answer: {answer})")  # fmt: skip
+    assert spent - amount <= answer
+    assert spent >= amount - 2 * answer  # and the budget was still used
+    assert all(r.input_tokens_expected and r.input_tokens == 1000 for r in rows)
+    with g.agent.http() as http:
+        events = http.get("/api/v1/events", params={"since": before}).json()["events"]
+    overruns = [e for e in events if e["kind"] == "budget_overrun"]
+    if spent > amount:
+        [event] = overruns
+        assert event["body"]["overrun_usd"] == f"{(spent - amount) / 1_000_000:.6f}"
+    else:
+        assert overruns == []
+
+
 def test_an_aborted_stream_is_settled_at_what_it_generated(
     governed: Callable[..., Governed], upstream: ScriptedUpstream
 ) -> None:

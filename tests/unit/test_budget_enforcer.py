@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from agent.budgets.enforcer import BudgetEnforcer
+from agent.budgets.enforcer import BudgetEnforcer, Quote
 from agent.errors import BudgetExceeded, PermissionDenied, RateLimited
 from agent.identity import Caller
 from agent.ledger.database import Database
@@ -237,3 +239,66 @@ def test_rate_limits_refuse_with_the_wait(enforcer: BudgetEnforcer) -> None:
         enforcer.admit(caller, 10)
     assert 0 < limited.value.retry_after_s <= 60
     assert "3 requests/min" in limited.value.message
+
+
+# -- waiting for holds, capped grants, holds that were too small ------------------------------
+
+
+def test_a_request_kept_out_by_holds_in_flight_waits_for_them_and_then_gets_in(enforcer: BudgetEnforcer) -> None:
+    first = enforcer.reserve(ALICE, "chat", "r1", 8_000)  # of 10,000 micro-USD
+
+    async def scenario() -> tuple[float, int]:
+        waiting = asyncio.create_task(enforcer.reserve_waiting(ALICE, "chat", "r2", lambda: Quote(8_000), wait_s=10))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # 8,000 more does not fit while r1 holds
+        enforcer.settle(first, ALICE, "chat", NOW, 1_000)  # r1 cost far less than its hold
+        second = await waiting
+        return second.waited_s, second.amount
+
+    waited, amount = asyncio.run(scenario())
+    assert waited >= 0.2 and amount == 8_000
+
+
+def test_a_wait_that_runs_out_is_refused_saying_the_holds_caused_it(enforcer: BudgetEnforcer) -> None:
+    enforcer.reserve(ALICE, "chat", "r1", 8_000)
+    with pytest.raises(BudgetExceeded) as refused:
+        asyncio.run(enforcer.reserve_waiting(ALICE, "chat", "r2", lambda: Quote(8_000), wait_s=0.2))
+    assert refused.value.budget["cause"] == "in_flight" and refused.value.budget["in_flight"] == 1
+    assert "did not settle within 0.2 s" in refused.value.message
+
+
+def test_with_nothing_in_flight_what_is_left_is_granted_when_it_pays_for_a_short_answer(
+    enforcer: BudgetEnforcer,
+) -> None:
+    enforcer.settle(None, ALICE, "chat", NOW, 7_000)
+    capped = enforcer.reserve(ALICE, "chat", "r1", 8_000, floor_micro_usd=2_000)
+    assert capped.amount == 3_000 and capped.capped
+    enforcer.release(capped)
+    with pytest.raises(BudgetExceeded) as refused:  # left: 3,000, the least worth answering: 4,000
+        enforcer.reserve(ALICE, "chat", "r2", 8_000, floor_micro_usd=4_000)
+    assert refused.value.budget["cause"] == "spent"
+
+
+def test_an_uncalibrated_model_holds_one_call_at_a_time(enforcer: BudgetEnforcer) -> None:
+    first = enforcer.reserve(ALICE, "chat", "r1", 100, exclusive=True)
+    with pytest.raises(BudgetExceeded):  # room for 99 more, but r1's model has no ratio yet
+        enforcer.reserve(ALICE, "chat", "r2", 100, exclusive=True)
+    enforcer.settle(first, ALICE, "chat", NOW, 100)
+    assert enforcer.reserve(ALICE, "chat", "r2", 100, exclusive=True).amount == 100
+
+
+def test_a_call_settling_above_its_hold_closes_the_budget_until_the_others_settle_and_reports_the_overrun(
+    enforcer: BudgetEnforcer, db: Database
+) -> None:
+    small = [enforcer.reserve(ALICE, "chat", f"r{i}", 1_000) for i in range(3)]
+    enforcer.settle(small[0], ALICE, "chat", NOW, 6_000)  # the provider counted 6x our estimate
+    with pytest.raises(BudgetExceeded) as closed:  # 1,000 would fit, but the holds are suspect now
+        enforcer.reserve(ALICE, "chat", "r9", 100)
+    assert closed.value.budget["cause"] == "in_flight"
+    enforcer.settle(small[1], ALICE, "chat", NOW, 6_000)  # 12,000 of 10,000: over
+    enforcer.settle(small[2], ALICE, "chat", NOW, 500)
+    events = db.query("SELECT kind, body FROM events WHERE kind = 'budget_overrun'")
+    assert [json.loads(e["body"])["overrun_usd"] for e in events] == ["0.002000"]  # once, at the first overrun
+    with pytest.raises(BudgetExceeded) as spent:
+        enforcer.reserve(ALICE, "chat", "r10", 1)
+    assert spent.value.budget["cause"] == "spent"

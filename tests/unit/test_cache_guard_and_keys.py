@@ -6,7 +6,7 @@ import pytest
 
 from agent.cache.guard import facets, same_question
 from agent.cache.keys import cache_key, normalize_query, scope_of, visible_scopes
-from agent.gateway import ChatCall
+from agent.chat import ChatCall
 from agent.identity import Caller
 from agent.providers.base import ChatParams, Message
 from agent.settings import CacheSection

@@ -16,6 +16,7 @@ from agent.errors import ConfigError
 from agent.paths import Paths
 from agent.settings import (
     AgentSection,
+    BudgetsSection,
     CacheSection,
     GpuSection,
     LocalModelConfig,
@@ -210,6 +211,7 @@ def test_every_key_in_the_default_config_is_a_setting_and_every_setting_is_shown
         "models": ModelsSection,
         "share": ShareSection,
         "pricing": PricingSection,
+        "budgets": BudgetsSection,
         "cache": CacheSection,
         "tiers": TiersSection,
         "routing": RoutingSection,

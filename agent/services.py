@@ -1,0 +1,281 @@
+"""Composition root: builds every service from Settings, starts and stops them.
+
+Nothing here runs at import; ``Services.open()`` does the I/O (folders, ledger, first-run
+provisioning). ``agent.app.build_asgi_app()`` wires the HTTP layer to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from agent.budgets.calibration import InputCalibration
+from agent.budgets.enforcer import BudgetEnforcer
+from agent.bundle import direct_numba_cache
+from agent.cache.service import SemanticCache
+from agent.errors import ConfigError
+from agent.gateway import Gateway
+from agent.gpu.attribution import ActivityLog
+from agent.gpu.cost import GpuPricing
+from agent.gpu.sampler import GpuSampler
+from agent.identity import Identity
+from agent.ledger.cache_entries import CacheEntries
+from agent.ledger.database import Database
+from agent.ledger.events import EventLog
+from agent.ledger.gpu import GpuLedger
+from agent.ledger.policies import PolicyStore
+from agent.ledger.preferences import Preferences
+from agent.ledger.requests import RequestLog
+from agent.ledger.users import UserStore
+from agent.models.store import ModelStore
+from agent.optimizer import PromptOptimizer
+from agent.policy.sync import PolicySync
+from agent.pricing.prices import PriceBook
+from agent.providers.local_llama import LocalLlamaProvider
+from agent.providers.onnx_embedder import OnnxEmbedder
+from agent.providers.registry import ProviderRegistry
+from agent.routing.difficulty import DifficultyModel
+from agent.routing.router import TIERS, Router, Tier
+from agent.settings import Settings, write_default_config
+from native.nvml import GpuSource, NvmlSource, TraceReplay, probe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    identity: Identity
+    requests: RequestLog
+    store: ModelStore
+    registry: ProviderRegistry
+    gateway: Gateway
+    cache: SemanticCache | None
+    optimizer: PromptOptimizer
+    events: EventLog
+    policy: PolicySync
+    enforcer: BudgetEnforcer
+    scheduler: BackgroundScheduler
+    gpu_ledger: GpuLedger
+    activity: ActivityLog
+    preferences: Preferences
+    gpu_sampler: GpuSampler | None = None
+
+    @classmethod
+    def open(cls, settings: Settings) -> Services:
+        settings.paths.ensure()
+        # Before the kernels are first imported: a writable, per-user folder (in a bundle too).
+        direct_numba_cache(settings.paths.cache_dir / "numba")
+        # Only where the config in force is read: with AIFINOPS_CONFIG or --config naming another
+        # file (a system service's /etc/aifinops/config.toml), a copy in the home would mislead.
+        in_force = settings.config_file or settings.paths.config_file
+        if in_force == settings.paths.config_file and write_default_config(in_force):
+            log.info("wrote a commented default config to %s", in_force)
+        db = Database.open(settings.paths.ledger_file)
+        requests = RequestLog(db)
+        store = ModelStore(settings.models_dir, settings.share_dir)
+        registry = ProviderRegistry.from_settings(settings, store)
+        prices = PriceBook(settings.pricing.overrides, settings.pricing.local_usd_per_hour)
+        embedder = _shared_embedder(settings, store)
+        optimizer = PromptOptimizer(settings.optimizer, store)
+        cache = SemanticCache(settings.cache, CacheEntries(db), embedder) if settings.cache.enabled else None
+        events = EventLog(db)
+        share = settings.share
+        policy = PolicySync(
+            PolicyStore(db), settings.share_dir, share.public_keys, events, timeout_s=share.read_timeout_s
+        )
+        enforcer = BudgetEnforcer(db, lambda: policy.current, events)
+        activity = ActivityLog()
+        preferences = Preferences(db)
+        gateway = Gateway(
+            registry,
+            prices,
+            requests,
+            settings.agent.default_model,
+            cache,
+            router=build_router(settings, registry),
+            routing=settings.routing,
+            embedder=embedder,
+            tiers={tier: getattr(settings.tiers, tier) for tier in TIERS},
+            optimizer=optimizer,
+            enforcer=enforcer,
+            activity=activity,
+            cloud_paused=lambda caller: preferences.cloud_paused(caller.user_id),
+            calibration=InputCalibration.from_ledger(db),
+            hold_wait_s=settings.budgets.hold_wait_s,
+        )
+        scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
+        return cls(
+            settings,
+            db,
+            Identity(UserStore(db)),
+            requests,
+            store,
+            registry,
+            gateway,
+            cache,
+            optimizer,
+            events,
+            policy,
+            enforcer,
+            scheduler,
+            GpuLedger(db),
+            activity,
+            preferences,
+        )
+
+    def provision(self) -> None:
+        """Workstation first run: the OS user gets a user row and a 0600 token file."""
+        if self.settings.agent.provision_os_user:
+            self.identity.provision_os_user(self.settings.paths.token_file)
+
+    async def start(self) -> None:
+        # The last good policy is in force at once; the share is read now and then every interval.
+        self.policy.load_last_good()
+        log.info("policy: %s", self.policy.status().summary)
+        if self.settings.share_dir is not None:
+            interval = self.settings.share.sync_interval_s
+            self.scheduler.add_job(self.policy.sync_once, "interval", seconds=interval, id="policy-sync",
+                                   next_run_time=datetime.now(UTC))  # fmt: skip
+        for provider in self.registry.local():
+            idle_s = provider.config.idle_unload_s
+            if idle_s > 0:  # checked four times per idle period, at most once a minute
+                every = min(60.0, max(idle_s / 4, 0.5))
+                self.scheduler.add_job(self._unload_if_idle, "interval", seconds=every, args=[provider, idle_s],
+                                       id=f"unload-{provider.name}")  # fmt: skip
+        self._start_gpu_sampling()
+        self.scheduler.start()
+        if self.cache is not None:
+            self.cache.load()
+            # Load the embedder and compile the similarity kernels now, not on the first request.
+            # A daemon thread, not the loop's executor: a stop during a first run's compile (10 s
+            # and more on 2 cores) must not wait for it.
+            threading.Thread(target=_warm_up, args=(self.cache,), name="cache-warm-up", daemon=True).start()
+        for provider in self.registry.local():
+            if provider.config.load_at_start:
+                # Loads in the model's own thread; a failure is logged, the agent stays up.
+                task = asyncio.create_task(provider.load())
+                task.add_done_callback(_log_load_failure)
+
+    def _start_gpu_sampling(self) -> None:
+        """Every gpu.sample_interval_s: NVML (or a replayed trace) -> minutes, costs, charges."""
+        gpu = self.settings.gpu
+        if not gpu.enabled:
+            return
+        if gpu.trace:
+            try:
+                source: GpuSource = TraceReplay.from_file(gpu.trace)
+            except (OSError, ValueError) as e:
+                log.error("gpu.trace %s cannot be replayed: %s; GPU tracking off", gpu.trace, e)
+                return
+        else:
+            status = probe()
+            if not status.available:
+                log.info("no NVIDIA GPU (%s): running without GPU tracking", status.error)
+                return
+            source = NvmlSource()
+        self.gpu_sampler = GpuSampler(
+            source,
+            self.gpu_ledger,
+            GpuPricing.from_settings(gpu),
+            self.activity,
+            idle_threshold_pct=gpu.idle_threshold_pct,
+            max_gap_s=gpu.max_gap_s,
+            box_department=gpu.box_department,
+        )
+        self.scheduler.add_job(self.gpu_sampler.tick, "interval", seconds=gpu.sample_interval_s, id="gpu-sample")
+
+    def _unload_if_idle(self, provider: LocalLlamaProvider, idle_s: float) -> None:
+        unloaded = provider.unload_if_idle(idle_s)
+        if unloaded is not None:
+            freed = unloaded.memory_freed_bytes
+            body = {
+                "model": unloaded.model,
+                "idle_s": round(unloaded.idle_s, 1),
+                "memory_freed_mib": None if freed is None else round(freed / 2**20, 1),
+            }
+            self.events.add("model_unloaded", body)
+
+    async def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        if self.gpu_sampler is not None:
+            self.gpu_sampler.flush()  # the minutes still open are written too
+        await self.registry.close()
+        await asyncio.to_thread(self.optimizer.close)  # the lossy step's scoring model, if loaded
+        self.db.close()
+
+
+def _warm_up(cache: SemanticCache) -> None:
+    try:
+        cache.warm_up()
+    except Exception:  # a thread boundary: the agent stays up, the first lookup loads it again
+        log.exception("warming up the semantic cache failed")
+
+
+def _log_load_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("loading a model at start failed: %s", error)
+
+
+def _shared_embedder(settings: Settings, store: ModelStore) -> Callable[[], OnnxEmbedder]:
+    """One embedding model for the router and the cache, loaded on first use."""
+    lock = threading.Lock()
+    loaded: list[OnnxEmbedder] = []
+
+    def embedder() -> OnnxEmbedder:
+        with lock:
+            if not loaded:
+                model = store.resolve(settings.cache.embedding_model)
+                tokenizer = store.resolve(settings.cache.embedding_tokenizer)
+                loaded.append(OnnxEmbedder(model, tokenizer, threads=max(1, (os.cpu_count() or 2) - 1)))
+            return loaded[0]
+
+    return embedder
+
+
+def default_router_artifact() -> Path:
+    return Path(str(resources.files("agent.routing").joinpath("default_router.npz")))
+
+
+def build_router(settings: Settings, registry: ProviderRegistry) -> Router | None:
+    """The router for "auto", or None when routing is off. A tier naming an unknown model is a
+    config error; an unreadable artifact is not: the router runs on rules and says so."""
+    if not settings.routing.enabled:
+        return None
+    tiers: dict[Tier, str] = {}
+    known = set(registry.model_names())
+    for tier in TIERS:
+        model = getattr(settings.tiers, tier)
+        if model and model not in known:
+            raise ConfigError(
+                f"tiers.{tier} = {model!r}: no such model is configured (known: {', '.join(sorted(known))})"
+            )
+        if model:
+            tiers[tier] = model
+    if not tiers:
+        return None
+    model, problem = build_router_model(settings)
+    return Router(tiers, settings.routing, model, problem)
+
+
+def build_router_model(settings: Settings, path: Path | None = None) -> tuple[DifficultyModel | None, str]:
+    """The trained difficulty model, or None and why (then the router runs on rules)."""
+    if path is None:
+        artifact = settings.routing.artifact
+        path = Path(artifact).expanduser() if artifact else default_router_artifact()
+    try:
+        return DifficultyModel.load(path), ""
+    except ConfigError as e:
+        log.warning("%s; routing by rules until it is fixed", e.message)
+        return None, "router artifact unavailable"
