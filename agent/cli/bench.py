@@ -1,0 +1,321 @@
+"""The `bench` group: cache quality, routing, compression, replay, similarity."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from agent.cli.common import _Context, _fail, _Group, main, pass_ctx
+from agent.settings import Settings
+
+if TYPE_CHECKING:
+    from agent.benchmarks.routing import TierPrice
+
+
+# -- bench ------------------------------------------------------------------------------------
+
+
+@main.group(cls=_Group)
+def bench() -> None:
+    """Measure the cache, similarity search, router, optimiser and whole pipeline on your data."""
+
+
+@bench.command("cache-quality")
+@click.option(
+    "--pairs",
+    "pairs_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON lines with q1, q2 and duplicate (true/false).",
+)
+@click.option("--limit", type=int, default=None, help="Use the first N pairs.")
+@click.option("--threshold", type=float, default=None, help="Similarity threshold (default: the configured one).")
+@click.option("--no-guard", is_flag=True, help="Turn the second-stage guard off.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def bench_cache_quality(
+    obj: _Context, pairs_file: str, limit: int | None, threshold: float | None, no_guard: bool, as_json: bool
+) -> None:
+    """Precision and recall of the semantic cache: store q1, look up q2, for every pair."""
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from agent.benchmarks.cache_quality import read_pairs, run_cache_quality
+    from agent.models.store import ModelStore
+    from agent.providers.onnx_embedder import OnnxEmbedder
+
+    settings = obj.settings()
+    config = settings.cache.model_copy(
+        update={"guard": not no_guard} | ({"threshold": threshold} if threshold is not None else {})
+    )
+    pairs = read_pairs(Path(pairs_file), limit)
+    store = ModelStore(settings.models_dir, settings.share_dir)
+    embedder = OnnxEmbedder(store.resolve(config.embedding_model), store.resolve(config.embedding_tokenizer),
+                            threads=max(1, (os.cpu_count() or 2) - 1))  # fmt: skip
+    with Progress(disable=as_json, transient=True) as bar:
+        task = bar.add_task("embedding", total=len(pairs))
+        result = run_cache_quality(pairs, embedder, config, progress=lambda n: bar.advance(task, n))
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(
+        f"{result['pairs']} pairs ({result['duplicates']} duplicates), threshold {result['threshold']}, "
+        f"guard {'on' if result['guard'] else 'off'}: precision {result['precision']}, recall {result['recall']}, "
+        f"{result['wrong_answers_served']} wrong answers served"
+    )
+    other = "sweep_guard_off" if result["guard"] else "sweep_guard_on"
+    click.echo(f"{'threshold':>9} {'precision':>9} {'recall':>7} | {other.removeprefix('sweep_')}: precision recall")
+    for mine, theirs in zip(result["sweep"], result[other], strict=True):
+        click.echo(f"{mine['threshold']:>9.2f} {mine['precision'] or 0:>9.3f} {mine['recall']:>7.3f} | "
+                   f"{theirs['precision'] or 0:>9.3f} {theirs['recall']:>7.3f}")  # fmt: skip
+
+
+def _tier_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--cheap-model, --strong-model and --provider-id: the two cloud tiers a benchmark prices."""
+    command = click.option("--provider-id", default="openai", show_default=True, help="Price table provider.")(command)
+    command = click.option("--strong-model", default=None, help="Strong tier (default: tiers.strong, else gpt-4o).")(
+        command
+    )
+    return click.option("--cheap-model", default=None, help="Cheap tier (default: tiers.cheap, else gpt-4o-mini).")(
+        command
+    )
+
+
+def _tier_prices(
+    settings: Settings, cheap_model: str | None, strong_model: str | None, provider_id: str
+) -> tuple[TierPrice, TierPrice]:
+    from agent.benchmarks.routing import tier_price
+    from agent.pricing.prices import PriceBook
+
+    prices = PriceBook(settings.pricing.overrides, settings.pricing.local_usd_per_hour)
+    try:
+        cheap = tier_price(prices, cheap_model or settings.tiers.cheap or "gpt-4o-mini", provider_id)
+        strong = tier_price(prices, strong_model or settings.tiers.strong or "gpt-4o", provider_id)
+    except ValueError as e:
+        _fail(str(e))
+    return cheap, strong
+
+
+@bench.command("routing")
+@click.option(
+    "--prompts",
+    "prompts_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON lines with prompt, weak_correct, strong_correct.",
+)
+@click.option("--limit", type=int, default=None, help="Use the first N rows (after leaving contaminated ones out).")
+@click.option("--router", "artifact", default=None, type=click.Path(dir_okay=False), help="Artifact to use.")
+@_tier_options
+@click.option("--output-tokens", default=200, show_default=True, help="Answer length assumed for the costs.")
+@click.option("--include-contaminated", is_flag=True, help="Keep rows flagged in RouteLLM's training list.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def bench_routing(
+    obj: _Context,
+    prompts_file: str,
+    limit: int | None,
+    artifact: str | None,
+    cheap_model: str | None,
+    strong_model: str | None,
+    provider_id: str,
+    output_tokens: int,
+    include_contaminated: bool,
+    as_json: bool,
+) -> None:
+    """Route labelled prompts with the real router; strong share, accuracy and cost per threshold."""
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from agent.benchmarks.routing import embed_in_batches, run_routing_bench
+    from agent.models.store import ModelStore
+    from agent.providers.onnx_embedder import OnnxEmbedder
+    from agent.routing.router import Router
+    from agent.routing.training import read_labelled
+    from agent.services import build_router_model
+
+    settings = obj.settings()
+    rows = read_labelled(Path(prompts_file))
+    kept = [r for r in rows if include_contaminated or not r.contaminated]
+    kept = kept[:limit] if limit is not None else kept
+    if not kept:
+        _fail(f"{prompts_file}: no rows to route")
+    cheap, strong = _tier_prices(settings, cheap_model, strong_model, provider_id)
+    model, problem = build_router_model(settings, Path(artifact) if artifact else None)
+    router = Router({"cheap": cheap.model, "strong": strong.model}, settings.routing, model, problem)
+    store = ModelStore(settings.models_dir, settings.share_dir)
+    embedder = OnnxEmbedder(store.resolve(settings.cache.embedding_model),
+                            store.resolve(settings.cache.embedding_tokenizer), threads=os.cpu_count() or 1)  # fmt: skip
+    with Progress(disable=as_json, transient=True) as bar:
+        task = bar.add_task("embedding prompts", total=len(kept))
+        vectors = embed_in_batches(embedder.embed, [r.prompt for r in kept], lambda n: bar.advance(task, n))
+    result = run_routing_bench(kept, vectors, router, cheap, strong, output_tokens)
+    result["excluded_contaminated"] = (
+        len(rows) - len([r for r in rows if not r.contaminated]) if not include_contaminated else 0
+    )
+    result["file"] = Path(prompts_file).name
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(
+        f"{result['file']}: {result['rows']} prompts ({result['excluded_contaminated']} contaminated left out), "
+        f"scoring by {result['scoring']}{' (' + problem + ')' if problem else ''}; "
+        f"all-strong accuracy {result['all_strong_accuracy']}, all-weak {result['all_weak_accuracy']}"
+    )
+    click.echo(
+        f"at 95% of all-strong quality: strong share {result['strong_share_at_95']}, "
+        f"cost reduction {result['cost_reduction_at_95']} (threshold {result['threshold_at_95']}); "
+        f"decision p50 {result['decision_ms_p50']} ms"
+    )
+    click.echo(f"{'threshold':>9} {'strong':>7} {'accuracy':>8} {'quality':>7} {'saved':>6}")
+    for p in result["sweep"]:
+        click.echo(f"{p['threshold']:>9.3f} {p['strong_share']:>7.3f} {p['accuracy']:>8.3f} "
+                   f"{p['quality_retained'] or 0:>7.3f} {p['cost_reduction'] or 0:>6.3f}")  # fmt: skip
+
+
+@bench.command("compress")
+@click.option(
+    "--prompts",
+    "prompts_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON lines with prompt (a string) or turns (a list of strings).",
+)
+@click.option("--limit", type=int, default=None, help="Use the first N rows.")
+@click.option("--concat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Join every K rows into one message (long inputs for lossy compression).")  # fmt: skip
+@click.option("--lossy/--no-lossy", default=None, help="Lossy compression on or off (default: as configured).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def bench_compress(
+    obj: _Context, prompts_file: str, limit: int | None, concat: int, lossy: bool | None, as_json: bool
+) -> None:
+    """Prompt optimiser: tokens after / before, ms per 1k tokens, numbers and names kept."""
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from agent.benchmarks.compress import read_conversations, run_compress_bench
+    from agent.models.store import ModelStore
+    from agent.optimizer import PromptOptimizer
+
+    settings = obj.settings()
+    config = settings.optimizer.model_copy(update={"enabled": True} | ({"lossy": lossy} if lossy is not None else {}))
+    conversations = read_conversations(Path(prompts_file), limit, concat)
+    if not conversations:
+        _fail(f"{prompts_file}: no prompts")
+    optimizer = PromptOptimizer(config, ModelStore(settings.models_dir, settings.share_dir))
+    try:
+        with Progress(disable=as_json, transient=True) as bar:
+            task = bar.add_task("optimising", total=len(conversations))
+            result = run_compress_bench(conversations, optimizer, lambda n: bar.advance(task, n))
+    finally:
+        optimizer.close()
+    result["file"] = Path(prompts_file).name
+    result["concat"] = concat
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(
+        f"{result['file']}: {result['conversations']} conversations (concat {concat}), lossy "
+        f"{'on (keep ' + str(result['lossy_keep_ratio']) + ')' if result['lossy'] else 'off'}: "
+        f"tokens {result['tokens_before']} -> {result['tokens_after']} (ratio {result['ratio']}), "
+        f"{result['ms_per_1k_tokens']} ms per 1k tokens"
+    )
+    click.echo(
+        f"over {result['lossy_min_tokens']} tokens: {result['long_conversations']} conversations, "
+        f"ratio {result['long_ratio']}, {result['long_ms_per_1k_tokens']} ms per 1k tokens; steps {result['steps']}"
+    )
+    click.echo(
+        f"numbers and names: {result['terms_checked']} checked, "
+        f"{result['conversations_losing_terms']} conversations lost one"
+    )
+    for example in result["lost_examples"]:
+        click.echo(f"  conversation {example['conversation']}: lost {', '.join(example['lost'])}")
+
+
+@bench.command("replay")
+@click.option(
+    "--prompts",
+    "prompts_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON lines with prompt, turns (a conversation) or q1/q2 (two questions).",
+)
+@click.option("--limit", type=int, default=None, help="Replay the first N conversations.")
+@click.option("--repeat", default=1, show_default=True, help="Send the whole file this many times.")
+@_tier_options
+@click.option("--max-tokens", default=48, show_default=True, help="Answer length asked of every request.")
+@click.option("--cascade", is_flag=True, help="Local model first, escalating when unsure.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def bench_replay(
+    obj: _Context,
+    prompts_file: str,
+    limit: int | None,
+    repeat: int,
+    cheap_model: str | None,
+    strong_model: str | None,
+    provider_id: str,
+    max_tokens: int,
+    cascade: bool,
+    as_json: bool,
+) -> None:
+    """Replay prompts through optimiser, cache and router; cost against all-strong and all-cheap."""
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from agent.benchmarks.replay import read_conversations, run_replay
+
+    settings = obj.settings()
+    conversations = read_conversations(Path(prompts_file), limit) * max(repeat, 1)
+    cheap, strong = _tier_prices(settings, cheap_model, strong_model, provider_id)
+    routing = {"cascade": True} if cascade else {}
+    with Progress(disable=as_json, transient=True) as bar:
+        task = bar.add_task("replaying", total=len(conversations))
+        result = run_replay(
+            settings, conversations, cheap, strong, max_tokens, lambda n: bar.advance(task, n), **routing
+        )
+    result["file"] = Path(prompts_file).name
+    result["cascade"] = cascade
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    saved = result["saved_by"]
+    click.echo(
+        f"{result['file']}: {result['requests']} requests, answered by {result['answered_by']}; "
+        f"paid {result['total_cost_usd']} USD vs all-strong {result['all_strong_cost_usd']}, "
+        f"all-cheap {result['all_cheap_cost_usd']}"
+    )
+    click.echo(
+        f"saved vs all-strong {result['saved_vs_all_strong']}: cache {saved['cache']}, routing {saved['routing']}, "
+        f"compression {saved['compression']}"
+    )
+
+
+@bench.command("similarity")
+@click.option("--n", "sizes", default="100000,1000000", show_default=True, help="Stored vectors, comma-separated.")
+@click.option("--dtype", "dtypes", default="float32,float16,int8", show_default=True, help="Storage types.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def bench_similarity(obj: _Context, sizes: str, dtypes: str, as_json: bool) -> None:
+    """Top-k search speed: our kernels vs numpy and faiss, against the memory-bandwidth floor."""
+    settings = obj.settings()
+    from agent.bundle import direct_numba_cache
+
+    direct_numba_cache(settings.paths.cache_dir / "numba")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from agent.benchmarks.similarity import format_markdown, run_similarity_bench
+
+    try:
+        result = run_similarity_bench([int(n) for n in sizes.split(",")], dtypes.split(","))
+    except ValueError as e:
+        _fail(f"bad --n or --dtype: {e}")
+    click.echo(json.dumps(result) if as_json else format_markdown(result))

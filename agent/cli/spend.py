@@ -1,0 +1,119 @@
+"""`spend`, `budgets` and `chat`, through the running agent."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from agent.cli.common import _Context, _fail, main, pass_ctx
+
+# -- spend and chat (through the running agent) ---------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--by",
+    "by",
+    default="user",
+    show_default=True,
+    type=click.Choice(["user", "department", "feature", "model", "provider", "route", "tier"]),
+)
+@click.option("--since", default="30d", show_default=True, help="e.g. 7d, 24h, 2w or an ISO date.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--token", envvar="AIFINOPS_TOKEN", help="Bearer token (default: the token file).")
+@pass_ctx
+def spend(obj: _Context, by: str, since: str, as_json: bool, token: str | None) -> None:
+    """Spend grouped by user, department, feature, model, provider or route."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from agent.api.client import AgentClient
+
+    report = AgentClient.from_settings(obj.settings(), token).spend(by, since)
+    if as_json:
+        click.echo(json.dumps(report.model_dump(), indent=2))
+        return
+    title = f"spend by {by} since {report.since[:19]}Z ({'everyone' if report.scope == 'all' else 'you'})"
+    table = Table(by, "requests", "input tok", "output tok", "cost USD", "unpriced", "failed", title=title)
+    for r in report.rows:
+        table.add_row(
+            r.key or "-",
+            str(r.requests),
+            str(r.input_tokens),
+            str(r.output_tokens),
+            r.cost_usd,
+            str(r.unpriced_requests),
+            str(r.failed_requests),
+        )
+    table.add_section()
+    table.add_row("total", "", "", "", report.total_cost_usd, str(report.unpriced_requests), "")
+    Console().print(table)
+    if report.unpriced_requests:
+        click.secho(f"{report.unpriced_requests} request(s) have no known price: totals exclude them.", fg="yellow")
+
+
+@main.command()
+@click.option("--all", "everything", is_flag=True, help="Every budget of everyone (admins).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--token", envvar="AIFINOPS_TOKEN", help="Bearer token (default: the token file).")
+@pass_ctx
+def budgets(obj: _Context, everything: bool, as_json: bool, token: str | None) -> None:
+    """Your budgets (or, with --all, everyone's): spent, in flight, remaining, when they reset."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from agent.api.client import AgentClient
+
+    report = AgentClient.from_settings(obj.settings(), token).budgets(everything)
+    if as_json:
+        click.echo(json.dumps(report.model_dump(), indent=2))
+        return
+    if report.policy_version is None:
+        click.echo("No policy received yet: no budgets are enforced (see aifinops doctor).")
+        return
+    table = Table("budget", "for", "period", "spent USD", "in flight", "of USD", "left USD", "resets (UTC)", "over",
+                  title=f"budgets, policy version {report.policy_version}")  # fmt: skip
+    for b in report.budgets:
+        table.add_row(b.name, f"{b.scope} {b.subject}", b.period, b.spent_usd, b.reserved_usd, b.amount_usd,
+                      b.remaining_usd, b.resets_at[:16].replace("T", " "), b.action)  # fmt: skip
+    Console().print(table)
+
+
+@main.command()
+@click.argument("question")
+@click.option("--model", default="auto", show_default=True, help="local, a cloud model, or auto.")
+@click.option("--max-tokens", type=int, default=None, help="Cap the answer's length.")
+@click.option("--feature", default="cli-chat", show_default=True, help="Feature tag for chargeback.")
+@click.option("--token", envvar="AIFINOPS_TOKEN", help="Bearer token (default: the token file).")
+@pass_ctx
+def chat(obj: _Context, question: str, model: str, max_tokens: int | None, feature: str, token: str | None) -> None:
+    """Ask through the agent and stream the answer, then print what it cost."""
+    import openai
+
+    from agent.api.client import AgentClient
+
+    client = AgentClient.from_settings(obj.settings(), token)
+    cost, route = "unknown", ""
+    try:
+        stream = client.openai().chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": question}],
+            max_tokens=max_tokens,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"X-AIFinOps-Feature": feature},
+        )
+        for chunk in stream:
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    click.echo(choice.delta.content, nl=False)
+            extra = (chunk.model_extra or {}).get("x_aifinops")
+            if extra:
+                cost, route = extra["cost_usd"], extra["route"]
+    except openai.APIConnectionError:
+        _fail(f"no agent answers at {client.base_url}: start it with `aifinops agent run`")
+    except openai.APIStatusError as e:
+        _fail(f"{e.status_code}: {e.message}")
+    click.echo()
+    click.secho(f"[{route}] cost ${cost}", dim=True, err=True)
