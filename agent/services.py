@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -48,6 +49,9 @@ from agent.routing.router import TIERS, Router, Tier
 from agent.settings import Settings, write_default_config
 from native.nvml import GpuSource, NvmlSource, TraceReplay, probe
 
+if TYPE_CHECKING:
+    from agent.fleet.publisher import FleetPublisher
+
 log = logging.getLogger(__name__)
 
 
@@ -70,6 +74,7 @@ class Services:
     activity: ActivityLog
     preferences: Preferences
     gpu_sampler: GpuSampler | None = None
+    publisher: FleetPublisher | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -132,6 +137,7 @@ class Services:
             GpuLedger(db),
             activity,
             preferences,
+            publisher=_fleet_publisher(settings, db, policy),
         )
 
     def provision(self) -> None:
@@ -154,6 +160,9 @@ class Services:
                 self.scheduler.add_job(self._unload_if_idle, "interval", seconds=every, args=[provider, idle_s],
                                        id=f"unload-{provider.name}")  # fmt: skip
         self._start_gpu_sampling()
+        if self.publisher is not None:
+            self.scheduler.add_job(self._publish, "interval", seconds=self.settings.fleet.publish_interval_s,
+                                   id="fleet-publish", next_run_time=datetime.now(UTC))  # fmt: skip
         self.scheduler.start()
         if self.cache is not None:
             self.cache.load()
@@ -195,6 +204,21 @@ class Services:
         )
         self.scheduler.add_job(self.gpu_sampler.tick, "interval", seconds=gpu.sample_interval_s, id="gpu-sample")
 
+    def _publish(self) -> None:
+        """One fleet publish; a share that fails is said once per outage, the rows wait."""
+        if self.publisher is None:
+            return
+        failing = self.publisher.status().last_error is not None
+        try:
+            outcome = self.publisher.publish_once()
+        except OSError as e:
+            if not failing:
+                log.warning("fleet: the share %s did not take this host's rows (%s); they wait in the ledger",
+                            self.publisher.host_dir, e)  # fmt: skip
+            return
+        if failing:
+            log.info("fleet: the share takes rows again; caught up %s", outcome.rows)
+
     def _unload_if_idle(self, provider: LocalLlamaProvider, idle_s: float) -> None:
         unloaded = provider.unload_if_idle(idle_s)
         if unloaded is not None:
@@ -214,6 +238,18 @@ class Services:
         await self.registry.close()
         await asyncio.to_thread(self.optimizer.close)  # the lossy step's scoring model, if loaded
         self.db.close()
+
+
+def _fleet_publisher(settings: Settings, db: Database, policy: PolicySync) -> FleetPublisher | None:
+    if settings.share_dir is None or not settings.fleet.publish:
+        return None  # pyarrow is not even imported
+    from agent.fleet.publisher import build_publisher
+
+    def version() -> int | None:
+        current = policy.current
+        return current.version if current else None
+
+    return build_publisher(settings, db, policy_version=version)
 
 
 def _warm_up(cache: SemanticCache) -> None:

@@ -152,6 +152,16 @@ class BudgetsSection(_Section):
     hold_wait_s: float = Field(15.0, ge=0, le=600)
 
 
+class FleetSection(_Section):
+    # Publish this agent's finished ledger rows to <share>/fleet/<host-id>/ (needs share.path).
+    publish: bool = True
+    publish_interval_s: float = Field(60.0, ge=5)
+    # What leaves the box besides ids, counts and money: user names as they are, or hashed.
+    user_names: Literal["plain", "hashed"] = "plain"
+    # The router's reason for each request ("classifier: hard (0.91)"); never prompt or answer text.
+    publish_reasons: bool = False
+
+
 class PriceOverride(_Section):
     input_usd_per_mtok: Decimal = Field(ge=0)
     output_usd_per_mtok: Decimal = Field(ge=0)
@@ -231,6 +241,7 @@ class Settings(_Section):
     optimizer: OptimizerSection = OptimizerSection()
     pricing: PricingSection = PricingSection()
     budgets: BudgetsSection = BudgetsSection()
+    fleet: FleetSection = FleetSection()
     gpu: GpuSection = GpuSection()
     local_models: tuple[LocalModelConfig, ...] = (LocalModelConfig(),)
     cloud: tuple[CloudEndpoint, ...] = ()

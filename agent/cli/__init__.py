@@ -11,6 +11,7 @@ from agent.cli import (  # noqa: F401 - imported for the commands they register
     bench,
     cache,
     doctor,
+    fleet,
     gpu,
     models,
     policy,

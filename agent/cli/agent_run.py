@@ -27,3 +27,25 @@ def agent_run(obj: _Context, host: str | None, port: int | None) -> None:
     settings.paths.ensure()
     setup_logging(settings.paths.log_dir, settings.agent.log_level)
     run_agent(settings)
+    _leave_without_finalizing_native_threads()
+
+
+def _leave_without_finalizing_native_threads() -> None:
+    """Exit now when a daemon thread is still inside native code.
+
+    The cache warm-up loads the ONNX embedder and compiles the similarity kernels in a daemon
+    thread (a stop must not wait for a first run's compile). Stopped a moment after start, the
+    interpreter's normal exit runs C++ static destructors under that thread and the process dies
+    of SIGABRT ("terminate called without an active exception"), which systemd counts as a
+    failed stop. By now the server has stopped and the ledger is closed: flush and leave.
+    """
+    import logging
+    import os
+    import sys
+    import threading
+
+    if any(t.is_alive() for t in threading.enumerate() if t is not threading.main_thread()):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -66,5 +66,3 @@ def main(ctx: click.Context, home: str | None, config: str | None) -> None:
 
 
 pass_ctx = click.make_pass_decorator(_Context)
-
-

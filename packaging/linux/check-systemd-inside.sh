@@ -129,6 +129,16 @@ code=$(chat "$bob" local)
 expect "the policy refuses the local model to bob of research (gpt-4o-mini only): HTTP 403" [ "$code" = 403 ]
 expect "... saying model_not_allowed" grep -q model_not_allowed /tmp/chat.body
 
+# -- the agent publishes its ledger to the share's fleet folder ------------------------------
+if wait_for 60 sh -c 'ls /srv/company-share/fleet/*/summary.json'; then
+    ok "the agent published to the share (/srv/company-share/fleet/<host-id>/summary.json)"
+else
+    fail "the agent published to the share within 60 s"
+fi
+hosts=$($admin aifinops fleet hosts --share /srv/company-share 2>&1)
+echo "$hosts" | evidence
+expect "fleet hosts lists this host with policy version 1" contains "$hosts" "$(hostname).* 1 "
+
 journal=$(journalctl -u $unit --no-pager -o cat)
 echo "$journal" | evidence
 expect "journalctl -u $unit: no traceback, ERROR, WARNING or permission problem" \
@@ -147,8 +157,12 @@ journalctl -u $unit --no-pager -o cat | grep -e 'status=9/KILL' -e 'Scheduled re
 systemctl stop $unit
 systemctl show -p ActiveState -p Result -p ExecMainCode -p ExecMainStatus "$unit" | evidence
 # ExecMainCode 1 is CLD_EXITED: the agent exited by itself on SIGTERM, with status 0.
-expect "systemctl stop: inactive, Result=success, the agent exited 0 by itself" \
-    [ "$(prop ActiveState):$(prop Result):$(prop ExecMainCode):$(prop ExecMainStatus)" = inactive:success:1:0 ]
+if [ "$(prop ActiveState):$(prop Result):$(prop ExecMainCode):$(prop ExecMainStatus)" = inactive:success:1:0 ]; then
+    ok "systemctl stop: inactive, Result=success, the agent exited 0 by itself"
+else
+    fail "systemctl stop: inactive, Result=success, the agent exited 0 by itself"
+    journalctl -u $unit --no-pager -o cat | tail -n 60 | evidence
+fi
 expect "... within TimeoutStopSec (no SIGKILL)" \
     lacks "$(journalctl -u $unit --no-pager -o cat)" "timed out. Killing"
 

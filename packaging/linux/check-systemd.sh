@@ -101,6 +101,8 @@ pubkey=$(AIFINOPS_HOME=$work/admin/home "$cli" policy keygen --out "$work/admin/
 AIFINOPS_HOME=$work/admin/home "$cli" policy publish "$work/admin/policy.toml" --share "$share" \
     --key "$work/admin/keys/policy_signing_key.pem" > /dev/null
 find "$share" -type d -exec chmod 0755 {} + -o -type f -exec chmod 0644 {} +
+# Agents publish their ledgers to <share>/fleet/ (a folder every host may write, as on a real share).
+mkdir -p "$share/fleet" && chmod 1777 "$share/fleet"
 say "share with a signed policy (version 1) ready"
 
 # -- 3. install as an image build would (no systemd running), then boot ---------------------

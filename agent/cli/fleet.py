@@ -1,0 +1,202 @@
+"""The `fleet` group: publish this box's ledger to the share; admin reports over every host."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from agent.cli.common import _Context, _fail, _Group, main, pass_ctx
+
+if TYPE_CHECKING:
+    from agent.fleet.catalog import Catalog
+
+
+@main.group(cls=_Group)
+def fleet() -> None:
+    """Every agent's spend on the share: publish, report, hosts."""
+
+
+_SHARE = click.option("--share", type=click.Path(file_okay=False), help="The share (default: share.path).")
+
+
+def _share(obj: _Context, share: str | None) -> Path:
+    if share:
+        return Path(share)
+    configured = obj.settings().share_dir
+    if configured is None:
+        _fail("no share: set share.path in the config or pass --share")
+    return configured
+
+
+def _catalog(obj: _Context, share: str | None) -> Catalog:
+    from agent.fleet.catalog import scan
+
+    root = _share(obj, share)
+    if not root.is_dir():
+        _fail(f"the share {root} is not reachable")
+    try:
+        catalog = scan(root, obj.settings().paths.cache_dir / "fleet-checksums.json")
+    except OSError as e:
+        _fail(f"the share's fleet folder cannot be read: {e}")
+    for bad in catalog.skipped:
+        click.secho(f"skipped host {bad.name}: {bad.reason}", fg="yellow", err=True)
+    return catalog
+
+
+@fleet.command("publish")
+@pass_ctx
+def fleet_publish(obj: _Context) -> None:
+    """Publish this box's finished ledger rows to the share now (the agent does it every
+    fleet.publish_interval_s)."""
+    from agent.fleet.publisher import build_publisher
+    from agent.ledger.database import Database
+    from agent.ledger.policies import PolicyStore
+
+    settings = obj.settings()
+    if settings.share_dir is None:
+        _fail("no share: set share.path in the config")
+    if not settings.fleet.publish:
+        _fail("publishing is off (fleet.publish = false)")
+    settings.paths.ensure()
+    db = Database.open(settings.paths.ledger_file)
+    try:
+        last = PolicyStore(db).last_good()
+        publisher = build_publisher(settings, db, policy_version=lambda: last.version if last else None)
+        if publisher is None:
+            _fail("no publisher: set share.path and fleet.publish = true")
+        try:
+            outcome = publisher.publish_once()
+        except OSError as e:
+            _fail(f"the share did not take the rows ({e}); they wait in the ledger for the next publish")
+    finally:
+        db.close()
+    rows = ", ".join(f"{n} {stream}" for stream, n in outcome.rows.items())
+    click.echo(f"published {rows} row(s) in {outcome.segments} segment(s) to {publisher.host_dir}")
+    if outcome.compacted:
+        click.echo(f"compacted {outcome.compacted} segment(s)")
+    if outcome.backlog_rows:
+        click.echo(f"{outcome.backlog_rows} row(s) still to publish")
+
+
+@fleet.command("report")
+@click.option("--by", "by", default="department", show_default=True,
+              type=click.Choice(["user", "department", "feature", "model", "host", "day"]))  # fmt: skip
+@click.option("--since", default="30d", show_default=True, help="e.g. 7d, 24h, 2w or an ISO date.")
+@click.option("--until", default=None, help="An ISO date or time (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_SHARE
+@pass_ctx
+def fleet_report(obj: _Context, by: str, since: str, until: str | None, as_json: bool, share: str | None) -> None:
+    """Spend over every host on the share, with GPU cost and savings (DuckDB over the Parquet)."""
+    from agent.api.routes import parse_since
+    from agent.errors import InvalidRequest
+    from agent.fleet.report import report
+    from agent.money import format_usd
+
+    try:
+        start = parse_since(since)
+        end = parse_since(until) if until else None
+    except InvalidRequest as e:
+        _fail(e.message)
+    catalog = _catalog(obj, share)
+    result = report(catalog, by, start, end)  # type: ignore[arg-type]
+    names = {h.host_id: h.hostname for h in catalog.hosts}
+    money = ("cost_micro_usd", "gpu_cost_micro_usd", "cache_saved_micro_usd", "routing_saved_micro_usd",
+             "compression_saved_micro_usd")  # fmt: skip
+    if as_json:
+        body = {
+            "by": by,
+            "since": start.isoformat(),
+            "until": end.isoformat() if end else None,
+            "hosts": result.hosts,
+            "skipped_hosts": [{"name": s.name, "reason": s.reason} for s in catalog.skipped],
+            "rows": [
+                {**asdict(r), **{m.replace("_micro_usd", "_usd"): format_usd(getattr(r, m)) for m in money}}
+                | ({"hostname": names.get(r.key, "")} if by == "host" else {})
+                for r in result.rows
+            ],
+            "total": {m.replace("_micro_usd", "_usd"): format_usd(result.total(m)) for m in money},
+        }
+        click.echo(json.dumps(body, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    title = f"fleet spend by {by} since {start.isoformat()[:19]}Z, {result.hosts} host(s)"
+    table = Table(by, "requests", "input tok", "output tok", "cost USD", "unpriced", "failed", "GPU USD",
+                  "saved: cache", "routing", "compression", title=title)  # fmt: skip
+    for r in result.rows:
+        key = f"{names.get(r.key) or '?'} ({r.key[:8]})" if by == "host" else r.key
+        table.add_row(key or "-", str(r.requests), str(r.input_tokens), str(r.output_tokens),
+                      format_usd(r.cost_micro_usd), str(r.unpriced_requests), str(r.failed_requests),
+                      format_usd(r.gpu_cost_micro_usd), format_usd(r.cache_saved_micro_usd),
+                      format_usd(r.routing_saved_micro_usd), format_usd(r.compression_saved_micro_usd))  # fmt: skip
+    table.add_section()
+    totals = {m: format_usd(result.total(m)) for m in money}
+    table.add_row("total", str(result.total("requests")), "", "", totals["cost_micro_usd"],
+                  str(result.total("unpriced_requests")), "", totals["gpu_cost_micro_usd"],
+                  totals["cache_saved_micro_usd"], totals["routing_saved_micro_usd"],
+                  totals["compression_saved_micro_usd"])  # fmt: skip
+    Console().print(table)
+    if result.unattributed_gpu_micro_usd:
+        gpu_usd = format_usd(result.unattributed_gpu_micro_usd)
+        click.echo(f"GPU time has no {by}: its {gpu_usd} USD is in the total only.")
+    unpriced = result.total("unpriced_requests")
+    if unpriced:
+        click.secho(f"{unpriced} request(s) have no known price: totals exclude them.", fg="yellow")
+
+
+@fleet.command("hosts")
+@click.option("--json", "as_json", is_flag=True, help="Print the hosts as JSON.")
+@_SHARE
+@pass_ctx
+def fleet_hosts(obj: _Context, as_json: bool, share: str | None) -> None:
+    """Each host on the share: last publish, agent version, policy version in force, backlog."""
+    catalog = _catalog(obj, share)
+    now = datetime.now(UTC)
+    rows = []
+    for h in catalog.hosts:
+        m = h.manifest
+        rows.append({
+            "host_id": h.host_id,
+            "hostname": h.hostname,
+            "published_at": h.published_at,
+            "agent_version": str(m.get("agent_version") or ""),
+            "policy_version": m.get("policy_version"),
+            "backlog_rows": m.get("backlog_rows"),
+            "segments": len(h.segments),
+            "rows": sum(s.rows for s in h.segments),
+        })  # fmt: skip
+    if as_json:
+        skipped = [{"name": s.name, "reason": s.reason} for s in catalog.skipped]
+        click.echo(json.dumps({"hosts": rows, "skipped_hosts": skipped}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("host", "id", "last publish (UTC)", "ago", "agent", "policy", "backlog", "segments", "rows",
+                  title=f"fleet hosts on {catalog.share_dir}")  # fmt: skip
+    for r in rows:
+        ago = _ago(now, str(r["published_at"]))
+        table.add_row(str(r["hostname"]), str(r["host_id"])[:8], str(r["published_at"])[:19].replace("T", " "), ago,
+                      str(r["agent_version"]), str(r["policy_version"] or "-"), str(r["backlog_rows"]),
+                      str(r["segments"]), str(r["rows"]))  # fmt: skip
+    Console().print(table)
+    if not rows and not catalog.skipped:
+        click.echo("No host has published yet (agents publish every fleet.publish_interval_s).")
+
+
+def _ago(now: datetime, iso: str) -> str:
+    try:
+        seconds = (now - datetime.fromisoformat(iso)).total_seconds()
+    except ValueError:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(int(seconds), 0)}s"

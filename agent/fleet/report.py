@@ -1,0 +1,157 @@
+"""Admin reports over the whole fleet: DuckDB SQL over the hosts' Parquet segments.
+
+The SQL reads two relations, ``requests`` and ``gpu``, each a ``read_parquet`` over the segment
+files of the readable hosts (see ``catalog``). Nothing here depends on the files being on a
+share: the same queries run unchanged over ``read_parquet('s3://bucket/fleet/*/*/*.parquet')``
+or a warehouse table of the same columns (docs/ADMIN.md says how).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from agent.fleet.catalog import Catalog
+from agent.fleet.segments import GPU_SCHEMA, REQUESTS_SCHEMA
+
+if TYPE_CHECKING:
+    import duckdb
+
+FleetDimension = Literal["user", "department", "feature", "model", "host", "day"]
+DIMENSIONS: tuple[FleetDimension, ...] = ("user", "department", "feature", "model", "host", "day")
+
+# The key of a request row, and of a GPU minute (None: GPU time has no such key).
+_REQUEST_KEY = {
+    "user": "user_name",
+    "department": "department",
+    "feature": "feature",
+    "model": "model",
+    "host": "host_id",
+    "day": "CAST(day AS VARCHAR)",
+}
+_GPU_KEY = {
+    "user": "CASE WHEN kind IN ('user', 'os_user') THEN subject ELSE '(' || kind || ' GPU time)' END",
+    "department": "CASE WHEN department <> '' THEN department ELSE '(' || kind || ' GPU time)' END",
+    "feature": None,
+    "model": None,
+    "host": "host_id",
+    "day": "CAST(day AS VARCHAR)",
+}
+
+
+@dataclass(frozen=True)
+class FleetRow:
+    key: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_micro_usd: int
+    unpriced_requests: int
+    failed_requests: int
+    gpu_cost_micro_usd: int
+    cache_saved_micro_usd: int
+    routing_saved_micro_usd: int
+    compression_saved_micro_usd: int
+
+
+@dataclass(frozen=True)
+class FleetReport:
+    by: FleetDimension
+    since: datetime | None
+    until: datetime | None
+    hosts: int
+    rows: tuple[FleetRow, ...]
+    # GPU cost that has no key in this dimension (feature, model): in the total only.
+    unattributed_gpu_micro_usd: int
+
+    def total(self, column: str) -> int:
+        extra = self.unattributed_gpu_micro_usd if column == "gpu_cost_micro_usd" else 0
+        return sum(int(getattr(r, column)) for r in self.rows) + extra
+
+
+def connect(catalog: Catalog) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the views ``requests`` and ``gpu`` over the catalog's segments
+    (empty views of the right columns when there is nothing yet)."""
+    import duckdb
+
+    conn = duckdb.connect(":memory:")
+    for name, schema in (("requests", REQUESTS_SCHEMA), ("gpu", GPU_SCHEMA)):
+        files = catalog.files(name)
+        relation = conn.read_parquet(files) if files else conn.from_arrow(schema.empty_table())
+        relation.create_view(name)
+    return conn
+
+
+def report(
+    catalog: Catalog, by: FleetDimension, since: datetime | None = None, until: datetime | None = None
+) -> FleetReport:
+    conn = connect(catalog)
+    try:
+        return _report(conn, catalog, by, since, until)
+    finally:
+        conn.close()
+
+
+def _window(column: str, since: datetime | None, until: datetime | None) -> tuple[str, list[Any]]:
+    clauses, params = ["TRUE"], []
+    if since is not None:
+        clauses.append(f"{column} >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append(f"{column} < ?")
+        params.append(until)
+    return " AND ".join(clauses), params
+
+
+def _report(
+    conn: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    by: FleetDimension,
+    since: datetime | None,
+    until: datetime | None,
+) -> FleetReport:
+    where, params = _window("ts", since, until)
+    request_rows = conn.execute(
+        f"SELECT {_REQUEST_KEY[by]} AS key,"  # noqa: S608 - fixed column names
+        " count(*) FILTER (WHERE parent_id = '') AS requests,"
+        " coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),"
+        " coalesce(sum(cost_micro_usd), 0),"
+        " count(*) FILTER (WHERE cost_micro_usd IS NULL),"
+        " count(*) FILTER (WHERE status <> 'ok'),"
+        " coalesce(sum(cache_saved_micro_usd), 0),"
+        " coalesce(sum(routing_saved_micro_usd), 0),"
+        " coalesce(sum(compression_saved_micro_usd), 0)"
+        f" FROM requests WHERE {where} GROUP BY 1",
+        params,
+    ).fetchall()
+    gpu_where, gpu_params = _window("minute", since, until)
+    gpu_key = _GPU_KEY[by]
+    gpu: dict[str, int] = {}
+    unattributed = 0
+    if gpu_key is None:
+        unattributed = int(
+            conn.execute(f"SELECT coalesce(sum(cost_micro_usd), 0) FROM gpu WHERE {gpu_where}", gpu_params).fetchone()[  # noqa: S608
+                0
+            ]  # type: ignore[index]
+        )
+    else:
+        for key, cost in conn.execute(
+            f"SELECT {gpu_key}, coalesce(sum(cost_micro_usd), 0) FROM gpu WHERE {gpu_where} GROUP BY 1",  # noqa: S608
+            gpu_params,
+        ).fetchall():
+            gpu[str(key)] = int(cost)
+    rows: dict[str, FleetRow] = {}
+    for key, *numbers in request_rows:
+        (req, tin, tout, cost, unpriced, failed, cache, routing, compression) = (int(n) for n in numbers)
+        name = str(key)
+        rows[name] = FleetRow(name, req, tin, tout, cost, unpriced, failed, gpu.pop(name, 0), cache, routing,
+                              compression)  # fmt: skip
+    for name, cost in gpu.items():  # GPU time of keys with no request in the window (idle boxes)
+        rows[name] = FleetRow(name, 0, 0, 0, 0, 0, 0, cost, 0, 0, 0)
+
+    def order(r: FleetRow) -> tuple[int, str]:
+        return (0, r.key) if by == "day" else (-(r.cost_micro_usd + r.gpu_cost_micro_usd), r.key)
+
+    ordered = sorted(rows.values(), key=order)
+    return FleetReport(by, since, until, len(catalog.hosts), tuple(ordered), unattributed)
