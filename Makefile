@@ -6,8 +6,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # onnxruntime flavour: cpu (default) or gpu. The two packages overwrite each other: never both.
 FLAVOUR ?= cpu
-# llama.cpp build flags. GPU boxes: CMAKE_ARGS="-DGGML_CUDA=on"; portable bundles: -DGGML_NATIVE=OFF
-CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# llama.cpp: by default the portable build (-DGGML_NATIVE=OFF: AVX2/FMA), compiled once into
+# PORTABLE_WHEELS and shared by .venv and the bundle. -march=native is not used: on a VM whose CPU
+# reports AMX/AVX-512 FP16 that the hypervisor does not enable, it dies of SIGILL at the first
+# token. GPU boxes pass their own flags, which build from source: CMAKE_ARGS="-DGGML_CUDA=on".
+CMAKE_ARGS ?=
+LLAMA_CPP_VERSION := 0.3.36
+PORTABLE_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/aifinops-build/wheels/portable
+PORTABLE_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+PORTABLE_WHEEL := $(PORTABLE_WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
+# What .venv's llama-cpp-python comes from: the portable wheel, or a source build with CMAKE_ARGS.
+LLAMA_DEP := $(if $(strip $(CMAKE_ARGS)),,$(PORTABLE_WHEEL))
+LLAMA_PRE := $(if $(strip $(CMAKE_ARGS)),,$(BIN)/python -m pip install --quiet --no-deps --force-reinstall $(PORTABLE_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl &&)
 # Where `make test` keeps the verified model files between runs.
 TEST_MODELS := $(CURDIR)/.cache/models
 
@@ -34,20 +44,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip wheel
 
-$(VENV)/.installed-$(FLAVOUR): pyproject.toml | $(BIN)/python
+$(VENV)/.installed-$(FLAVOUR): pyproject.toml $(LLAMA_DEP) | $(BIN)/python
 	-$(BIN)/python -m pip uninstall --quiet --yes $(OTHER_FLAVOUR) 2>/dev/null
-	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[$(FLAVOUR)]'
+	$(LLAMA_PRE) CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[$(FLAVOUR)]'
 	touch $@
 
 # The tray's Qt libraries on top of the agent: `make run` starts both.
-$(VENV)/.installed-$(FLAVOUR)-gui: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-$(FLAVOUR)-gui: pyproject.toml $(LLAMA_DEP) | $(BIN)/python
 	-$(BIN)/python -m pip uninstall --quiet --yes $(OTHER_FLAVOUR) 2>/dev/null
-	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[$(FLAVOUR),gui]'
+	$(LLAMA_PRE) CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[$(FLAVOUR),gui]'
 	touch $(VENV)/.installed-$(FLAVOUR) $@
 
-$(VENV)/.installed-$(FLAVOUR)-test: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-$(FLAVOUR)-test: pyproject.toml $(LLAMA_DEP) | $(BIN)/python
 	-$(BIN)/python -m pip uninstall --quiet --yes $(OTHER_FLAVOUR) 2>/dev/null
-	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[$(FLAVOUR),test]'
+	$(LLAMA_PRE) CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[$(FLAVOUR),test]'
 	touch $(VENV)/.installed-$(FLAVOUR) $@
 
 lint: setup-test
@@ -65,11 +75,6 @@ bench: setup-test
 BUNDLE_VENV := .venv-bundle
 BUNDLE_BIN  := $(BUNDLE_VENV)/bin
 BUNDLE      := dist/aifinops
-LLAMA_CPP_VERSION := 0.3.36
-# pip's wheel cache ignores CMAKE_ARGS (its cached llama-cpp-python is -march=native), so the
-# portable build is made once, explicitly, into a folder outside the repo that clean clones reuse.
-PORTABLE_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/aifinops-build/wheels/portable
-PORTABLE_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 BUNDLE_INPUTS := build.spec pyproject.toml $(shell find agent native gui -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
 bundle: $(BUNDLE)/aifinops
@@ -78,15 +83,17 @@ $(BUNDLE_BIN)/python:
 	$(PYTHON) -m venv $(BUNDLE_VENV)
 	$(BUNDLE_BIN)/python -m pip install --quiet --upgrade pip wheel
 
-$(PORTABLE_WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION): | $(BUNDLE_BIN)/python
+# pip's wheel cache ignores CMAKE_ARGS, so the portable build is made once, explicitly, into a
+# folder outside the repo that clean clones reuse (about 5 minutes on 2 cores).
+$(PORTABLE_WHEEL):
 	rm -rf $(PORTABLE_WHEELS)/.partial && mkdir -p $(PORTABLE_WHEELS)/.partial
-	CMAKE_ARGS="$(PORTABLE_CMAKE_ARGS)" $(BUNDLE_BIN)/python -m pip wheel --quiet --no-deps --no-cache-dir \
+	CMAKE_ARGS="$(PORTABLE_CMAKE_ARGS)" $(PYTHON) -m pip wheel --quiet --no-deps --no-cache-dir \
 		llama-cpp-python==$(LLAMA_CPP_VERSION) -w $(PORTABLE_WHEELS)/.partial
 	mv $(PORTABLE_WHEELS)/.partial/llama_cpp_python-*.whl $(PORTABLE_WHEELS)/ && rmdir $(PORTABLE_WHEELS)/.partial
 	touch $@
 
 # The portable wheel goes in first; the project install then finds llama-cpp-python satisfied.
-$(BUNDLE_VENV)/.installed: pyproject.toml $(PORTABLE_WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION) | $(BUNDLE_BIN)/python
+$(BUNDLE_VENV)/.installed: pyproject.toml $(PORTABLE_WHEEL) | $(BUNDLE_BIN)/python
 	$(BUNDLE_BIN)/python -m pip install --quiet --no-deps --force-reinstall \
 		$(PORTABLE_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	$(BUNDLE_BIN)/python -m pip install --quiet --find-links $(PORTABLE_WHEELS) -e '.[cpu,gui,bundle]'

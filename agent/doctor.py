@@ -35,6 +35,8 @@ class RunningAgent:
     user: str | None = None  # who the token is, when the agent accepts it
     policy_version: int | None = None  # the policy that agent applies (None: none yet)
     token_problem: str = ""  # why the agent did not answer for this token
+    fleet_budgets: tuple[str, ...] = ()  # one line per fleet-wide budget of yours: allotment, fleet spend
+    fleet_problem: str = ""  # why the share's budget leases cannot be used, and the rule meanwhile
 
 
 def running_agent(client: AgentClient) -> RunningAgent | None:
@@ -50,7 +52,17 @@ def running_agent(client: AgentClient) -> RunningAgent | None:
         report = client.budgets(False)
     except AIFinOpsError as e:
         return RunningAgent(version, token_problem=f"it does not answer for your token: {e.message}")
-    return RunningAgent(version, me.user, report.policy_version)
+    lines, problem = [], ""
+    for b in report.budgets:
+        if b.fleet is None:
+            continue
+        problem = problem or b.fleet.problem
+        spent, hosts = b.fleet.fleet_spent_usd, b.fleet.hosts
+        fleet = "fleet spend not read yet" if spent is None else f"the fleet spent {spent} USD on {hosts} host(s)"
+        lines.append(
+            f"{b.name} ({b.subject}): this box may spend {b.fleet.allotted_usd} of {b.amount_usd} USD; {fleet}"
+        )
+    return RunningAgent(version, me.user, report.policy_version, fleet_budgets=tuple(lines), fleet_problem=problem)
 
 
 def run_checks(settings: Settings, agent: RunningAgent | None) -> list[Check]:
@@ -71,7 +83,17 @@ def run_checks(settings: Settings, agent: RunningAgent | None) -> list[Check]:
         checks.append(Check("agent", "fail", f"running: {agent.version}, but {agent.token_problem}", fix))
     else:
         checks.append(Check("agent", "ok", f"running: {agent.version}, answering you as {agent.user}"))
+        checks += _fleet_budgets(agent)
     return checks
+
+
+def _fleet_budgets(agent: RunningAgent) -> list[Check]:
+    """Department and organisation budgets counted across the fleet, as the agent holds them."""
+    out = [Check("budgets", "ok", line) for line in agent.fleet_budgets]
+    if agent.fleet_problem:
+        fix = "make <share>/fleet writable to the agent (docs/ADMIN.md, Fleet-wide budgets)"
+        out.append(Check("budgets", "warn", agent.fleet_problem, fix))
+    return out
 
 
 def _paths(settings: Settings) -> list[Check]:

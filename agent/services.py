@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from fractions import Fraction
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent.budgets.calibration import InputCalibration
 from agent.budgets.enforcer import BudgetEnforcer
+from agent.budgets.fleet import FleetBudgets
 from agent.bundle import direct_numba_cache
 from agent.cache.service import SemanticCache
 from agent.errors import ConfigError
@@ -99,7 +101,7 @@ class Services:
         policy = PolicySync(
             PolicyStore(db), settings.share_dir, share.public_keys, events, timeout_s=share.read_timeout_s
         )
-        enforcer = BudgetEnforcer(db, lambda: policy.current, events)
+        enforcer = BudgetEnforcer(db, lambda: policy.current, events, fleet=_fleet_budgets(settings))
         activity = ActivityLog()
         preferences = Preferences(db)
         gateway = Gateway(
@@ -137,7 +139,7 @@ class Services:
             GpuLedger(db),
             activity,
             preferences,
-            publisher=_fleet_publisher(settings, db, policy),
+            publisher=_fleet_publisher(settings, db, policy, enforcer),
         )
 
     def provision(self) -> None:
@@ -163,6 +165,9 @@ class Services:
         if self.publisher is not None:
             self.scheduler.add_job(self._publish, "interval", seconds=self.settings.fleet.publish_interval_s,
                                    id="fleet-publish", next_run_time=datetime.now(UTC))  # fmt: skip
+        if self.enforcer.fleet is not None:
+            every = self.settings.fleet.budget_refresh_s
+            self.scheduler.add_job(self.enforcer.refresh_fleet, "interval", seconds=every, id="fleet-budgets")
         self.scheduler.start()
         if self.cache is not None:
             self.cache.load()
@@ -240,16 +245,41 @@ class Services:
         self.db.close()
 
 
-def _fleet_publisher(settings: Settings, db: Database, policy: PolicySync) -> FleetPublisher | None:
+def _fleet_publisher(
+    settings: Settings, db: Database, policy: PolicySync, enforcer: BudgetEnforcer
+) -> FleetPublisher | None:
     if settings.share_dir is None or not settings.fleet.publish:
         return None  # pyarrow is not even imported
-    from agent.fleet.publisher import build_publisher
+    from agent.fleet.publisher import FleetBudgetTotal, build_publisher
 
     def version() -> int | None:
         current = policy.current
         return current.version if current else None
 
-    return build_publisher(settings, db, policy_version=version)
+    def budgets() -> list[FleetBudgetTotal]:
+        return [
+            FleetBudgetTotal(
+                s.name, s.scope, s.subject, s.period, s.period_key, s.spent_micro_usd, s.reserved_micro_usd
+            )
+            for s in enforcer.fleet_statuses()
+        ]
+
+    return build_publisher(settings, db, budgets=budgets, policy_version=version)
+
+
+def _fleet_budgets(settings: Settings) -> FleetBudgets | None:
+    """Department and organisation budgets across the fleet, through allotments on the share."""
+    if settings.share_dir is None or not settings.fleet.budgets:
+        return None
+    from agent.fleet.files import host_id
+    from agent.fleet.leases import LeaseBook
+
+    fleet = settings.fleet
+    return FleetBudgets(
+        LeaseBook(settings.share_dir, host_id(settings.paths.data_dir)),
+        chunk=Fraction(fleet.allotment_percent, 100),
+        idle_s=fleet.allotment_idle_s,
+    )
 
 
 def _warm_up(cache: SemanticCache) -> None:

@@ -160,6 +160,15 @@ class FleetSection(_Section):
     user_names: Literal["plain", "hashed"] = "plain"
     # The router's reason for each request ("classifier: hard (0.91)"); never prompt or answer text.
     publish_reasons: bool = False
+    # Department and organisation budgets count the whole fleet: each agent spends within an
+    # allotment it claims on the share (<share>/fleet/_leases/), so the fleet cannot overspend.
+    budgets: bool = True
+    # Each claim takes at least this percent of the budget (fewer claims; an idle agent gives
+    # back what it did not spend after allotment_idle_s).
+    allotment_percent: int = Field(5, ge=1, le=100)
+    allotment_idle_s: float = Field(120.0, ge=5)
+    # How often idle allotments are given back and this agent's spend recorded on the share.
+    budget_refresh_s: float = Field(30.0, ge=5)
 
 
 class PriceOverride(_Section):

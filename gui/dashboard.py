@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 from agent.api.schemas import BudgetEntry
 from gui.client import AgentClient, Reply
 from gui.errors import AgentError, plain_words
-from gui.figures import Figures, Slice, usd
+from gui.figures import Figures, Slice, counted_spend, usd
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,27 @@ def budget_caption(budget: BudgetEntry) -> str:
         reset = datetime.fromisoformat(reset).strftime("%Y-%m-%d %H:%M %Z").strip()
     except ValueError:
         pass
+    fleet = budget.fleet
+    where = f", fleet of {fleet.hosts} host(s)" if fleet is not None and fleet.hosts else ""
     return (
-        f"{budget.name} ({budget.period}): {usd(budget.spent_micro_usd)} of {usd(budget.amount_micro_usd)}, "
+        f"{budget.name} ({budget.period}{where}): {usd(counted_spend(budget))} of {usd(budget.amount_micro_usd)}, "
         f"{usd(budget.remaining_micro_usd)} left, resets {reset}"
     )
+
+
+def fleet_caption(budget: BudgetEntry) -> str:
+    """For a budget the whole fleet shares: this box's part of it, and any problem with the share."""
+    fleet = budget.fleet
+    if fleet is None:
+        return ""
+    text = f"This box: {usd(budget.spent_micro_usd)} spent of the {usd(fleet.allotted_micro_usd)} it may spend"
+    return f"{text}. {fleet.problem}" if fleet.problem else text
 
 
 def budget_percent(budget: BudgetEntry) -> int:
     if budget.amount_micro_usd <= 0:
         return 0
-    return min(100, budget.spent_micro_usd * 100 // budget.amount_micro_usd)
+    return min(100, counted_spend(budget) * 100 // budget.amount_micro_usd)
 
 
 class DashboardWindow(QWidget):
@@ -175,6 +186,8 @@ class DashboardWindow(QWidget):
             elif budget_percent(budget) >= 80:
                 bar.setStyleSheet("QProgressBar::chunk { background: #e0a21b; }")
             self.budget_layout.addWidget(bar)
+            if budget.fleet is not None:
+                self.budget_layout.addWidget(QLabel(fleet_caption(budget)))
 
     def _show_chart(self, figures: Figures) -> None:
         self.chart.clear()

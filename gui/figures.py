@@ -117,3 +117,11 @@ def figures_from_spend(spend: dict[str, Any], budgets: BudgetReport, since: str)
         total_cost_micro_usd=by_route.total_cost_micro_usd,
         source="spend",
     )
+
+
+def counted_spend(budget: BudgetEntry) -> int:
+    """What counts against a budget: the fleet's spend for one the whole fleet shares."""
+    fleet = budget.fleet
+    if fleet is not None and fleet.fleet_spent_micro_usd is not None:
+        return max(budget.spent_micro_usd, fleet.fleet_spent_micro_usd)
+    return budget.spent_micro_usd

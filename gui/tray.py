@@ -15,6 +15,7 @@ from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 from agent.api.schemas import BudgetEntry, BudgetReport, EventOut
 from gui.client import AgentClient, Reply
 from gui.errors import AgentError
+from gui.figures import counted_spend
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,11 @@ def tray_state(budgets: Sequence[BudgetEntry] | None, reachable: bool) -> TraySt
     for budget in budgets or ():
         if budget.amount_micro_usd <= 0:
             continue
-        if budget.spent_micro_usd >= budget.amount_micro_usd:
+        spent = counted_spend(budget)
+        if spent >= budget.amount_micro_usd:
             return TrayState.OVER_BUDGET
         num, den = NEAR_BUDGET_FRACTION
-        if budget.spent_micro_usd * den >= budget.amount_micro_usd * num:
+        if spent * den >= budget.amount_micro_usd * num:
             state = TrayState.NEAR_BUDGET
     return state
 

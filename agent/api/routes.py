@@ -18,6 +18,7 @@ from starlette.routing import Route
 from agent import __version__
 from agent.api import schemas
 from agent.api.errors import error_json
+from agent.budgets.fleet import FleetState
 from agent.cache.keys import scope_of, visible_scopes
 from agent.chat import ChatCall
 from agent.errors import AIFinOpsError, InvalidRequest, PermissionDenied, RequestTooLarge
@@ -302,6 +303,7 @@ class _Handlers:
                 reserved_micro_usd=b.reserved_micro_usd,
                 remaining_micro_usd=b.remaining_micro_usd,
                 resets_at=b.resets_at,
+                fleet=_fleet_out(b.fleet),
             )
             for b in statuses
         ]
@@ -587,4 +589,18 @@ def _entry(r: RequestRecord) -> schemas.RequestEntry:
         prompt_tokens_after=r.prompt_tokens_after,
         optimizer_note=r.optimizer_note,
         cost_saved_usd=format_usd(r.cost_saved_micro_usd),
+    )
+
+
+def _fleet_out(state: FleetState | None) -> schemas.FleetBudgetOut | None:
+    if state is None:
+        return None
+    spent = state.fleet_spent_micro_usd
+    return schemas.FleetBudgetOut(
+        allotted_usd=format_usd(state.allotted_micro_usd),
+        allotted_micro_usd=state.allotted_micro_usd,
+        fleet_spent_usd=None if spent is None else format_usd(spent),
+        fleet_spent_micro_usd=spent,
+        hosts=state.hosts,
+        problem=state.problem,
     )

@@ -287,6 +287,17 @@ class CacheCleared(BaseModel):
     removed: int
 
 
+class FleetBudgetOut(BaseModel):
+    """A department or organisation budget counted across the fleet (see docs/ADMIN.md)."""
+
+    allotted_usd: str  # the part of the budget this agent may spend (claimed on the share)
+    allotted_micro_usd: int
+    fleet_spent_usd: str | None  # every host's spend as last recorded on the share (None: not read yet)
+    fleet_spent_micro_usd: int | None
+    hosts: int | None  # hosts that claimed part of it
+    problem: str  # "" or why the share cannot be used, and the rule applied meanwhile
+
+
 class BudgetEntry(BaseModel):
     name: str
     scope: str  # user, department, feature, organisation
@@ -302,6 +313,7 @@ class BudgetEntry(BaseModel):
     reserved_micro_usd: int
     remaining_micro_usd: int
     resets_at: str
+    fleet: FleetBudgetOut | None = None  # set for budgets enforced across the fleet
 
 
 class BudgetReport(BaseModel):

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agent.budgets.fleet import FleetBudgets, FleetState
 from agent.budgets.periods import period_bounds, period_key
 from agent.budgets.ratelimit import RateLimit, RateLimiter
 from agent.errors import BudgetExceeded, PermissionDenied, RateLimited
@@ -119,6 +120,16 @@ class _Wait:
 
     charge: Charge
     totals: _Totals
+    limit: int
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """The charge that refuses, as it stood."""
+
+    charge: Charge
+    totals: _Totals
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -140,10 +151,15 @@ class BudgetStatus:
     spent_micro_usd: int
     reserved_micro_usd: int
     resets_at: str
+    period_key: str = ""
+    fleet: FleetState | None = None  # a fleet-wide budget: this agent's allotment and the fleet's spend
 
     @property
     def remaining_micro_usd(self) -> int:
-        return max(self.amount_micro_usd - self.spent_micro_usd - self.reserved_micro_usd, 0)
+        spent = self.spent_micro_usd
+        if self.fleet is not None and self.fleet.fleet_spent_micro_usd is not None:
+            spent = max(spent, self.fleet.fleet_spent_micro_usd)
+        return max(self.amount_micro_usd - spent - self.reserved_micro_usd, 0)
 
 
 class BudgetEnforcer:
@@ -154,20 +170,27 @@ class BudgetEnforcer:
         events: EventLog,
         limiter: RateLimiter | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        fleet: FleetBudgets | None = None,
     ) -> None:
         self._db = db
+        self._fleet = fleet
         self._policy = policy
         self._events = events
         self._limiter = limiter or RateLimiter()
         self._now = now
         self._lock = threading.Lock()
         self._totals: dict[tuple[str, str, str, str, str], _Totals] = {}
+        self._charges_seen: dict[tuple[str, str, str, str, str], Charge] = {}
         self._open: dict[str, Reservation] = {}
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     @property
     def policy(self) -> Policy | None:
         return self._policy()
+
+    @property
+    def fleet(self) -> FleetBudgets | None:
+        return self._fleet
 
     # -- who ---------------------------------------------------------------------------------
 
@@ -258,6 +281,7 @@ class BudgetEnforcer:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         deadline = started + wait_s
+        claim_failed = False  # the fleet had no more to allot (or the share failed): stop asking
         while True:
             woken: asyncio.Future[None] = loop.create_future()
             asked = quote()
@@ -266,6 +290,12 @@ class BudgetEnforcer:
             if isinstance(outcome, Reservation):
                 outcome.waited_s = time.monotonic() - started
                 return outcome
+            if not claim_failed and self._short_of_allotment(outcome, asked.worst):
+                # A fleet-wide budget: claim more of it on the share (blocking I/O, off the loop).
+                # Each successful claim adds room, and the budget is finite: this ends.
+                self._forget(woken)
+                claim_failed = not await asyncio.to_thread(self._grow, outcome.charge, asked.worst)
+                continue  # ask again, with the allotment as it now is
             left = deadline - time.monotonic()
             if not isinstance(outcome, _Wait) or left <= 0:
                 self._forget(woken)
@@ -285,7 +315,7 @@ class BudgetEnforcer:
         floor: int | None,
         exclusive: bool,
         waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None,
-    ) -> Reservation | _Wait | tuple[Charge, _Totals]:
+    ) -> Reservation | _Wait | _Refused:
         """Under the lock: a reservation, a reason to wait (registering ``waiter`` to be woken
         when a hold goes), or the charge that refuses."""
         self._expire_stale()
@@ -295,15 +325,15 @@ class BudgetEnforcer:
             free = self._limit(charge) - totals.spent - totals.reserved
             busy = totals.holds > 0
             if busy and (totals.closed or exclusive):
-                wait = wait or _Wait(charge, _copy(totals))
+                wait = wait or _Wait(charge, _copy(totals), self._limit(charge))
             elif free >= worst:
                 continue
             elif busy:
-                wait = wait or _Wait(charge, _copy(totals))
+                wait = wait or _Wait(charge, _copy(totals), self._limit(charge))
             elif floor is not None and free >= floor:
                 grant = min(grant, free)
             else:
-                return (charge, _copy(totals))
+                return _Refused(charge, _copy(totals), self._limit(charge))
         if wait is not None:
             if waiter is not None:
                 self._waiters.append(waiter)
@@ -312,22 +342,75 @@ class BudgetEnforcer:
             totals = self._totals_for(charge)
             totals.reserved += grant
             totals.holds += 1
+            if self._fleet is not None and self._fleet.applies(charge):
+                self._fleet.touch(charge)
         reservation = Reservation(request_id, charges, grant, asked=worst)
         self._open[request_id] = reservation
         return reservation
 
-    def _refusal(
-        self, outcome: _Wait | tuple[Charge, _Totals], caller: Caller, asked: int, *, waited_s: float
-    ) -> BudgetExceeded:
+    def _refusal(self, outcome: _Wait | _Refused, caller: Caller, asked: int, *, waited_s: float) -> BudgetExceeded:
+        note = self._fleet.problem if self._fleet is not None and self._fleet.applies(outcome.charge) else ""
         if isinstance(outcome, _Wait):
-            return _exceeded(outcome.charge, outcome.totals, asked, self._limit(outcome.charge), waited_s=waited_s)
-        charge, totals = outcome
-        self._alert(charge, None, totals, caller)  # once per period: "this budget now refuses"
-        return _exceeded(charge, totals, asked, self._limit(charge))
+            return _exceeded(outcome.charge, outcome.totals, asked, outcome.limit, waited_s=waited_s, note=note)
+        if outcome.limit >= outcome.charge.rule.amount_micro_usd:  # the budget itself is spent
+            self._alert(outcome.charge, None, outcome.totals, caller)  # once per period: "now refuses"
+        return _exceeded(outcome.charge, outcome.totals, asked, outcome.limit, note=note)
 
     def _limit(self, charge: Charge) -> int:
-        """What this agent may spend against a budget: its amount."""
+        """What this agent may spend against a budget: its amount, or for a fleet-wide budget
+        this agent's allotment of it."""
+        if self._fleet is not None and self._fleet.applies(charge):
+            return min(self._fleet.limit(charge), charge.rule.amount_micro_usd)
         return charge.rule.amount_micro_usd
+
+    def _short_of_allotment(self, outcome: _Wait | _Refused, worst: int) -> bool:
+        """A fleet-wide budget kept the request out because this agent's allotment is too small
+        (not because the fleet's whole budget is spent, nor because a call settled above its hold)."""
+        if self._fleet is None or not self._fleet.applies(outcome.charge):
+            return False
+        totals = outcome.totals
+        if isinstance(outcome, _Wait) and totals.closed:
+            return False
+        return outcome.limit < outcome.charge.rule.amount_micro_usd and (
+            outcome.limit - totals.spent - totals.reserved < worst
+        )
+
+    def _grow(self, charge: Charge, worst: int) -> bool:
+        """In a worker thread: claim more of a fleet-wide budget for this agent."""
+        if self._fleet is None:
+            return False
+
+        def usage() -> tuple[int, int]:
+            with self._lock:
+                totals = self._totals_for(charge)
+                return totals.spent, totals.reserved
+
+        grown = self._fleet.grow(charge, usage, worst)
+        with self._lock:
+            self._wake_all()  # the other requests waiting on this budget may fit now too
+        return grown
+
+    def refresh_fleet(self) -> None:
+        """The periodic job: idle allotments go back to the fleet; spend is recorded on the share."""
+        if self._fleet is None:
+            return
+        policy = self._policy()
+        zone = policy.timezone if policy is not None else "UTC"
+
+        def usage(charge: Charge) -> tuple[int, int, int]:
+            with self._lock:
+                totals = self._totals_for(charge)
+                return totals.spent, totals.reserved, totals.holds
+
+        self._fleet.refresh(usage, lambda charge: period_key(charge.rule.period, self._now(), zone))
+
+    def fleet_statuses(self) -> list[BudgetStatus]:
+        """This agent's spend against each fleet-wide budget it has counted this period."""
+        if self._fleet is None:
+            return []
+        with self._lock:
+            charges = [c for c in self._charges_seen.values() if self._fleet.applies(c) and c.end > self._now()]
+        return [self._status(c) for c in charges]
 
     def _forget(self, waiter: asyncio.Future[None]) -> None:
         with self._lock:
@@ -430,6 +513,9 @@ class BudgetEnforcer:
     def _status(self, charge: Charge) -> BudgetStatus:
         with self._lock:
             totals = self._totals_for(charge)
+            fleet = None
+            if self._fleet is not None and self._fleet.applies(charge):
+                fleet = self._fleet.state(charge, totals.spent)
             return BudgetStatus(
                 name=charge.rule.name,
                 scope=charge.rule.scope,
@@ -440,6 +526,8 @@ class BudgetEnforcer:
                 spent_micro_usd=totals.spent,
                 reserved_micro_usd=totals.reserved,
                 resets_at=_iso(charge.end),
+                period_key=charge.period_key,
+                fleet=fleet,
             )
 
     def _totals_for(self, charge: Charge) -> _Totals:
@@ -448,6 +536,7 @@ class BudgetEnforcer:
         if totals is None:
             totals = _Totals(self._spent_in_ledger(charge))
             self._totals[charge.key] = totals
+            self._charges_seen[charge.key] = charge
         return totals
 
     def _spent_in_ledger(self, charge: Charge) -> int:
@@ -527,7 +616,7 @@ def _post_webhook(url: str, body: dict[str, Any]) -> None:
 
 
 def _exceeded(
-    charge: Charge, totals: _Totals, asked: int, limit: int, *, waited_s: float | None = None
+    charge: Charge, totals: _Totals, asked: int, limit: int, *, waited_s: float | None = None, note: str = ""
 ) -> BudgetExceeded:
     """The 402: which budget, how much is spent and held, and whether the calls in flight (not
     the spend) are what kept this request out (``waited_s`` is then how long it waited)."""
@@ -540,7 +629,9 @@ def _exceeded(
     else:
         cause = f"it resets at {_iso(charge.end)}"
     scope = f"{rule.scope} {charge.subject!r}, per {rule.period}"
-    fleet = " (this agent's share of the fleet's budget)" if limit != rule.amount_micro_usd else ""
+    fleet = " (this agent's allotment of the fleet's budget)" if limit != rule.amount_micro_usd else ""
+    if note:
+        cause += f"; {note}"
     return BudgetExceeded(
         f"budget {rule.name!r} ({scope}) would be exceeded: spent {format_usd(totals.spent)} USD "
         f"(+{format_usd(totals.reserved)} in flight) of {format_usd(limit)} USD{fleet}; this request may "

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from PySide6.QtWidgets import QLabel, QProgressBar
 from pytestqt.qtbot import QtBot
 
+from agent.benchmarks.upstream import ScriptedUpstream
+from agent.fleet.leases import LeaseBook, LeaseKey
+from agent.policy.model import parse_policy
+from agent.policy.publish import Signed, publish
+from agent.policy.signing import generate_keypair, sign
 from gui.client import AgentClient
 from gui.dashboard import DashboardWindow
 from gui.figures import Figures, usd
@@ -50,3 +61,66 @@ def test_usd_is_exact() -> None:
     assert usd(0) == "$0.000000"
     assert usd(12) == "$0.000012"
     assert usd(1_234_567_891) == "$1,234.567891"
+
+
+def test_a_fleet_wide_budget_shows_the_fleets_spend_and_this_boxs_part(
+    qtbot: QtBot,
+    start_agent: Callable[..., RunningAgent],
+    upstream: ScriptedUpstream,
+    tmp_path: Path,
+) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    key, public = generate_keypair()
+    body = b"""
+version = 1
+organisation = "Test"
+timezone = "UTC"
+default_department = "eng"
+
+[[budgets]]
+name = "eng-monthly"
+scope = "department"
+match = "eng"
+period = "month"
+amount_usd = "0.010000"
+action = "block"
+"""
+    publish(Signed(parse_policy(body), body, sign(body, key)), share)
+    # Another host of the fleet already recorded spend against the same budget on the share.
+    other = LeaseBook(share, "f" * 32)
+    month = datetime.now(UTC).strftime("%Y-%m")
+    other.claim(LeaseKey("eng-monthly", "department", "eng", "month", month, 10_000), spent=4_000, need=1_000, chunk=0)
+    agent = start_agent(
+        cloud=[{"name": "scripted", "base_url": upstream.base_url, "models": ["scripted-model"], "max_retries": 0}],
+        pricing={"overrides": {"scripted-model": {"input_usd_per_mtok": "10", "output_usd_per_mtok": "30"}}},
+        share={"path": str(share), "public_keys": [public], "sync_interval_s": 5},
+        cache={"enabled": False},
+    )
+    with agent.http() as http:
+        for _ in range(100):
+            if http.get("/api/v1/budgets").json()["policy_version"] == 1:
+                break
+            time.sleep(0.2)
+        reply = http.post(
+            "/v1/chat/completions",
+            json={"model": "scripted-model", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 7},
+        )
+        assert reply.status_code == 200, reply.text
+    own = sum(r.cost_micro_usd or 0 for r in agent.rows())
+    assert own > 0
+
+    dashboard = DashboardWindow(AgentClient(agent.base_url, agent.token))
+    qtbot.addWidget(dashboard)
+    with qtbot.waitSignal(dashboard.loaded, timeout=30_000) as loaded:
+        dashboard.refresh()
+    [budget] = loaded.args[0].budgets
+    assert budget.fleet is not None and budget.fleet.hosts == 2
+    assert budget.fleet.fleet_spent_micro_usd == 4_000 + own  # the other host recorded 4,000; this box its own
+    bar = dashboard.budget_layout.itemAt(0).widget()
+    assert isinstance(bar, QProgressBar)
+    assert bar.value() == (4_000 + own) * 100 // 10_000
+    assert bar.format().startswith(f"eng-monthly (month, fleet of 2 host(s)): {usd(4_000 + own)} of $0.010000")
+    label = dashboard.budget_layout.itemAt(1).widget()
+    assert isinstance(label, QLabel)
+    assert label.text() == f"This box: {usd(own)} spent of the {usd(budget.fleet.allotted_micro_usd)} it may spend"

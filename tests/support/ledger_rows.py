@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 from agent.ledger.requests import RequestRecord
 
@@ -42,3 +43,36 @@ def random_rows(rng: random.Random, user_ids: list[int], count: int) -> list[Req
             )
         )
     return rows
+
+
+def request_row(
+    request_id: str, user_id: int, user_name: str, department: str, ts: datetime, cost_micro_usd: int
+) -> RequestRecord:
+    """One answered cloud request of ``cost_micro_usd``."""
+    return RequestRecord(
+        id=request_id,
+        ts=ts.astimezone(UTC).isoformat(timespec="microseconds"),
+        user_id=user_id,
+        user_name=user_name,
+        department=department,
+        feature="",
+        requested_model="scripted-model",
+        model="scripted-model",
+        provider="scripted",
+        route="cloud",
+        reason="",
+        input_tokens=11,
+        output_tokens=7,
+        tokens_estimated=False,
+        cost_micro_usd=cost_micro_usd,
+        price_source="test",
+        cost_saved_micro_usd=0,
+        cache_hit=False,
+        latency_ms=5,
+        status="ok",
+        error_type="",
+        stream=False,
+        attempts=1,
+        tier="",
+        parent_id="",
+    )

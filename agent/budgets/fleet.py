@@ -1,0 +1,199 @@
+"""Fleet-wide budgets: this agent's allotments of the department and organisation budgets.
+
+A department or organisation budget is one amount for the whole fleet. This agent spends against
+it only up to its allotment, a part it claimed in the budget's lease file on the share (see
+``agent.fleet.leases``): the enforcer holds requests against the allotment exactly as it holds
+them against a budget's amount on a single agent. When a request does not fit, the enforcer asks
+for more (``grow``): a chunk of what the fleet has not allotted yet, off the event loop. An idle
+agent gives back what it did not spend (``refresh``), so a busy one can claim it.
+
+With the share unreachable the rule is: spend within the allotment last claimed, never past it
+(a new agent that never claimed spends nothing on fleet-wide budgets until the share answers).
+``state`` says so, for ``/api/v1/budgets`` and ``doctor``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING, Protocol
+
+from agent.fleet.leases import Lease, LeaseKey
+
+if TYPE_CHECKING:
+    from agent.budgets.enforcer import Charge
+
+log = logging.getLogger(__name__)
+
+FLEET_SCOPES = frozenset({"department", "organisation"})
+# After the share failed, requests do not try it again for this long (they would all wait on it).
+_RETRY_AFTER_FAILURE_S = 5.0
+
+
+class LeaseStore(Protocol):
+    def claim(self, key: LeaseKey, spent: int, need: int, chunk: int) -> Lease: ...
+
+    def give_back(self, key: LeaseKey, spent: int, keep: int) -> Lease: ...
+
+
+@dataclass(frozen=True)
+class FleetState:
+    """What this agent knows of one fleet-wide budget, for reports."""
+
+    allotted_micro_usd: int
+    fleet_spent_micro_usd: int | None  # the other hosts' last recorded spend + ours (None: never read)
+    fleet_allotted_micro_usd: int | None
+    hosts: int | None
+    problem: str  # "" or why the share cannot be used, and the rule applied meanwhile
+
+
+@dataclass
+class _Allotment:
+    charge: Charge
+    allotted: int = 0
+    lease: Lease | None = None
+    last_use: float = 0.0
+    written_spent: int = -1
+
+
+class FleetBudgets:
+    def __init__(
+        self,
+        leases: LeaseStore,
+        *,
+        chunk: Fraction = Fraction(1, 20),
+        idle_s: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._leases = leases
+        self._chunk = chunk
+        self._idle_s = idle_s
+        self._clock = clock
+        self._lock = threading.Lock()  # the maps below; never held during share I/O
+        self._held: dict[tuple[str, str, str, str, str], _Allotment] = {}
+        self._claiming: dict[tuple[str, str, str, str, str], threading.Lock] = {}
+        self._failed_at: float | None = None
+        self._problem = ""
+
+    @staticmethod
+    def applies(charge: Charge) -> bool:
+        return charge.rule.scope in FLEET_SCOPES
+
+    def limit(self, charge: Charge) -> int:
+        """This agent's allotment (no I/O: it is called under the enforcer's lock)."""
+        with self._lock:
+            held = self._held.get(charge.key)
+            return held.allotted if held is not None else 0
+
+    def touch(self, charge: Charge) -> None:
+        """A request held against this budget now (an idle allotment is given back, a busy one not)."""
+        with self._lock:
+            self._entry(charge).last_use = self._clock()
+
+    def grow(self, charge: Charge, usage: Callable[[], tuple[int, int]], worst: int) -> bool:
+        """Claim more of the budget so that ``worst`` more fits; True when the allotment is now
+        enough. ``usage`` gives this agent's (spent, reserved) against the budget, read after the
+        claim lock is taken (another request may have claimed meanwhile). Blocking share I/O."""
+        with self._lock:
+            claiming = self._claiming.setdefault(charge.key, threading.Lock())
+            if self._failed_at is not None and self._clock() - self._failed_at < _RETRY_AFTER_FAILURE_S:
+                return False
+        with claiming:
+            spent, reserved = usage()
+            want = spent + reserved + worst
+            have = self.limit(charge)
+            if have >= want:
+                return True
+            chunk = int(charge.rule.amount_micro_usd * self._chunk)
+            try:
+                lease = self._leases.claim(_key(charge), spent, want - have, chunk)
+            except OSError as e:
+                self._failed(e)
+                return False
+            self._recovered()
+            with self._lock:
+                held = self._entry(charge)
+                held.allotted, held.lease, held.written_spent = lease.allotted, lease, spent
+            return lease.allotted >= want
+
+    def refresh(self, usage: Callable[[Charge], tuple[int, int, int]], now_key: Callable[[Charge], str]) -> None:
+        """The periodic job: drop allotments of ended periods; give back what an idle allotment
+        did not spend; record our spend where it changed (answers from the local model count
+        without a claim). ``usage`` gives (spent, reserved, holds) and, when the agent is idle on
+        this budget, lowers its limit to what is spent before the share is written."""
+        with self._lock:
+            entries = list(self._held.items())
+        for key, held in entries:
+            if now_key(held.charge) != held.charge.period_key:
+                with self._lock:
+                    self._held.pop(key, None)
+                    self._claiming.pop(key, None)
+                continue
+            with self._lock:
+                claiming = self._claiming.setdefault(key, threading.Lock())
+            with claiming:
+                spent, reserved, holds = usage(held.charge)
+                idle = holds == 0 and self._clock() - held.last_use >= self._idle_s
+                keep = spent + reserved if idle else held.allotted
+                if keep >= held.allotted and spent == held.written_spent:
+                    continue
+                if idle:
+                    with self._lock:
+                        held.allotted = min(held.allotted, keep)  # before the share: nothing new fits
+                try:
+                    lease = self._leases.give_back(_key(held.charge), spent, keep)
+                except OSError as e:
+                    self._failed(e)
+                    continue
+                self._recovered()
+                with self._lock:
+                    held.allotted, held.lease, held.written_spent = lease.allotted, lease, spent
+
+    def state(self, charge: Charge, spent: int) -> FleetState:
+        with self._lock:
+            held = self._held.get(charge.key)
+            allotted = held.allotted if held is not None else 0
+            lease = held.lease if held is not None else None
+            problem = self._problem
+        if lease is None:
+            return FleetState(allotted, None, None, None, problem)
+        return FleetState(allotted, lease.others_spent + spent, lease.others_allotted + allotted, lease.hosts, problem)
+
+    @property
+    def problem(self) -> str:
+        return self._problem
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _entry(self, charge: Charge) -> _Allotment:
+        """Under the lock."""
+        held = self._held.get(charge.key)
+        if held is None:
+            held = self._held[charge.key] = _Allotment(charge)
+        return held
+
+    def _failed(self, error: OSError) -> None:
+        with self._lock:
+            first = not self._problem
+            self._failed_at = self._clock()
+            self._problem = (
+                f"the share's budget leases cannot be used ({error}): spending within the allotments "
+                "last claimed, never past them"
+            )
+        if first:
+            log.warning("fleet budgets: %s", self._problem)
+
+    def _recovered(self) -> None:
+        with self._lock:
+            was, self._problem, self._failed_at = self._problem, "", None
+        if was:
+            log.info("fleet budgets: the share's budget leases answer again")
+
+
+def _key(charge: Charge) -> LeaseKey:
+    rule = charge.rule
+    return LeaseKey(rule.name, rule.scope, charge.subject, rule.period, charge.period_key, rule.amount_micro_usd)
