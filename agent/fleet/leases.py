@@ -90,9 +90,9 @@ class LeaseBook:
         self._lock_timeout_s = lock_timeout_s
 
     def claim(self, key: LeaseKey, spent: int, need: int, chunk: int) -> Lease:
-        """Grow this host's allotment by at least ``need`` (more, up to ``chunk``, so the next
-        requests need no claim) where the budget has that much unallotted; less, down to nothing,
-        where it has not. ``spent`` is this host's spend against the budget this period: an
+        """Grow this host's allotment by at least ``need`` (more, up to ``chunk`` and half of what
+        is free shared by the hosts, so the next requests need no claim) where the budget has that
+        much unallotted; less, down to nothing, where it has not. ``spent`` is this host's spend against the budget this period: an
         allotment never falls below it. Raises OSError when the share fails (LeaseBusy: locked)."""
         with self._locked(key):
             data = self._read(key)
@@ -100,7 +100,10 @@ class LeaseBook:
             others_allotted, others_spent, hosts = _others(data, self.host_id)
             base = max(mine["allotted"], spent)
             free = key.amount_micro_usd - others_allotted - base
-            grant = min(free, max(need, min(chunk, free // 2))) if free > 0 and need > 0 else 0
+            # At least what is needed; more (up to ``chunk``) while plenty is free, less as more
+            # hosts share what is left, so a large fleet does not strand the budget with a few.
+            spare = free // (2 * (hosts + 1))
+            grant = min(free, max(need, min(chunk, spare))) if free > 0 and need > 0 else 0
             allotted = base + max(grant, 0)
             if allotted != mine["allotted"] or spent != mine["spent"]:
                 self._write(key, data, allotted, spent)
