@@ -92,8 +92,9 @@ class LeaseBook:
     def claim(self, key: LeaseKey, spent: int, need: int, chunk: int) -> Lease:
         """Grow this host's allotment by at least ``need`` (more, up to ``chunk`` and half of what
         is free shared by the hosts, so the next requests need no claim) where the budget has that
-        much unallotted; less, down to nothing, where it has not. ``spent`` is this host's spend against the budget this period: an
-        allotment never falls below it. Raises OSError when the share fails (LeaseBusy: locked)."""
+        much unallotted; less, down to nothing, where it has not. ``spent`` is this host's spend
+        against the budget this period: an allotment never falls below it. Raises OSError when
+        the share fails (LeaseBusy: locked)."""
         with self._locked(key):
             data = self._read(key)
             mine = _entry(data, self.host_id)

@@ -40,6 +40,7 @@ from agent import __version__
 from agent.fleet.files import host_id, process_lock, write_atomic
 from agent.fleet.segments import MANIFEST, SCHEMA_VERSION, SCHEMAS, write_segment
 from agent.ledger.database import Database, utc_now_iso
+from agent.ledger.fleet_rows import FleetRows
 from agent.pricing.prices import PriceBook
 from agent.settings import Settings
 
@@ -107,7 +108,7 @@ class FleetPublisher:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         lock_file: Path | None = None,
     ) -> None:
-        self._db = db
+        self._rows = FleetRows(db)
         self.host_dir = share_dir / "fleet" / host_id
         self.host_id = host_id
         self._budgets = budgets
@@ -142,15 +143,13 @@ class FleetPublisher:
             return outcome
 
     def backlog_rows(self) -> int:
-        position = self._local_positions()
-        rows = self._db.query("SELECT count(*) AS n FROM requests WHERE rowid > ?", (int(position["requests"]),))
-        return int(rows[0]["n"])
+        return self._rows.requests_waiting(int(self._rows.positions()["requests"]))
 
     # -- the steps ---------------------------------------------------------------------------
 
     def _publish(self) -> PublishOutcome:
         manifest = self._read_own_manifest()
-        local = self._local_positions()
+        local = self._rows.positions()
         positions = {
             "requests": str(max(int(local["requests"]), int(manifest["streams"]["requests"]["position"]))),
             "gpu": max(local["gpu"], manifest["streams"]["gpu"]["position"]),
@@ -158,7 +157,7 @@ class FleetPublisher:
         published = {"requests": 0, "gpu": 0}
         written = 0
         while True:  # in batches, so an outage of days catches up without one huge read
-            rows, last = self._request_rows(int(positions["requests"]))
+            rows, last = self._rows.requests_after(int(positions["requests"]), _BATCH_ROWS)
             if not rows:
                 break
             written += self._add_segments(manifest, "requests", self._requests_table(rows))
@@ -177,7 +176,7 @@ class FleetPublisher:
         manifest["budgets"] = [vars(total) for total in self._budgets()]
         manifest["backlog_rows"] = 0
         write_atomic(self.host_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-        self._save_positions(positions, len(manifest["segments"]))
+        self._rows.save_positions(positions, len(manifest["segments"]))
         for path in replaced:  # no manifest names them any more
             try:
                 (self.host_dir / path).unlink()
@@ -269,38 +268,9 @@ class FleetPublisher:
 
     # -- the ledger side -----------------------------------------------------------------------
 
-    def _local_positions(self) -> dict[str, str]:
-        rows = self._db.query("SELECT stream, position FROM fleet_watermarks")
-        found = {str(r["stream"]): str(r["position"]) for r in rows}
-        return {"requests": found.get("requests", "0"), "gpu": found.get("gpu", "")}
-
-    def _save_positions(self, positions: Mapping[str, str], segments: int) -> None:
-        with self._db.transaction() as conn:
-            for stream, position in positions.items():
-                conn.execute(
-                    "INSERT INTO fleet_watermarks (stream, position, segments, updated_at) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (stream) DO UPDATE SET position = excluded.position,"
-                    " segments = excluded.segments, updated_at = excluded.updated_at",
-                    (stream, position, segments, utc_now_iso()),
-                )
-
-    def _request_rows(self, after: int) -> tuple[list[dict[str, Any]], int]:
-        rows = self._db.query(
-            "SELECT rowid AS _rowid, id, ts, user_name, department, feature, requested_model, model, provider,"
-            " route, tier, status, parent_id, input_tokens, output_tokens, tokens_estimated, cost_micro_usd,"
-            " price_source, cache_hit, cost_saved_micro_usd, latency_ms, reason"
-            " FROM requests WHERE rowid > ? ORDER BY rowid LIMIT ?",
-            (after, _BATCH_ROWS),
-        )
-        return rows, (int(rows[-1]["_rowid"]) if rows else after)
-
     def _gpu_rows(self, after: str) -> list[dict[str, Any]]:
         settled = (self._now() - _GPU_SETTLE).astimezone(UTC).isoformat(timespec="seconds")
-        return self._db.query(
-            "SELECT minute, gpu_index, kind, subject, department, seconds, cost_micro_usd FROM gpu_charges"
-            " WHERE minute > ? AND minute < ? ORDER BY minute",
-            (after, settled),
-        )
+        return self._rows.gpu_charges_between(after, settled)
 
     def _requests_table(self, rows: list[dict[str, Any]]) -> pa.Table:
         columns: dict[str, list[Any]] = {name: [] for name in SCHEMAS["requests"].names}

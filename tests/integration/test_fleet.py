@@ -166,7 +166,7 @@ def save(self, positions, segments):
 
 p.write_atomic = write
 if point == "before-watermark":
-    p.FleetPublisher._save_positions = save
+    p.FleetRows.save_positions = save
 db = Database.open(data / "ledger.db")
 p.FleetPublisher(db, share, host_id(data), hostname=data.name).publish_once()
 """
