@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -149,6 +149,57 @@ def fleet_report(obj: _Context, by: str, since: str, until: str | None, as_json:
     unpriced = result.total("unpriced_requests")
     if unpriced:
         click.secho(f"{unpriced} request(s) have no known price: totals exclude them.", fg="yellow")
+
+
+@fleet.command("export")
+@click.option("--format", "export_format", type=click.Choice(["focus"]), default="focus", show_default=True,
+              help="The schema: FOCUS 1.2 (FinOps Open Cost and Usage Specification) chargeback rows.")  # fmt: skip
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="The file to write, replaced whole: FILE.csv or FILE.parquet.")  # fmt: skip
+@click.option("--since", default="30d", show_default=True,
+              help="First UTC day: e.g. 7d, 2w or an ISO date (from the start of its day).")  # fmt: skip
+@click.option("--until", default=None, help="End, exclusive: an ISO date (default: through today).")
+@click.option("--account-id", default="aifinops", show_default=True,
+              help="FOCUS BillingAccountId: who charges back.")  # fmt: skip
+@click.option("--account-name", default="AIFinOps fleet", show_default=True,
+              help="FOCUS BillingAccountName, ProviderName and InvoiceIssuerName.")  # fmt: skip
+@_SHARE
+@pass_ctx
+def fleet_export(obj: _Context, export_format: str, out: str, since: str, until: str | None, account_id: str,
+                 account_name: str, share: str | None) -> None:  # fmt: skip
+    """Write every host's spend as FOCUS 1.2 chargeback rows (one per UTC day, host, user and
+    model, labels as tags; GPU time per day, host and subject) for FinOps tools."""
+    from agent.api.routes import parse_since
+    from agent.errors import InvalidRequest
+    from agent.fleet.focus import FOCUS_VERSION, TAG_PREFIX, FocusAccount, day_window, export, format_of
+    from agent.money import format_usd
+
+    del export_format  # FOCUS is the only one
+    try:
+        first, end = day_window(parse_since(since), parse_since(until) if until else None)
+    except InvalidRequest as e:
+        _fail(e.message)
+    if not account_id.strip() or not account_name.strip():
+        _fail("--account-id and --account-name must not be empty")
+    path = Path(out)
+    fmt = format_of(path)
+    catalog = _catalog(obj, share)
+    try:
+        result = export(catalog, path, since=first, until=end, account=FocusAccount(account_id, account_name), fmt=fmt)
+    except OSError as e:
+        _fail(f"could not write {path}: {e}")
+    days = f"{first or 'the first day'} to {end - timedelta(days=1) if end else 'today'}"
+    click.echo(
+        f"wrote {result.rows} FOCUS {FOCUS_VERSION} row(s) ({result.request_rows} request, {result.gpu_rows} GPU)"
+        f" for {days} (UTC) from {len(catalog.hosts)} host(s) to {path}: BilledCost"
+        f" {format_usd(result.billed_micro_usd)} USD"
+    )
+    if result.unpriced_requests or result.unpriced_gpu_minutes:
+        click.secho(
+            f"{result.unpriced_requests} request(s) and {result.unpriced_gpu_minutes} GPU minute(s) have no known"
+            f" price: exported at cost 0 with the tag {TAG_PREFIX}price_unknown = true.",
+            fg="yellow",
+        )
 
 
 @fleet.command("hosts")
