@@ -142,7 +142,13 @@ def fleet_report(obj: _Context, by: str, since: str, until: str | None, as_json:
                   str(result.total("unpriced_requests")), "", totals["gpu_cost_micro_usd"],
                   totals["cache_saved_micro_usd"], totals["routing_saved_micro_usd"],
                   totals["compression_saved_micro_usd"])  # fmt: skip
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped or redirected: whole columns, not an 80-column squeeze
+    console.print(table)
+    if not catalog.hosts:
+        click.echo(f"No host has published to {catalog.share_dir / 'fleet'} yet: agents with this share publish "
+                   "every fleet.publish_interval_s; `aifinops fleet publish` on a box does it now.")  # fmt: skip
     if result.unattributed_gpu_micro_usd:
         gpu_usd = format_usd(result.unattributed_gpu_micro_usd)
         click.echo(f"GPU time has no {by}: its {gpu_usd} USD is in the total only.")
