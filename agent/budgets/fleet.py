@@ -39,6 +39,8 @@ class LeaseStore(Protocol):
 
     def give_back(self, key: LeaseKey, spent: int, keep: int) -> Lease: ...
 
+    def read(self, key: LeaseKey) -> Lease: ...
+
 
 @dataclass(frozen=True)
 class FleetState:
@@ -121,10 +123,10 @@ class FleetBudgets:
             return lease.allotted >= want
 
     def refresh(self, usage: Callable[[Charge], tuple[int, int, int]], now_key: Callable[[Charge], str]) -> None:
-        """The periodic job: drop allotments of ended periods; give back what an idle allotment
-        did not spend; record our spend where it changed (answers from the local model count
-        without a claim). ``usage`` gives (spent, reserved, holds) and, when the agent is idle on
-        this budget, lowers its limit to what is spent before the share is written."""
+        """The periodic job, for each budget this agent holds part of: drop it when its period
+        ended; give back what an idle allotment did not spend; record our spend where it changed
+        (answers from the local model count without a claim); else read the others' spend again.
+        ``usage`` gives this agent's (spent, reserved, holds) against the budget."""
         with self._lock:
             entries = list(self._held.items())
         for key, held in entries:
@@ -140,6 +142,7 @@ class FleetBudgets:
                 idle = holds == 0 and self._clock() - held.last_use >= self._idle_s
                 keep = spent + reserved if idle else held.allotted
                 if keep >= held.allotted and spent == held.written_spent:
+                    self._reread(held)  # nothing of ours to write: the others' spend, for reports
                     continue
                 if idle:
                     with self._lock:
@@ -168,6 +171,16 @@ class FleetBudgets:
         return self._problem
 
     # -- internals -----------------------------------------------------------------------
+
+    def _reread(self, held: _Allotment) -> None:
+        try:
+            lease = self._leases.read(_key(held.charge))
+        except OSError as e:
+            self._failed(e)
+            return
+        self._recovered()
+        with self._lock:
+            held.lease = lease
 
     def _entry(self, charge: Charge) -> _Allotment:
         """Under the lock."""

@@ -123,11 +123,13 @@ def test_a_corrupt_lease_file_refuses_claims_instead_of_guessing(tmp_path: Path)
 class Host:
     """One agent's enforcer with its own ledger, on the shared folder."""
 
-    def __init__(self, root: Path, share: Path, n: int, *, chunk: Fraction = Fraction(1, 10)) -> None:
+    def __init__(
+        self, root: Path, share: Path, n: int, *, chunk: Fraction = Fraction(1, 10), idle_s: float = 0
+    ) -> None:
         self.db = Database.open(root / f"ledger-{n}.db")
         self.user_id = UserStore(self.db).add(f"user{n}", "eng", "user", f"hash-{n}")
         self.requests = RequestLog(self.db)
-        self.fleet = FleetBudgets(LeaseBook(share, host(n)), chunk=chunk, idle_s=0)
+        self.fleet = FleetBudgets(LeaseBook(share, host(n)), chunk=chunk, idle_s=idle_s)
         self.enforcer = BudgetEnforcer(self.db, lambda: POLICY, EventLog(self.db), now=lambda: NOW, fleet=self.fleet)
         self.caller = Caller(self.user_id, f"user{n}", "eng", False)
         self.n = n
@@ -207,3 +209,18 @@ def test_with_the_share_gone_an_agent_spends_within_its_last_allotment_and_says_
     [status] = h.enforcer.statuses(h.caller)
     assert status.fleet is not None and "cannot be used" in status.fleet.problem
     assert status.fleet.allotted_micro_usd == allotment
+
+
+def test_the_refresh_reads_the_other_hosts_spend_for_reports(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    a, b = Host(tmp_path, share, 1, idle_s=3600), Host(tmp_path, share, 2)  # a stays busy: it only reads
+    assert asyncio.run(a.ask(0, worst=1_000, cost=1_000))
+    for i in range(5):
+        assert asyncio.run(b.ask(i, worst=1_000, cost=1_000))
+    b.enforcer.refresh_fleet()  # b records its 5,000 (idle_s = 0: and gives back the rest)
+    [before] = a.enforcer.statuses(a.caller)
+    assert before.fleet is not None and before.fleet.fleet_spent_micro_usd == 1_000  # as of a's claim
+    a.enforcer.refresh_fleet()
+    [after] = a.enforcer.statuses(a.caller)
+    assert after.fleet is not None and after.fleet.fleet_spent_micro_usd == 6_000 and after.fleet.hosts == 2
+    assert after.remaining_micro_usd == BUDGET_MICRO_USD - 6_000
