@@ -8,6 +8,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("overhead.py", "local_generation.py", "similarity.py", "cache_lookup.py", "cache_quality.py"):
+for script in (
+    "overhead.py",
+    "local_generation.py",
+    "similarity.py",
+    "cache_lookup.py",
+    "cache_quality.py",
+    "fleet.py",
+):
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)

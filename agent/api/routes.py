@@ -7,7 +7,7 @@ import json
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -28,6 +28,7 @@ from agent.ledger.requests import SPEND_DIMENSIONS, RequestRecord
 from agent.money import format_usd
 from agent.pricing.prices import Price
 from agent.providers.base import ChatParams, Delta, Message, Usage
+from agent.timespans import parse_since
 
 if TYPE_CHECKING:
     from agent.services import Services
@@ -442,21 +443,6 @@ def _chat_call(payload: Any, headers: Mapping[str, str]) -> ChatCall:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     no_cache = body.cache is False or "no-cache" in headers.get("cache-control", "").lower()
     return ChatCall(body.model, messages, params, feature, body.stream, include_usage, not no_cache)
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """'7d', '24h', '30m', '2w' or an ISO date/time -> an aware UTC datetime."""
-    now = now or datetime.now(UTC)
-    match = re.fullmatch(r"(\d{1,6})([mhdw])", text.strip())
-    try:
-        if match:
-            amount, unit = int(match.group(1)), match.group(2)
-            units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-            return now - timedelta(**{units[unit]: amount})
-        parsed = datetime.fromisoformat(text)
-    except (ValueError, OverflowError) as e:
-        raise InvalidRequest(f"since: expected e.g. 7d, 24h or an ISO date, got {text!r}") from e
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _info(flight: Flight, price: Price, estimated: bool) -> schemas.AIFinOpsInfo:

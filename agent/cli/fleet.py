@@ -93,10 +93,10 @@ def fleet_publish(obj: _Context) -> None:
 @pass_ctx
 def fleet_report(obj: _Context, by: str, since: str, until: str | None, as_json: bool, share: str | None) -> None:
     """Spend over every host on the share, with GPU cost and savings (DuckDB over the Parquet)."""
-    from agent.api.routes import parse_since
     from agent.errors import InvalidRequest
     from agent.fleet.report import report
     from agent.money import format_usd
+    from agent.timespans import parse_since
 
     try:
         start = parse_since(since)
@@ -175,10 +175,10 @@ def fleet_export(obj: _Context, export_format: str, out: str, since: str, until:
                  account_name: str, share: str | None) -> None:  # fmt: skip
     """Write every host's spend as FOCUS 1.2 chargeback rows (one per UTC day, host, user and
     model, labels as tags; GPU time per day, host and subject) for FinOps tools."""
-    from agent.api.routes import parse_since
     from agent.errors import InvalidRequest
     from agent.fleet.focus import FOCUS_VERSION, TAG_PREFIX, FocusAccount, day_window, export, format_of
     from agent.money import format_usd
+    from agent.timespans import parse_since
 
     del export_format  # FOCUS is the only one
     try:

@@ -115,11 +115,11 @@ def gpu_report_command(
     from decimal import Decimal
     from pathlib import Path
 
-    from agent.api.routes import parse_since
     from agent.gpu.catalogue import load_catalogue
     from agent.gpu.cost import GpuPricing
     from agent.gpu.report import gpu_report
     from agent.gpu.rollup import MinuteRollup, roll_up
+    from agent.timespans import parse_since
 
     settings = obj.settings()
     section = settings.gpu
