@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from importlib import resources
 from pathlib import Path
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from agent.fleet.publisher import FleetPublisher
 
 log = logging.getLogger(__name__)
+
+_FIRST_PUBLISH_DELAY_S = 5.0
 
 
 @dataclass
@@ -163,8 +165,11 @@ class Services:
                                        id=f"unload-{provider.name}")  # fmt: skip
         self._start_gpu_sampling()
         if self.publisher is not None:
-            self.scheduler.add_job(self._publish, "interval", seconds=self.settings.fleet.publish_interval_s,
-                                   id="fleet-publish", next_run_time=datetime.now(UTC))  # fmt: skip
+            # The first publish a little after start: the share's policy is applied by then, so the
+            # host's summary names the version in force (policy-sync runs at start).
+            every = self.settings.fleet.publish_interval_s
+            first = datetime.now(UTC) + timedelta(seconds=min(_FIRST_PUBLISH_DELAY_S, every))
+            self.scheduler.add_job(self._publish, "interval", seconds=every, id="fleet-publish", next_run_time=first)
         if self.enforcer.fleet is not None:
             every = self.settings.fleet.budget_refresh_s
             self.scheduler.add_job(self.enforcer.refresh_fleet, "interval", seconds=every, id="fleet-budgets")

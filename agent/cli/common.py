@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from agent.errors import AIFinOpsError
 from agent.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,3 +69,12 @@ def main(ctx: click.Context, home: str | None, config: str | None) -> None:
 
 
 pass_ctx = click.make_pass_decorator(_Context)
+
+
+def table_console() -> Console:
+    """A console for a table: the terminal's width, or whole columns when piped or redirected
+    (rich would squeeze them into 80)."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=200)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from agent.cli.common import _Context, _fail, _Group, main, pass_ctx
+from agent.cli.common import _Context, _fail, _Group, main, pass_ctx, table_console
 
 if TYPE_CHECKING:
     from agent.fleet.catalog import Catalog
@@ -124,7 +124,6 @@ def fleet_report(obj: _Context, by: str, since: str, until: str | None, as_json:
         }
         click.echo(json.dumps(body, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     title = f"fleet spend by {by} since {start.isoformat()[:19]}Z, {result.hosts} host(s)"
@@ -142,10 +141,7 @@ def fleet_report(obj: _Context, by: str, since: str, until: str | None, as_json:
                   str(result.total("unpriced_requests")), "", totals["gpu_cost_micro_usd"],
                   totals["cache_saved_micro_usd"], totals["routing_saved_micro_usd"],
                   totals["compression_saved_micro_usd"])  # fmt: skip
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)  # piped or redirected: whole columns, not an 80-column squeeze
-    console.print(table)
+    table_console().print(table)
     if not catalog.hosts:
         click.echo(f"No host has published to {catalog.share_dir / 'fleet'} yet: agents with this share publish "
                    "every fleet.publish_interval_s; `aifinops fleet publish` on a box does it now.")  # fmt: skip
@@ -233,7 +229,6 @@ def fleet_hosts(obj: _Context, as_json: bool, share: str | None) -> None:
         skipped = [{"name": s.name, "reason": s.reason} for s in catalog.skipped]
         click.echo(json.dumps({"hosts": rows, "skipped_hosts": skipped}, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("host", "id", "last publish (UTC)", "ago", "agent", "policy", "backlog", "segments", "rows",
@@ -243,7 +238,7 @@ def fleet_hosts(obj: _Context, as_json: bool, share: str | None) -> None:
         table.add_row(str(r["hostname"]), str(r["host_id"])[:8], str(r["published_at"])[:19].replace("T", " "), ago,
                       str(r["agent_version"]), str(r["policy_version"] or "-"), str(r["backlog_rows"]),
                       str(r["segments"]), str(r["rows"]))  # fmt: skip
-    Console().print(table)
+    table_console().print(table)
     if not rows and not catalog.skipped:
         click.echo("No host has published yet (agents publish every fleet.publish_interval_s).")
 

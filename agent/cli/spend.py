@@ -6,7 +6,7 @@ import json
 
 import click
 
-from agent.cli.common import _Context, _fail, main, pass_ctx
+from agent.cli.common import _Context, _fail, main, pass_ctx, table_console
 
 # -- spend and chat (through the running agent) ---------------------------------------------
 
@@ -25,7 +25,6 @@ from agent.cli.common import _Context, _fail, main, pass_ctx
 @pass_ctx
 def spend(obj: _Context, by: str, since: str, as_json: bool, token: str | None) -> None:
     """Spend grouped by user, department, feature, model, provider or route."""
-    from rich.console import Console
     from rich.table import Table
 
     from agent.api.client import AgentClient
@@ -48,7 +47,7 @@ def spend(obj: _Context, by: str, since: str, as_json: bool, token: str | None) 
         )
     table.add_section()
     table.add_row("total", "", "", "", report.total_cost_usd, str(report.unpriced_requests), "")
-    Console().print(table)
+    table_console().print(table)
     if report.unpriced_requests:
         click.secho(f"{report.unpriced_requests} request(s) have no known price: totals exclude them.", fg="yellow")
 
@@ -60,7 +59,6 @@ def spend(obj: _Context, by: str, since: str, as_json: bool, token: str | None) 
 @pass_ctx
 def budgets(obj: _Context, everything: bool, as_json: bool, token: str | None) -> None:
     """Your budgets (or, with --all, everyone's): spent, in flight, remaining, when they reset."""
-    from rich.console import Console
     from rich.table import Table
 
     from agent.api.client import AgentClient
@@ -77,7 +75,7 @@ def budgets(obj: _Context, everything: bool, as_json: bool, token: str | None) -
     for b in report.budgets:
         table.add_row(b.name, f"{b.scope} {b.subject}", b.period, b.spent_usd, b.reserved_usd, b.amount_usd,
                       b.remaining_usd, b.resets_at[:16].replace("T", " "), b.action)  # fmt: skip
-    Console().print(table)
+    table_console().print(table)
 
 
 @main.command()
