@@ -74,6 +74,10 @@ class InvalidRequest(AIFinOpsError):
     status_code = 400
     error_type = "invalid_request_error"
 
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.param = param  # the request field at fault, when one is (the error body's "param")
+
 
 class RequestTooLarge(InvalidRequest):
     status_code = 413

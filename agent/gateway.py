@@ -11,8 +11,8 @@ local attempt that points at it (``parent_id``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from agent.budgets.calibration import held_input_tokens
 from agent.budgets.enforcer import Quote
 from agent.cache.keys import cache_key
 from agent.cache.service import CacheLookup, Embedder, SemanticCache
@@ -33,11 +34,11 @@ from agent.gpu.attribution import Activity, ActivityLog
 from agent.identity import Caller
 from agent.ledger.database import utc_now_iso
 from agent.ledger.requests import RequestLog, RequestRecord, Status
-from agent.money import usd_to_micros
-from agent.pricing.prices import MILLION, Price, PriceBook, TokenRates
+from agent.pricing.prices import Price, PriceBook, TokenRates
 from agent.pricing.tokens import count_message_tokens, count_text_tokens
 from agent.providers.base import (
     CallProgress,
+    ChatParams,
     Completion,
     Delta,
     Message,
@@ -59,10 +60,8 @@ CACHE_PRICE = Price(0, "cache")
 # Room left for the chat template's own tokens when fitting history into a local context.
 _TEMPLATE_MARGIN_TOKENS = 64
 _O200K_SHARE_OF_LOCAL_CONTEXT = 0.8
-# Worst case held against budgets: the estimate of the prompt plus this margin, and max_tokens
-# of answer (or this many when the client sets none).
-_INPUT_ESTIMATE_MARGIN = Fraction(11, 10)
-_INPUT_ESTIMATE_SLACK_TOKENS = 16
+# Worst case held against budgets: the estimate of the prompt plus a margin (held_input_tokens),
+# and max_tokens of answer (or this many when the client sets none).
 _WORST_CASE_OUTPUT_TOKENS = 4096
 # Nearly spent: a grant below the worst case is taken when it pays for at least this many tokens
 # of answer (the request's max_tokens is lowered to what the grant pays for).
@@ -149,6 +148,7 @@ class StreamSummary:
     finish_reason: str
     usage: Usage
     price: Price
+    more: tuple[tuple[int, str], ...] = ()  # (choice index, finish reason) of choices 1..n-1
 
 
 class Gateway:
@@ -223,9 +223,8 @@ class Gateway:
         else:
             model, reason, score = call.requested_model, "model named by the client", None
         provider = self._registry.resolve(model)
-        if provider.kind == "local" and call.params.passthrough:
-            names = ", ".join(name for name, _ in call.params.passthrough)
-            raise InvalidRequest(f"local models do not support: {names}", code="unsupported_parameter")
+        if (problem := provider.cannot_serve(call.params)) is not None:
+            raise InvalidRequest(f"model {model!r} cannot serve this request: {problem}", code="unsupported_parameter")
         return Route(provider, model, provider.kind, reason, tier_of.get(model, ""), score)
 
     async def prepare(self, caller: Caller, call: ChatCall) -> Flight:
@@ -251,6 +250,7 @@ class Gateway:
         escalation = None
         if auto and router is not None:
             decision = self._allowed_decision(caller, router, router.decide(self._signals(caller, call, vector)))
+            decision = self._capable_decision(call, router, decision)
             route = self.route(call, decision, terms)
             escalation = self._cascade_plan(call, route, terms)
             if escalation is not None:
@@ -295,6 +295,21 @@ class Gateway:
             f"no tier's model is allowed for department {caller.department!r} by policy", code="model_not_allowed"
         )
 
+    def _capable_decision(self, call: ChatCall, router: Router, decision: Decision) -> Decision:
+        """The router's tier, or the cheapest tier above it whose model can serve the call (tools
+        or a response format the local model cannot do go to the cloud)."""
+        tiers = list(router.tiers)
+        problem = why = None
+        for tier in tiers[tiers.index(decision.tier) :]:
+            problem = self._registry.resolve(router.tiers[tier]).cannot_serve(call.params)
+            if problem is None:
+                if tier == decision.tier:
+                    return decision
+                reason = f"{decision.reason}; {decision.tier} cannot: {why} -> {tier}"
+                return replace(decision, tier=tier, reason=reason)
+            why = problem
+        raise InvalidRequest(f"no tier's model can serve this request: {problem}", code="unsupported_parameter")
+
     async def _reserve(self, flight: Flight) -> None:
         """Hold the worst case of the paid call against the caller's budgets, waiting a bounded
         time for calls in flight to settle. Nearly spent: a smaller grant with ``max_tokens``
@@ -305,16 +320,15 @@ class Gateway:
         if enforcer is None or paid.provider.kind == "local":
             return  # local answers are never blocked by a money budget
         call = flight.call
-        expected = count_message_tokens(m.content for m in flight.messages)
-        output_tokens = call.params.max_tokens or _WORST_CASE_OUTPUT_TOKENS
+        expected = prompt_tokens(flight.messages, call.params)
+        output_tokens = (call.params.max_tokens or _WORST_CASE_OUTPUT_TOKENS) * call.params.n
         flight.expected_input = (paid.model, expected)
         held_input = 0
 
         def quote() -> Quote:
             nonlocal held_input
             ratio = self._calibration.ratio(paid.model) if self._calibration is not None else Fraction(1)
-            scaled = expected * max(ratio or 1, 1) * _INPUT_ESTIMATE_MARGIN
-            held_input = math.ceil(scaled) + _INPUT_ESTIMATE_SLACK_TOKENS
+            held_input = held_input_tokens(expected, ratio)
             worst = self._token_price(flight, paid, held_input, output_tokens).cost_micro_usd
             short = min(output_tokens, _MIN_ANSWER_TOKENS)
             floor = self._token_price(flight, paid, held_input, short).cost_micro_usd
@@ -470,7 +484,8 @@ class Gateway:
             self._record(flight, "aborted", _partial_usage(flight))
             raise
         price = self._record(flight, "ok", completion.usage)
-        await self._store(flight, completion.text, completion.finish_reason, completion.usage, price)
+        if not completion.more and not completion.tool_calls:  # the cache keeps one text answer
+            await self._store(flight, completion.text, completion.finish_reason, completion.usage, price)
         return ChatResult(flight, completion, price)
 
     async def stream(self, flight: Flight) -> AsyncGenerator[Delta | StreamSummary, None]:
@@ -494,8 +509,9 @@ class Gateway:
                 if isinstance(event, StreamEnd):
                     recorded = True
                     price = self._record(flight, "ok", event.usage)
-                    await self._store(flight, flight.progress.text, event.finish_reason, event.usage, price)
-                    yield StreamSummary(event.finish_reason, event.usage, price)
+                    if not event.more and not flight.progress.tool_calls:
+                        await self._store(flight, flight.progress.text, event.finish_reason, event.usage, price)
+                    yield StreamSummary(event.finish_reason, event.usage, price, event.more)
                 else:
                     yield event
         except AIFinOpsError as e:
@@ -699,21 +715,29 @@ class Gateway:
     def _token_price(self, flight: Flight, route: Route, input_tokens: int, output_tokens: int) -> Price:
         """The department's negotiated rates when the policy has them, else the agent's prices."""
         rates = flight.terms.prices.get(route.model) if flight.terms is not None else None
-        if rates is not None:
-            usd = (input_tokens * rates.input_usd_per_mtok + output_tokens * rates.output_usd_per_mtok) / MILLION
-            return Price(usd_to_micros(usd), "policy")
-        return self._prices.for_tokens(route.model, route.provider.price_provider_id, input_tokens, output_tokens)
+        provider_id = route.provider.price_provider_id
+        return self._prices.for_tokens(route.model, provider_id, input_tokens, output_tokens, negotiated=rates)
 
 
 def _token_estimate(call: ChatCall) -> int:
     """Tokens a request is admitted on by the token rate limits (corrected when it ends)."""
-    return count_message_tokens(m.content for m in call.messages) + (call.params.max_tokens or 256)
+    return prompt_tokens(call.messages, call.params) + (call.params.max_tokens or 256) * call.params.n
+
+
+def prompt_tokens(messages: tuple[Message, ...], params: ChatParams) -> int:
+    """The o200k estimate of what a request sends: its messages, their tool calls, the tool schemas
+    and the response format's schema (all count as input where the provider bills them)."""
+    parts = [m.content for m in messages]
+    parts += [f"{c.name} {c.arguments}" for m in messages for c in m.tool_calls]
+    extra = [params.option(name) for name in ("tools", "response_format")]
+    parts += [json.dumps(value) for value in extra if value is not None]
+    return count_message_tokens(parts)
 
 
 def _partial_usage(flight: Flight) -> Usage:
     """Tokens of a call that ended early, estimated from what it produced."""
     progress = flight.progress
-    input_tokens = progress.input_tokens or count_message_tokens(m.content for m in flight.messages)
+    input_tokens = progress.input_tokens or prompt_tokens(flight.messages, flight.call.params)
     return Usage(input_tokens, count_text_tokens(progress.text), estimated=True)
 
 

@@ -25,6 +25,7 @@ from agent.budgets.enforcer import BudgetEnforcer
 from agent.budgets.fleet import FleetBudgets
 from agent.bundle import direct_numba_cache
 from agent.cache.service import SemanticCache
+from agent.embedding_gateway import EmbeddingGateway
 from agent.errors import ConfigError
 from agent.gateway import Gateway
 from agent.gpu.attribution import ActivityLog
@@ -43,6 +44,7 @@ from agent.models.store import ModelStore
 from agent.optimizer import PromptOptimizer
 from agent.policy.sync import PolicySync
 from agent.pricing.prices import PriceBook
+from agent.providers.local_embeddings import LocalEmbeddingProvider
 from agent.providers.local_llama import LocalLlamaProvider
 from agent.providers.onnx_embedder import OnnxEmbedder
 from agent.providers.registry import ProviderRegistry
@@ -77,6 +79,7 @@ class Services:
     gpu_ledger: GpuLedger
     activity: ActivityLog
     preferences: Preferences
+    embeddings: EmbeddingGateway
     gpu_sampler: GpuSampler | None = None
     publisher: FleetPublisher | None = None
 
@@ -106,6 +109,7 @@ class Services:
         enforcer = BudgetEnforcer(db, lambda: policy.current, events, fleet=_fleet_budgets(settings))
         activity = ActivityLog()
         preferences = Preferences(db)
+        calibration = InputCalibration.from_ledger(db)
         gateway = Gateway(
             registry,
             prices,
@@ -120,7 +124,18 @@ class Services:
             enforcer=enforcer,
             activity=activity,
             cloud_paused=lambda caller: preferences.cloud_paused(caller.user_id),
-            calibration=InputCalibration.from_ledger(db),
+            calibration=calibration,
+            hold_wait_s=settings.budgets.hold_wait_s,
+        )
+        embeddings = EmbeddingGateway(
+            registry,
+            prices,
+            requests,
+            local=LocalEmbeddingProvider(embedder),
+            enforcer=enforcer,
+            terms=gateway.terms,
+            cloud_paused=lambda caller: preferences.cloud_paused(caller.user_id),
+            calibration=calibration,
             hold_wait_s=settings.budgets.hold_wait_s,
         )
         scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
@@ -141,6 +156,7 @@ class Services:
             GpuLedger(db),
             activity,
             preferences,
+            embeddings=embeddings,
             publisher=_fleet_publisher(settings, db, policy, enforcer),
         )
 

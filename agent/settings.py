@@ -228,16 +228,63 @@ class LocalModelConfig(_Section):
         return self.n_threads or max(1, (os.cpu_count() or 2) - 1)
 
 
+_AZURE_DEPLOYMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
 class CloudEndpoint(_Section):
     name: str = Field(pattern=_NAME)
+    # "openai": any OpenAI-compatible API; "azure": Azure OpenAI (deployments, api-key header).
+    kind: Literal["openai", "azure"] = "openai"
     base_url: str = Field(pattern=r"^https?://")
     models: tuple[str, ...] = Field(min_length=1)
+    # genai-prices provider; kind "azure" defaults to "azure" (whose table falls back to OpenAI's).
     provider_id: str = ""
     api_key_env: str = ""
+    # Azure only: the REST API version (required), and model name -> deployment name where the
+    # deployment is not named after the model.
+    api_version: str = Field("", pattern=r"^[A-Za-z0-9._-]*$")
+    deployments: dict[str, str] = {}
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
     retry_base_s: float = Field(0.5, ge=0)
     retry_max_wait_s: float = Field(30.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _azure_price_table(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "azure" and not data.get("provider_id"):
+            return {**data, "provider_id": "azure"}
+        return data
+
+    @model_validator(mode="after")
+    def _azure_settings(self) -> CloudEndpoint:
+        if self.kind != "azure":
+            if self.api_version or self.deployments:
+                raise ValueError(f'endpoint {self.name!r}: api_version and deployments apply to kind = "azure" only')
+            return self
+        if not self.api_version:
+            raise ValueError(
+                f'endpoint {self.name!r} has kind = "azure": set api_version (e.g. "2024-10-21"), '
+                "the Azure OpenAI REST API version its deployments accept"
+            )
+        if self.base_url.rstrip("/").endswith("/openai"):
+            raise ValueError(
+                f"endpoint {self.name!r}: base_url is the Azure resource's URL "
+                "(https://RESOURCE.openai.azure.com), without /openai"
+            )
+        if unknown := sorted(set(self.deployments) - set(self.models)):
+            raise ValueError(f"endpoint {self.name!r}: deployments names models it does not serve: {unknown}")
+        for model in self.models:
+            if not _AZURE_DEPLOYMENT.match(self.deployment(model)):
+                raise ValueError(
+                    f"endpoint {self.name!r}: {self.deployment(model)!r} is not an Azure deployment name; "
+                    f'map the model to its deployment: deployments = {{"{model}" = "DEPLOYMENT"}}'
+                )
+        return self
+
+    def deployment(self, model: str) -> str:
+        """Azure: the deployment that serves `model` (by default, the one named after it)."""
+        return self.deployments.get(model, model)
 
 
 class Settings(_Section):

@@ -125,7 +125,9 @@ class AgentClient(QObject):
         return BudgetReport.model_validate(self.request("GET", "/api/v1/budgets"))
 
     def models(self) -> list[str]:
-        return [card.id for card in ModelList.model_validate(self.request("GET", "/v1/models")).data]
+        """The chat models (embedding models answer /v1/embeddings only)."""
+        cards = ModelList.model_validate(self.request("GET", "/v1/models")).data
+        return [card.id for card in cards if card.aifinops_kind == "chat"]
 
     def events(self, since: int, wait_s: int, timeout_s: float) -> EventList:
         body = self.request("GET", "/api/v1/events", since=str(since), wait=str(wait_s), timeout_s=timeout_s)

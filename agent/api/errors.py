@@ -10,20 +10,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from agent.api.schemas import ErrorBody, ErrorDetail
-from agent.errors import AIFinOpsError, BudgetExceeded, RateLimited
+from agent.errors import AIFinOpsError, BudgetExceeded, InvalidRequest, RateLimited
 
 log = logging.getLogger(__name__)
 
 _HTTP_TYPES = {404: "not_found_error", 405: "method_not_allowed", 401: "authentication_error"}
 
 
-def error_json(status: int, error_type: str, message: str, code: str | None = None) -> JSONResponse:
-    body = ErrorBody(error=ErrorDetail(message=message, type=error_type, code=code))
+def error_json(
+    status: int, error_type: str, message: str, code: str | None = None, param: str | None = None
+) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(message=message, type=error_type, code=code, param=param))
     return JSONResponse(body.model_dump(), status_code=status)
 
 
 def error_response(error: AIFinOpsError) -> JSONResponse:
-    response = error_json(error.status_code, error.error_type, error.message, error.code)
+    param = error.param if isinstance(error, InvalidRequest) else None
+    response = error_json(error.status_code, error.error_type, error.message, error.code, param)
     if isinstance(error, BudgetExceeded) and error.budget:
         detail = ErrorDetail(message=error.message, type=error.error_type, code=error.code, budget=error.budget)
         response = JSONResponse(ErrorBody(error=detail).model_dump(exclude_none=True), status_code=error.status_code)

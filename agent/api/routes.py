@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -17,7 +16,9 @@ from starlette.routing import Route
 
 from agent import __version__
 from agent.api import schemas
+from agent.api.embeddings import embedding_call, embedding_response
 from agent.api.errors import error_json
+from agent.api.features import feature_tag
 from agent.budgets.fleet import FleetState
 from agent.cache.keys import scope_of, visible_scopes
 from agent.chat import ChatCall
@@ -27,19 +28,18 @@ from agent.identity import Caller
 from agent.ledger.requests import SPEND_DIMENSIONS, RequestRecord
 from agent.money import format_usd
 from agent.pricing.prices import Price
-from agent.providers.base import ChatParams, Delta, Message, Usage
+from agent.providers.base import ChatParams, Delta, Message, ToolCall, Usage
+from agent.providers.base import Choice as AnswerChoice
 from agent.timespans import parse_since
 
 if TYPE_CHECKING:
     from agent.services import Services
 
-FEATURE_HEADER = "x-aifinops-feature"
-
-
 def build_routes(services: Services) -> list[Route]:
     api = _Handlers(services)
     return [
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", api.embeddings, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/api/v1/info", api.info, methods=["GET"]),
         Route("/api/v1/me", api.me, methods=["GET"]),
@@ -106,11 +106,19 @@ class _Handlers:
         sse = _sse(events, first, flight)
         return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
 
+    async def embeddings(self, request: Request) -> Response:
+        caller = self.caller(request)
+        call, encoding = embedding_call(await self.body_json(request), request.headers)
+        result = await self.s.embeddings.embed(caller, call)
+        return await asyncio.to_thread(embedding_response, result, encoding)  # megabytes of JSON: off the loop
+
     async def models(self, request: Request) -> Response:
         self.caller(request)
         cards = [schemas.ModelCard(id="auto", owned_by="aifinops")]
         for provider in self.s.registry.providers:
             cards += [schemas.ModelCard(id=m, owned_by=provider.name) for m in provider.models()]
+        embedders = self.s.embeddings.models()
+        cards += [schemas.ModelCard(id=m, owned_by="aifinops", aifinops_kind="embedding") for m in embedders]
         return _json(schemas.ModelList(data=cards))
 
     # -- /api/v1 ---------------------------------------------------------------------------
@@ -426,23 +434,32 @@ def _chat_call(payload: Any, headers: Mapping[str, str]) -> ChatCall:
     unknown = sorted(set(extras) - schemas.PASSTHROUGH_FIELDS)
     if unknown:
         raise InvalidRequest(f"unsupported parameter(s): {', '.join(unknown)}", code="unsupported_parameter")
-    feature_header = headers.get(FEATURE_HEADER)
-    feature = feature_header if feature_header is not None else (body.metadata or {}).get("feature", "")
-    if feature and not re.fullmatch(schemas.FEATURE_PATTERN, feature):
-        raise InvalidRequest("feature tag: 1-64 letters, digits, '.', '_', ':', '/' or '-'")
+    feature = feature_tag(headers, body.metadata)
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    # Tools and formats were validated above; cloud endpoints get them exactly as the client sent them.
+    known = {name: payload[name] for name in schemas.TOOL_AND_FORMAT_FIELDS if payload.get(name) is not None}
+    if known.get("response_format") == {"type": "text"}:
+        del known["response_format"]  # the default: nothing to ask of any model
     params = ChatParams(
         max_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
         stop=stop,
         seed=body.seed,
-        passthrough=tuple(sorted(extras.items())),
+        n=body.n or 1,
+        logprobs=bool(body.logprobs),
+        top_logprobs=body.top_logprobs,
+        passthrough=tuple(sorted((extras | known).items())),
     )
-    messages = tuple(Message(m.role, m.text(), m.name) for m in body.messages)
+    messages = tuple(_message(m) for m in body.messages)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     no_cache = body.cache is False or "no-cache" in headers.get("cache-control", "").lower()
     return ChatCall(body.model, messages, params, feature, body.stream, include_usage, not no_cache)
+
+
+def _message(m: schemas.ChatMessageIn) -> Message:
+    calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ())
+    return Message(m.role, m.text(), m.name, calls, m.tool_call_id)
 
 
 def _info(flight: Flight, price: Price, estimated: bool) -> schemas.AIFinOpsInfo:
@@ -496,7 +513,7 @@ def _completion_response(result: ChatResult) -> Response:
         id=flight.request_id,
         created=int(time.time()),
         model=info.model,
-        choices=[schemas.Choice(message=schemas.ChatMessageOut(content=c.text), finish_reason=c.finish_reason)],
+        choices=[_choice(choice) for choice in c.choices],
         usage=_wire_usage(c.usage),
         x_aifinops=info,
     )
@@ -507,34 +524,50 @@ def _completion_response(result: ChatResult) -> Response:
     )
 
 
+def _choice(choice: AnswerChoice) -> schemas.Choice:
+    calls = [call.as_openai() for call in choice.tool_calls] or None
+    message = schemas.ChatMessageOut(content=choice.text if choice.text or not calls else None, tool_calls=calls)
+    logprobs = dict(choice.logprobs) if choice.logprobs is not None else None
+    return schemas.Choice(index=choice.index, message=message, finish_reason=choice.finish_reason, logprobs=logprobs)
+
+
 async def _sse(
     events: AsyncGenerator[Delta | StreamSummary, None], first: Delta | StreamSummary | None, flight: Flight
 ) -> AsyncIterator[str]:
     created = int(time.time())
     model = flight.cache.hit.entry.model if flight.cache.hit else flight.route.model
 
-    def chunk(delta: schemas.ChunkDelta, finish: str | None = None, **extra: Any) -> str:
+    def chunk(
+        delta: schemas.ChunkDelta, finish: str | None = None, index: int = 0, logprobs: Any = None, **extra: Any
+    ) -> str:
+        choice = schemas.ChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)
         body = schemas.ChatCompletionChunk(
             id=flight.request_id,
             created=created,
             model=model,
-            choices=[] if extra.get("usage") else [schemas.ChunkChoice(delta=delta, finish_reason=finish)],
+            choices=[] if extra.get("usage") else [choice],
             **extra,
         )
         return f"data: {body.model_dump_json(exclude_none=True)}\n\n"
 
     try:
-        yield chunk(schemas.ChunkDelta(role="assistant", content=""))
+        for index in range(flight.call.params.n):
+            yield chunk(schemas.ChunkDelta(role="assistant", content=""), index=index)
         event = first
         while event is not None:
             if isinstance(event, StreamSummary):
                 u = event.usage
                 info = _info(flight, event.price, u.estimated)
+                for index, finish in event.more:
+                    yield chunk(schemas.ChunkDelta(), finish, index=index)
                 yield chunk(schemas.ChunkDelta(), event.finish_reason, x_aifinops=info)
                 if flight.call.include_usage:
                     yield chunk(schemas.ChunkDelta(), usage=_wire_usage(u), x_aifinops=info)
                 break
-            yield chunk(schemas.ChunkDelta(content=event.text))
+            calls = [call.as_openai() for call in event.tool_calls] or None
+            delta = schemas.ChunkDelta(content=event.text if event.text or not calls else None, tool_calls=calls)
+            logprobs = dict(event.logprobs) if event.logprobs is not None else None
+            yield chunk(delta, index=event.index, logprobs=logprobs)
             event = await anext(events, None)
         yield "data: [DONE]\n\n"
     except AIFinOpsError as e:  # mid-stream failure: OpenAI clients raise on an error event

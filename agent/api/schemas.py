@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # OpenAI request fields that are forwarded to cloud endpoints unchanged. Any other unknown
 # field is refused with a 400 rather than silently dropped.
@@ -17,12 +17,13 @@ PASSTHROUGH_FIELDS = frozenset(
         "frequency_penalty",
         "presence_penalty",
         "logit_bias",
-        "response_format",
         "service_tier",
         "reasoning_effort",
-        "parallel_tool_calls",
     }
 )
+# Fields the agent validates (and the local model honours), forwarded to cloud endpoints as sent.
+TOOL_AND_FORMAT_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 FEATURE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}"
 
 
@@ -32,16 +33,91 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCallIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    arguments: str = Field(max_length=1_000_000)
+
+
+class ToolCallIn(BaseModel):
+    """A tool call of an earlier assistant turn, sent back with the tool's answer."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=200)
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
     name: str | None = Field(None, max_length=64)
+    tool_calls: list[ToolCallIn] | None = Field(None, max_length=128)
+    tool_call_id: str | None = Field(None, min_length=1, max_length=200)
+    refusal: str | None = None  # SDKs send back an assistant message as they got it
+
+    @model_validator(mode="after")
+    def _tool_turns(self) -> ChatMessageIn:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message needs tool_call_id, and only a tool message has one")
+        if self.content is None and not (self.role == "assistant" and (self.tool_calls or self.refusal)):
+            raise ValueError("content is required (only an assistant message with tool_calls may omit it)")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+
+class FunctionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str | None = Field(None, max_length=100_000)
+    parameters: dict[str, Any] | None = None  # a JSON Schema object
+    strict: bool | None = None
+
+
+class ToolIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionIn
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_when_asked(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type json_schema, and only then")
+        return self
 
 
 class StreamOptions(BaseModel):
@@ -58,7 +134,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int | None = Field(None, ge=1, le=1)
+    n: int | None = Field(None, ge=1, le=16)
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
@@ -66,6 +142,24 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = Field(None, max_length=256)
     metadata: dict[str, str] | None = None
     cache: bool | None = None  # aifinops: false skips the semantic cache
+    tools: list[ToolIn] | None = Field(None, min_length=1, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = {t.function.name for t in self.tools or ()}
+            if self.tool_choice.function.name not in names:
+                raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
+        elif self.tool_choice == "required" and not self.tools:
+            raise ValueError("tool_choice 'required' needs tools")
+        return self
 
     @field_validator("stop")
     @classmethod
@@ -115,13 +209,15 @@ class AIFinOpsInfo(BaseModel):
 
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's shape: id, type, function {name, arguments}
 
 
 class Choice(BaseModel):
     index: int = 0
     message: ChatMessageOut
     finish_reason: str
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -137,12 +233,14 @@ class ChatCompletion(BaseModel):
 class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: ChunkDelta
     finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -160,6 +258,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str
+    aifinops_kind: Literal["chat", "embedding"] = "chat"  # ours: which endpoint takes it
 
 
 class ModelList(BaseModel):
@@ -381,3 +480,95 @@ class Dashboard(BaseModel):
     savings: Savings
     gpu: GpuCosts | None  # None: no GPU time recorded in the period
     totals: Totals
+
+
+# -- POST /v1/embeddings ----------------------------------------------------------------------
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on inputs per request
+
+
+def embedding_inputs(value: Any) -> list[str] | list[list[int]]:
+    """OpenAI's four shapes of ``input`` (a string, strings, token ids, token-id arrays) as a
+    list of strings or a list of token-id lists; ValueError naming the item at fault."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError("must be a string, an array of strings, an array of token ids or an array of token-id arrays")
+    if not value:
+        raise ValueError("must not be empty")
+    if all(_token_id(item) for item in value):
+        value = [value]  # one text, as token ids
+    if len(value) > MAX_EMBEDDING_INPUTS:
+        raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs per request, got {len(value)}")
+    texts = isinstance(value[0], str)
+    for i, item in enumerate(value):
+        if texts and not isinstance(item, str):
+            raise ValueError(f"input[{i}] is not a string (an array holds strings only, or token-id arrays only)")
+        if texts and not item:
+            raise ValueError(f"input[{i}] is an empty string")
+        if not texts and (not isinstance(item, list) or not item or not all(_token_id(t) for t in item)):
+            raise ValueError(f"input[{i}] is neither a string nor a non-empty array of token ids")
+    return [item if texts else list(item) for item in value]
+
+
+def _token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=200)
+    input: list[str] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | None = None  # None: float
+    dimensions: int | None = Field(None, ge=1, le=65_536, strict=True)
+    user: str | None = Field(None, max_length=256)  # accepted and ignored: the token says who calls
+    metadata: dict[str, str] | None = None  # metadata.feature: the feature tag, as in chat
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input(cls, value: Any) -> list[str] | list[list[int]]:
+        return embedding_inputs(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, metadata: dict[str, str] | None) -> dict[str, str] | None:
+        if metadata is not None and (
+            len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items())
+        ):
+            raise ValueError("at most 16 keys of up to 64 characters, values up to 512")
+        return metadata
+
+    def extra_fields(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EmbeddingOut(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # floats, or base64 of the little-endian float32 values
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingInfo(BaseModel):
+    """Our additions to an embeddings answer (the X-AIFinOps-* headers say the same)."""
+
+    request_id: str
+    route: str  # "local" or "cloud"
+    model: str
+    cost_usd: str  # a decimal string, or "unknown"
+    cost_micro_usd: int | None
+    price_source: str
+    tokens_estimated: bool
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingOut]
+    model: str
+    usage: EmbeddingUsage
+    x_aifinops: EmbeddingInfo

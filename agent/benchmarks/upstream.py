@@ -7,12 +7,18 @@ headers (lower-case names) in ``received_headers``. With ``count_usage`` the usa
 request's real token counts (o200k), as a provider would, instead of the scripted numbers.
 An answer never bills more completion tokens than the request's ``max_tokens`` (it is then
 cut: ``finish_reason`` "length"), as a provider's would not.
+``/v1/embeddings`` answers each input with ``scripted_embedding`` (a unit vector drawn from the
+input's SHA-256: deterministic across runs and processes) of ``dimensions`` or ``embedding_dim``
+values, as floats or base64 as asked, with usage = the inputs' o200k tokens (token-id inputs:
+their count); the script's faults (status, slow, malformed, ok_no_usage) apply to it too.
 Used by the tests, by ``bench/`` and by ``aifinops bench replay``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import socket
 import threading
@@ -21,6 +27,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -42,6 +50,8 @@ class Behaviour:
     headers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0
     word_delay_s: float = 0.0  # streams: pause before each word
+    # (function name, JSON arguments) of the tool calls to answer with instead of text
+    tool_calls: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -53,13 +63,19 @@ class ScriptedUpstream:
     port: int = 0
     keep_requests: bool = True  # benchmarks turn this off
     count_usage: bool = False  # usage from the request's and answer's real token counts
+    embedding_dim: int = 16  # /v1/embeddings: vector length when the request names no dimensions
 
     def __post_init__(self) -> None:
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", self.port))
         self.port = self._sock.getsockname()[1]
-        app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
+        app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+            ]
+        )
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", http="httptools")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
@@ -103,7 +119,7 @@ class ScriptedUpstream:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", "scripted"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": b.text}, "finish_reason": "stop"}],
+            "choices": [_choice(body, b, index) for index in range(int(body.get("n") or 1))],
         }
         if b.kind != "ok_no_usage":
             prompt_tokens, completion_tokens = b.prompt_tokens, b.completion_tokens
@@ -111,7 +127,7 @@ class ScriptedUpstream:
                 prompt_tokens = count_message_tokens(str(m.get("content", "")) for m in body.get("messages", []))
                 completion_tokens = count_text_tokens(b.text)
             limit = body.get("max_tokens")
-            if isinstance(limit, int) and 0 < limit < completion_tokens:  # as a provider stops at max_tokens
+            if isinstance(limit, int) and 0 < limit < completion_tokens and not b.tool_calls:  # stops at max_tokens
                 completion_tokens = limit
                 answer["choices"][0]["finish_reason"] = "length"
             answer["usage"] = {
@@ -121,29 +137,69 @@ class ScriptedUpstream:
             }
         return JSONResponse(answer, headers=headers)
 
+    async def _embeddings(self, request: Request) -> Response:
+        body = await request.json()
+        if self.keep_requests:
+            self.received.append(body)
+            self.received_headers.append(dict(request.headers))
+        b = self.script.popleft() if self.script else self.default
+        if b.delay_s:
+            await asyncio.sleep(b.delay_s)
+        headers = dict(b.headers)
+        if b.kind == "status":
+            error = {"error": {"message": f"scripted {b.status}", "type": "scripted"}}
+            return JSONResponse(error, status_code=b.status, headers=headers)
+        if b.kind == "malformed":
+            return Response(b'{"object": "list", "data": [', media_type="application/json")
+        raw = body.get("input")
+        items: list[Any] = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else list(raw or [])
+        dim = body.get("dimensions") or self.embedding_dim
+        vectors = [scripted_embedding(item, dim) for item in items]
+        if body.get("encoding_format") == "base64":
+            encoded: list[Any] = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
+        else:
+            encoded = [v.tolist() for v in vectors]
+        data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)]
+        answer: dict[str, Any] = {"object": "list", "data": data, "model": body.get("model", "scripted")}
+        if b.kind != "ok_no_usage":
+            tokens = sum(count_text_tokens(item) if isinstance(item, str) else len(item) for item in items)
+            answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse(answer, headers=headers)
+
     async def _stream(self, body: dict[str, Any], b: Behaviour) -> Any:
         words = b.text.split(" ")
         model = body.get("model", "scripted")
 
-        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        def chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0, **extra: Any) -> str:
             data = {
                 "id": "chatcmpl-scripted",
                 "object": "chat.completion.chunk",
                 "created": 0,
                 "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
                 **extra,
             }
             return f"data: {json.dumps(data)}\n\n"
 
         yield chunk({"role": "assistant", "content": ""})
+        if b.tool_calls:  # each call: its id and name first, then the arguments in two pieces
+            for i, (name, arguments) in enumerate(b.tool_calls):
+                head = {"index": i, "id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": ""}}
+                yield chunk({"tool_calls": [head]})
+                half = len(arguments) // 2
+                for piece in (arguments[:half], arguments[half:]):
+                    yield chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
+            words = []
+        for extra_index in range(1, int(body.get("n") or 1)):  # other choices: the whole text at once
+            yield chunk({"role": "assistant", "content": b.text}, index=extra_index)
+            yield chunk({}, "stop", index=extra_index)
         for i, word in enumerate(words):
             if b.kind == "stream_cut" and i == len(words) // 2:
                 raise ConnectionResetError("scripted: stream cut in the middle")
             if b.word_delay_s:
                 await asyncio.sleep(b.word_delay_s)
             yield chunk({"content": word if i == 0 else " " + word})
-        yield chunk({}, "stop")
+        yield chunk({}, "tool_calls" if b.tool_calls else "stop")
         include_usage = (body.get("stream_options") or {}).get("include_usage")
         if include_usage and b.kind != "ok_no_usage":
             usage = {
@@ -161,6 +217,33 @@ class ScriptedUpstream:
             }
             yield f"data: {json.dumps(data)}\n\n"
         yield "data: [DONE]\n\n"
+
+
+def _choice(body: dict[str, Any], b: Behaviour, index: int) -> dict[str, Any]:
+    """One choice of a plain answer: the scripted text or tool calls, with logprobs when asked."""
+    if b.tool_calls:
+        calls = [
+            {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": arguments}}
+            for i, (name, arguments) in enumerate(b.tool_calls)
+        ]
+        message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": calls}
+        return {"index": index, "message": message, "finish_reason": "tool_calls"}
+    message = {"role": "assistant", "content": b.text}
+    choice: dict[str, Any] = {"index": index, "message": message, "finish_reason": "stop"}
+    if body.get("logprobs"):
+        top = int(body.get("top_logprobs") or 0)
+        tokens = [w if i == 0 else " " + w for i, w in enumerate(b.text.split(" "))]
+        entries = [{"token": t, "logprob": -0.25, "bytes": list(t.encode())} for t in tokens]
+        content = [{**e, "top_logprobs": [e][:top]} for e in entries]
+        choice["logprobs"] = {"content": content, "refusal": None}
+    return choice
+
+
+def scripted_embedding(item: str | list[int], dim: int) -> npt.NDArray[np.float32]:
+    """The scripted upstream's vector for one input: unit length, the same in every run."""
+    seed = hashlib.sha256(json.dumps(item).encode()).digest()
+    vector = np.random.default_rng(int.from_bytes(seed[:8], "little")).standard_normal(dim)
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
 def main() -> None:

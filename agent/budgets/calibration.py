@@ -12,6 +12,7 @@ hold against a budget, so the first surprise costs at most one answer.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from fractions import Fraction
@@ -20,6 +21,15 @@ from agent.ledger.database import Database
 
 # Calls per model the ratio is taken over (the largest of them), and read back at start.
 WINDOW = 50
+# What a call holds for its input: our estimate scaled by the model's ratio, plus this margin.
+_INPUT_ESTIMATE_MARGIN = Fraction(11, 10)
+_INPUT_ESTIMATE_SLACK_TOKENS = 16
+
+
+def held_input_tokens(expected: int, ratio: Fraction | None) -> int:
+    """The input tokens a budget hold pays for, when we estimate ``expected`` and the model's
+    calibration ratio is ``ratio`` (None: uncalibrated)."""
+    return math.ceil(expected * max(ratio or 1, 1) * _INPUT_ESTIMATE_MARGIN) + _INPUT_ESTIMATE_SLACK_TOKENS
 
 
 class InputCalibration:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from agent.chat import ChatCall
 from agent.identity import Caller
+from agent.providers.base import Message
 from agent.settings import CacheSection
 
 
@@ -61,6 +62,10 @@ def cache_key(settings: CacheSection, caller: Caller, call: ChatCall, model: str
         return "last message is not a user question"
     if sum(m.role == "user" for m in messages) > settings.max_turns:
         return f"conversation longer than {settings.max_turns} turns"
+    if call.params.n > 1:
+        return "several choices asked for (n > 1)"
+    if call.params.logprobs:
+        return "logprobs asked for"
     temperature = call.params.temperature
     if temperature is not None and temperature > settings.max_temperature:
         return f"temperature above {settings.max_temperature}"
@@ -70,7 +75,7 @@ def cache_key(settings: CacheSection, caller: Caller, call: ChatCall, model: str
     params = call.params
     context = {
         "model": model,
-        "earlier": [(m.role, m.name, m.content) for m in messages[:-1]],
+        "earlier": [_turn(m) for m in messages[:-1]],
         "max_tokens": params.max_tokens,  # an answer cut at max_tokens serves only the same limit
         "temperature": params.temperature,
         "top_p": params.top_p,
@@ -81,3 +86,12 @@ def cache_key(settings: CacheSection, caller: Caller, call: ChatCall, model: str
     fingerprint = hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode()).hexdigest()
     query_hash = hashlib.sha256(normalize_query(query).encode()).hexdigest()
     return CacheKey(scope_of(caller, settings.scope), fingerprint, query, query_hash)
+
+
+def _turn(m: Message) -> tuple[object, ...]:
+    """An earlier message as the fingerprint sees it: with its tool calls or the call it answers,
+    so an answer is shared only within the same whole tool context (plain turns keep the shape
+    they always had, so existing entries still match)."""
+    if not m.tool_calls and m.tool_call_id is None:
+        return (m.role, m.name, m.content)
+    return (m.role, m.name, m.content, [c.as_openai() for c in m.tool_calls], m.tool_call_id)

@@ -102,7 +102,7 @@ class PromptOptimizer:
         out: list[Message] = []
         saved = compressed = 0
         for i, message in enumerate(messages):
-            if message.role == "system":  # instructions: one dropped "not" would invert them
+            if message.role in ("system", "tool"):  # instructions, or data a tool returned: as they are
                 out.append(message)
                 continue
             result = compressor.compress(message.content, question=i == last_user)
@@ -137,7 +137,10 @@ class PromptOptimizer:
 
 
 def _with_content(message: Message, content: str) -> Message:
-    return message if content == message.content else replace(message, content=content)
+    """The message with new content; a tool's result is data and keeps its exact text."""
+    if content == message.content or message.role == "tool":
+        return message
+    return replace(message, content=content)
 
 
 def _prompt_tokens(messages: tuple[Message, ...]) -> int:

@@ -66,7 +66,19 @@ class PriceBook:
                 )
             return self._cache[key]
 
-    def for_tokens(self, model: str, provider_id: str, input_tokens: int, output_tokens: int) -> Price:
+    def for_tokens(
+        self,
+        model: str,
+        provider_id: str,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        negotiated: TokenRates | None = None,
+    ) -> Price:
+        """``negotiated``: a department's rates under the policy in force, which take precedence."""
+        if negotiated is not None:
+            agreed = input_tokens * negotiated.input_usd_per_mtok + output_tokens * negotiated.output_usd_per_mtok
+            return Price(usd_to_micros(agreed / MILLION), "policy")
         rates = self.rates(model, provider_id)
         if rates is None:
             return UNKNOWN

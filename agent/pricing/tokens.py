@@ -7,7 +7,7 @@ estimate say so (``tokens_estimated``).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 # Per-message framing tokens of the chat format (role markers), as OpenAI documents them.
@@ -28,3 +28,8 @@ def count_text_tokens(text: str) -> int:
 
 def count_message_tokens(texts: Iterable[str]) -> int:
     return sum(count_text_tokens(t) + _PER_MESSAGE for t in texts) + _PER_REPLY
+
+
+def count_embedding_tokens(inputs: Iterable[str | Sequence[int]]) -> int:
+    """An embeddings call's input tokens: o200k counts of the texts, the length of token-id lists."""
+    return sum(count_text_tokens(item) if isinstance(item, str) else len(item) for item in inputs)

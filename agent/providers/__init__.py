@@ -1,1 +1,1 @@
-"""Everything that produces an answer: local llama.cpp models and OpenAI-compatible clouds."""
+"""Everything that produces an answer: local llama.cpp models, OpenAI-compatible and Azure OpenAI clouds."""

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
 
 ProviderKind = Literal["local", "cloud"]
+# What an embeddings request embeds: texts, or (for models that take them) lists of token ids.
+EmbeddingInputs = tuple[str, ...] | tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call the model asked for; ``arguments`` is the JSON text the model wrote."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def as_openai(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
 
 @dataclass(frozen=True)
@@ -14,11 +31,18 @@ class Message:
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str
     name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
     def as_openai(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        content: str | None = self.content if self.content or not self.tool_calls else None
+        out: dict[str, Any] = {"role": self.role, "content": content}
         if self.name:
             out["name"] = self.name
+        if self.tool_calls:
+            out["tool_calls"] = [call.as_openai() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
         return out
 
 
@@ -31,8 +55,21 @@ class ChatParams:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    # Extra OpenAI fields passed to cloud endpoints unchanged (e.g. response_format).
+    n: int = 1  # choices to generate
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    # Extra OpenAI fields passed to cloud endpoints unchanged (tools, tool_choice, response_format,
+    # ...), validated by the API where the agent reads them too.
     passthrough: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, name: str) -> Any:
+        """A passthrough field's value (None when the client did not send it)."""
+        return dict(self.passthrough).get(name)
+
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        tools = self.option("tools")
+        return tools if isinstance(tools, list) else []
 
 
 @dataclass(frozen=True)
@@ -43,21 +80,63 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """One of several answers to the same request (``n`` > 1)."""
+
+    index: int
+    text: str
+    finish_reason: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class Completion:
     text: str
     finish_reason: str
-    usage: Usage
+    usage: Usage  # of every choice together
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: Mapping[str, Any] | None = None  # OpenAI's choice.logprobs object
+    more: tuple[Choice, ...] = ()  # choices 1..n-1
+
+    @property
+    def choices(self) -> tuple[Choice, ...]:
+        return (Choice(0, self.text, self.finish_reason, self.tool_calls, self.logprobs), *self.more)
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call: the first carries its id and name, the rest arguments."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+    def as_openai(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index}
+        if self.id is not None:
+            out["id"], out["type"] = self.id, "function"
+        function: dict[str, str] = {"arguments": self.arguments}
+        if self.name is not None:
+            function["name"] = self.name
+        out["function"] = function
+        return out
 
 
 @dataclass(frozen=True)
 class Delta:
     text: str
+    index: int = 0  # which choice
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    logprobs: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class StreamEnd:
     finish_reason: str
     usage: Usage
+    more: tuple[tuple[int, str], ...] = ()  # (choice index, finish reason) of choices 1..n-1
 
 
 @dataclass
@@ -79,6 +158,7 @@ class CallProgress:
     # when its computation started (Unix time), for charging GPU busy time to the caller.
     load_s: float = 0.0
     compute_started_unix: float | None = None
+    tool_calls: int = 0  # tool calls (or pieces of them, streamed) the model produced
 
     @property
     def text(self) -> str:
@@ -91,6 +171,10 @@ class Provider(Protocol):
     price_provider_id: str
 
     def models(self) -> tuple[str, ...]: ...
+
+    def cannot_serve(self, params: ChatParams) -> str | None:
+        """Why this provider cannot honour these parameters (tools, a response format, ...), or None."""
+        ...
 
     async def complete(
         self, model: str, messages: tuple[Message, ...], params: ChatParams, progress: CallProgress
@@ -105,3 +189,28 @@ class Provider(Protocol):
     ) -> AsyncIterator[Delta | StreamEnd]: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """An embeddings call's answer: one float32 row per input, in input order."""
+
+    vectors: npt.NDArray[np.float32]  # (inputs, dimensions)
+    usage: Usage  # output_tokens is always 0
+
+
+@runtime_checkable
+class EmbeddingProvider(Protocol):
+    """A backend that embeds text (the local ONNX model; OpenAI-compatible endpoints)."""
+
+    name: str
+    kind: ProviderKind
+    price_provider_id: str
+
+    async def check(self, model: str, inputs: EmbeddingInputs, dimensions: int | None) -> None:
+        """Raise InvalidRequest (naming the field) for what this model cannot do; before any spend."""
+        ...
+
+    async def embed(
+        self, model: str, inputs: EmbeddingInputs, dimensions: int | None, progress: CallProgress
+    ) -> Embedded: ...

@@ -17,6 +17,10 @@ import numpy.typing as npt
 from agent.errors import ModelError
 
 MAX_TOKENS = 256
+# Texts per ONNX run when embedding many at once, and at most this many word pieces (long texts
+# go fewer at a time: the session's lock is held for one run, and the cache waits behind it).
+BATCH_SIZE = 32
+BATCH_TOKENS = 2048
 
 
 class OnnxEmbedder:
@@ -41,11 +45,35 @@ class OnnxEmbedder:
 
     def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """(len(texts), dim) float32, each row of unit length."""
+        return self.embed_counted(texts)[0]
+
+    def embed_counted(
+        self, texts: list[str], batch_size: int = BATCH_SIZE
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """The vectors, and the word pieces each text was read as (after truncation).
+
+        Texts run in batches of up to ``batch_size`` (and ``BATCH_TOKENS`` word pieces) of similar
+        length: less padding to compute, and the lock is let go between batches, so a long
+        request does not stall the cache's lookups. The rows come back in the order of ``texts``.
+        """
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32), np.zeros(0, dtype=np.int64)
         encodings = self._tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        lengths = mask.sum(axis=1)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort(lengths, kind="stable")  # shortest first
+        start, batch_size = 0, max(batch_size, 1)
+        while start < len(texts):
+            widest = int(lengths[order[min(start + batch_size, len(texts)) - 1]])
+            rows = order[start : start + max(1, min(batch_size, BATCH_TOKENS // max(widest, 1)))]
+            width = max(int(lengths[rows].max()), 1)
+            out[rows] = self._run(ids[rows, :width], mask[rows, :width])
+            start += len(rows)
+        return out, lengths
+
+    def _run(self, ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         feed: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             feed["token_type_ids"] = np.zeros_like(ids)

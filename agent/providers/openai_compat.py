@@ -7,12 +7,15 @@ its HTTP client), which alone broke the agent's overhead budget (docs/BENCHMARKS
 Retries 429 and 5xx answers and refused connections with exponential back-off, honouring
 ``Retry-After``; a timeout is not retried (the upstream may have done, and charged, the work).
 Streams are retried only before their first byte. When the upstream sends no usage, tokens are
-estimated and the usage says so.
+estimated and the usage says so. Embeddings go to ``<base_url>/embeddings`` the same way (vectors
+asked for as floats, which every compatible server speaks; base64 answers are read too).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import email.utils
 import json
 import logging
@@ -22,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import numpy as np
+import numpy.typing as npt
 
 from agent.errors import (
     InvalidRequest,
@@ -30,15 +35,20 @@ from agent.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from agent.pricing.tokens import count_message_tokens, count_text_tokens
+from agent.pricing.tokens import count_embedding_tokens, count_message_tokens, count_text_tokens
 from agent.providers.base import (
     CallProgress,
     ChatParams,
+    Choice,
     Completion,
     Delta,
+    Embedded,
+    EmbeddingInputs,
     Message,
     ProviderKind,
     StreamEnd,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from agent.settings import CloudEndpoint
@@ -69,6 +79,17 @@ class OpenAICompatProvider:
 
     def models(self) -> tuple[str, ...]:
         return self._endpoint.models
+
+    def cannot_serve(self, params: ChatParams) -> str | None:
+        return None  # tools, formats, n and logprobs go to the endpoint as the client sent them
+
+    def _chat_url(self, model: str) -> str:
+        """Where chat completions for `model` go (Azure maps models to deployments: azure_openai.py)."""
+        return self._url
+
+    def _embeddings_url(self, model: str) -> str:
+        """Where embeddings requests for `model` go."""
+        return self._endpoint.base_url.rstrip("/") + "/embeddings"
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:  # created on first use, inside the running event loop
@@ -105,7 +126,8 @@ class OpenAICompatProvider:
         )
         response = await self._send(body, timeout, progress)
         usage: Usage | None = None
-        finish_reason: str | None = None
+        finishes: dict[int, str] = {}
+        other_text: list[str] = []  # tool call arguments and other choices: for a usage estimate
         try:
             async for line in response.content:
                 event = _sse_event(line)
@@ -117,32 +139,88 @@ class OpenAICompatProvider:
                     raise ProviderError(f"{self.name}: the stream failed upstream: {_message(event)}")
                 usage = _usage(event.get("usage")) or usage
                 for choice in event.get("choices") or ():
-                    text = (choice.get("delta") or {}).get("content")
-                    if isinstance(text, str) and text:
-                        progress.text_parts.append(text)
-                        yield Delta(text)
-                    finish_reason = choice.get("finish_reason") or finish_reason
-        except (aiohttp.ClientError, ValueError, AttributeError, TypeError) as e:
+                    delta = _delta(choice)
+                    if delta is not None:
+                        (progress.text_parts if delta.index == 0 else other_text).append(delta.text)
+                        other_text.extend(call.arguments for call in delta.tool_calls)
+                        progress.tool_calls += len(delta.tool_calls)
+                        yield delta
+                    if choice.get("finish_reason"):
+                        finishes[int(choice.get("index") or 0)] = str(choice["finish_reason"])
+        except (aiohttp.ClientError, ValueError, AttributeError, TypeError, KeyError) as e:
             raise self._bad(f"the stream broke off ({type(e).__name__})") from e
         except TimeoutError as e:
             raise self._timeout() from e
         finally:
             response.release()
-        if finish_reason is None:
+        if 0 not in finishes:
             raise self._bad("the stream ended without a finish reason")
-        yield StreamEnd(finish_reason, usage or estimate_usage(messages, progress.text))
+        more = tuple(sorted((i, f) for i, f in finishes.items() if i != 0))
+        yield StreamEnd(finishes[0], usage or estimate_usage(messages, progress.text + "".join(other_text)), more)
+
+    async def check(self, model: str, inputs: EmbeddingInputs, dimensions: int | None) -> None:
+        """Token ids and ``dimensions`` go to the endpoint as they came: it says what it supports."""
+
+    async def embed(
+        self, model: str, inputs: EmbeddingInputs, dimensions: int | None, progress: CallProgress
+    ) -> Embedded:
+        body: dict[str, Any] = {
+            "model": model,
+            "input": [item if isinstance(item, str) else list(item) for item in inputs],
+            "encoding_format": "float",
+        }
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        timeout = aiohttp.ClientTimeout(total=self._endpoint.timeout_s)
+        response = await self._send(body, timeout, progress, self._embeddings_url(model))
+        try:
+            raw = await response.read()
+        except aiohttp.ClientError as e:
+            raise self._bad("the cloud endpoint's answer broke off") from e
+        except TimeoutError as e:
+            raise self._timeout() from e
+        finally:
+            response.release()
+        # Thousands of vectors are megabytes of JSON: parsed off the event loop.
+        return await asyncio.to_thread(self._embedded, raw, inputs)
+
+    def _embedded(self, raw: bytes, inputs: EmbeddingInputs) -> Embedded:
+        try:
+            data = json.loads(raw)
+        except ValueError as e:
+            raise self._bad("the cloud endpoint sent a body that is not JSON") from e
+        return Embedded(self._vectors(data, len(inputs)), _embedding_usage(data, inputs))
+
+    def _vectors(self, data: Any, count: int) -> npt.NDArray[np.float32]:
+        """The answer's vectors in input order, or ProviderBadResponse."""
+        try:
+            rows = sorted(data["data"], key=lambda row: row["index"])
+            if [row["index"] for row in rows] != list(range(count)):
+                raise ValueError(f"{len(rows)} vectors, indexed otherwise than the {count} inputs")
+            vectors = np.array([_embedding(row["embedding"]) for row in rows], dtype=np.float32)
+        except (KeyError, TypeError, ValueError, binascii.Error) as e:
+            raise self._bad(f"the embeddings answer is not usable ({e})") from e
+        if vectors.ndim != 2 or vectors.shape[1] == 0 or not np.isfinite(vectors).all():
+            raise self._bad("the embeddings answer holds vectors of different or no length, or non-numbers")
+        return vectors
 
     async def _send(
-        self, body: dict[str, Any], timeout: aiohttp.ClientTimeout, progress: CallProgress
+        self,
+        body: dict[str, Any],
+        timeout: aiohttp.ClientTimeout,
+        progress: CallProgress,
+        url: str | None = None,
     ) -> aiohttp.ClientResponse:
-        """POST with retries; returns a 200 response whose body is still unread."""
+        """POST (to the model's chat URL unless `url` is given) with retries; returns a 200
+        response whose body is still unread."""
         endpoint = self._endpoint
         payload = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
+        url = url or self._chat_url(body["model"])
         while True:
             progress.attempts += 1
             try:
-                response = await self._http().post(self._url, data=payload, headers=headers, timeout=timeout)
+                response = await self._http().post(url, data=payload, headers=headers, timeout=timeout)
             except TimeoutError as e:
                 raise self._timeout() from e
             except aiohttp.ClientConnectionError as e:
@@ -210,6 +288,9 @@ def _body(model: str, messages: tuple[Message, ...], params: ChatParams) -> dict
         "top_p": params.top_p,
         "stop": list(params.stop) or None,
         "seed": params.seed,
+        "n": params.n if params.n > 1 else None,
+        "logprobs": True if params.logprobs else None,
+        "top_logprobs": params.top_logprobs,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     return body
@@ -217,14 +298,49 @@ def _body(model: str, messages: tuple[Message, ...], params: ChatParams) -> dict
 
 def _completion(data: Any, messages: tuple[Message, ...]) -> Completion:
     try:
-        choice = data["choices"][0]
-        text = choice["message"]["content"] or ""
-        if not isinstance(text, str):
-            raise TypeError("content is not text")
-    except (KeyError, IndexError, TypeError) as e:
+        choices = sorted((_choice(raw, i) for i, raw in enumerate(data["choices"])), key=lambda c: c.index)
+        first, *more = choices
+    except (KeyError, IndexError, TypeError, ValueError) as e:
         raise ProviderBadResponse(f"the upstream answer has no usable choice ({e})") from e
-    usage = _usage(data.get("usage")) or estimate_usage(messages, text)
-    return Completion(text, choice.get("finish_reason") or "stop", usage)
+    written = "".join(c.text + "".join(call.arguments for call in c.tool_calls) for c in choices)
+    usage = _usage(data.get("usage")) or estimate_usage(messages, written)
+    return Completion(first.text, first.finish_reason, usage, first.tool_calls, first.logprobs, tuple(more))
+
+
+def _choice(raw: Any, position: int) -> Choice:
+    """One choice of an upstream answer: its text, tool calls and logprobs as OpenAI shapes them."""
+    message = raw["message"]
+    text = message.get("content") or ""
+    if not isinstance(text, str):
+        raise TypeError("content is not text")
+    calls = tuple(
+        ToolCall(str(call["id"]), str(call["function"]["name"]), str(call["function"].get("arguments") or ""))
+        for call in message.get("tool_calls") or ()
+    )
+    logprobs = raw.get("logprobs")
+    logprobs = logprobs if isinstance(logprobs, dict) else None
+    return Choice(int(raw.get("index", position)), text, raw.get("finish_reason") or "stop", calls, logprobs)
+
+
+def _delta(choice: Any) -> Delta | None:
+    """A streamed choice's piece: text, tool call pieces, logprobs (None when it has none of them)."""
+    delta = choice.get("delta") or {}
+    text = delta.get("content")
+    text = text if isinstance(text, str) else ""
+    calls = tuple(
+        ToolCallDelta(
+            int(call.get("index") or 0),
+            call.get("id"),
+            (call.get("function") or {}).get("name"),
+            str((call.get("function") or {}).get("arguments") or ""),
+        )
+        for call in delta.get("tool_calls") or ()
+    )
+    logprobs = choice.get("logprobs")
+    logprobs = logprobs if isinstance(logprobs, dict) else None
+    if not text and not calls and logprobs is None:
+        return None
+    return Delta(text, int(choice.get("index") or 0), calls, logprobs)
 
 
 def _usage(raw: Any) -> Usage | None:
@@ -234,6 +350,23 @@ def _usage(raw: Any) -> Usage | None:
     if isinstance(prompt, int) and isinstance(completion, int) and prompt >= 0 and completion >= 0:
         return Usage(prompt, completion)
     return None
+
+
+def _embedding(value: Any) -> Any:
+    """One vector as the endpoint sent it: a list of numbers, or base64 of little-endian float32."""
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value, validate=True), dtype="<f4")
+    if not isinstance(value, list) or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
+        raise TypeError("an embedding that is not a list of numbers")
+    return value
+
+
+def _embedding_usage(data: Mapping[str, Any], inputs: EmbeddingInputs) -> Usage:
+    raw = data.get("usage")
+    prompt = raw.get("prompt_tokens") if isinstance(raw, Mapping) else None
+    if isinstance(prompt, int) and not isinstance(prompt, bool) and prompt >= 0:
+        return Usage(prompt, 0)
+    return Usage(count_embedding_tokens(inputs), 0, estimated=True)
 
 
 def _sse_event(line: bytes) -> Any:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from agent.errors import ConfigError, ModelNotFound
 from agent.models.store import ModelStore
+from agent.providers.azure_openai import AzureOpenAIProvider
 from agent.providers.base import Provider
 from agent.providers.keys import resolve_api_key
 from agent.providers.local_llama import LocalLlamaProvider
 from agent.providers.openai_compat import OpenAICompatProvider
 from agent.settings import Settings
+
+# One class per `kind` of [[cloud]] endpoint.
+CLOUD_PROVIDERS: dict[str, type[OpenAICompatProvider]] = {
+    "openai": OpenAICompatProvider,
+    "azure": AzureOpenAIProvider,
+}
 
 
 class ProviderRegistry:
@@ -24,7 +31,7 @@ class ProviderRegistry:
     @classmethod
     def from_settings(cls, settings: Settings, store: ModelStore) -> ProviderRegistry:
         providers: list[Provider] = [LocalLlamaProvider(c, store) for c in settings.local_models]
-        providers += [OpenAICompatProvider(e, resolve_api_key(e)) for e in settings.cloud]
+        providers += [CLOUD_PROVIDERS[e.kind](e, resolve_api_key(e)) for e in settings.cloud]
         return cls(providers)
 
     def model_names(self) -> list[str]:

@@ -40,7 +40,7 @@ GOOD = {"model": "local", "messages": [{"role": "user", "content": "hi"}], "max_
             "invalid_request_error",
         ),
         (
-            b'{"model": "local", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}',
+            b'{"model": "local", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}}',
             400,
             "invalid_request_error",
         ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -13,8 +14,9 @@ from hypothesis import strategies as st
 from starlette.types import Message, Receive, Scope, Send
 
 from agent.api.middleware import HostCheckMiddleware, host_name
-from agent.api.routes import _chat_call, parse_since
+from agent.api.routes import _chat_call
 from agent.errors import InvalidRequest
+from agent.timespans import parse_since
 
 NOW = datetime(2024, 6, 15, 12, 0, tzinfo=UTC)
 HI = [{"role": "user", "content": "hi"}]
@@ -201,10 +203,65 @@ def test_a_feature_with_a_trailing_newline_is_refused() -> None:
 
 
 def test_an_unknown_parameter_is_refused_by_name() -> None:
-    with pytest.raises(InvalidRequest, match="tools") as err:
-        _chat_call(body(tools=[], presence_penalty=0.5), {})
+    with pytest.raises(InvalidRequest, match="audio") as err:
+        _chat_call(body(audio={"voice": "x"}, presence_penalty=0.5), {})
     assert err.value.code == "unsupported_parameter"
     assert "presence_penalty" not in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools.0.function.name"),
+        ({"tools": [{"type": "retrieval"}]}, "tools.0.type"),
+        ({"tool_choice": "required"}, "tool_choice 'required' needs tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}],
+          "tool_choice": {"type": "function", "function": {"name": "g"}}}, "not in tools"),
+        ({"response_format": {"type": "json_schema"}}, "json_schema is required"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
+        ({"top_logprobs": 3}, "top_logprobs needs logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"n": 17}, "n:"),
+    ],
+)
+def test_bad_tools_formats_and_choices_are_refused_with_where(fields: dict[str, Any], where: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(where)):
+        _chat_call(body(**fields), {})
+
+
+def test_a_tool_round_trip_keeps_calls_and_results() -> None:
+    call = _chat_call(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": None,
+                 "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}],
+        },
+        {},
+    )  # fmt: skip
+    assistant, tool = call.messages[1], call.messages[2]
+    assert assistant.tool_calls[0].name == "w" and assistant.content == ""
+    assert assistant.as_openai()["content"] is None
+    assert tool.role == "tool" and tool.tool_call_id == "c1" and tool.content == "sunny"
+    assert call.params.tools == [{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "tool", "content": "x"},  # no tool_call_id
+        {"role": "user", "content": "x", "tool_call_id": "c1"},
+        {"role": "user", "content": None},
+        {"role": "user", "content": "x", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": ""}}]},
+    ],
+)
+def test_malformed_tool_turns_are_refused(message: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequest):
+        _chat_call({"model": "m", "messages": [message]}, {})
 
 
 def test_passthrough_parameters_are_kept_sorted() -> None:
@@ -228,7 +285,7 @@ def test_passthrough_parameters_are_kept_sorted() -> None:
         ),
         (body(temperature=9), "temperature"),
         (body(max_tokens=0), "max_tokens"),
-        (body(n=2), "n"),
+        (body(n=0), "n"),
         (body(stop=["a", "b", "c", "d", "e"]), "stop"),
         (body(metadata={f"k{i}": "v" for i in range(17)}), "metadata"),
     ],

@@ -298,3 +298,59 @@ def test_a_lan_bind_without_tls_is_refused() -> None:
         environ={},
     )
     assert settings.agent.host == "0.0.0.0"
+
+
+# -- [[cloud]] kinds -------------------------------------------------------------------------
+
+AZURE: dict[str, Any] = {
+    "name": "azure-east",
+    "kind": "azure",
+    "base_url": "https://res.openai.azure.com",
+    "models": ["gpt-4o-mini", "gpt-4o"],
+}
+
+
+def test_a_cloud_endpoint_is_openai_compatible_by_default(tmp_path: Path) -> None:
+    endpoint = {"name": "openai", "base_url": "https://api.openai.com/v1", "models": ["gpt-4o"]}
+    [cloud] = load_settings(home=tmp_path, environ={}, overrides={"cloud": [endpoint]}).cloud
+    assert (cloud.kind, cloud.provider_id, cloud.api_version, cloud.deployments) == ("openai", "", "", {})
+
+
+def test_an_azure_endpoint_from_the_file_maps_models_to_deployments(tmp_path: Path) -> None:
+    write_config(
+        tmp_path,
+        '[[cloud]]\nname = "azure-east"\nkind = "azure"\nbase_url = "https://res.openai.azure.com/"\n'
+        'api_version = "2025-01-01-preview"\nmodels = ["gpt-4o-mini", "gpt-4o"]\n'
+        'deployments = {"gpt-4o-mini" = "mini-prod"}\napi_key_env = "AZURE_OPENAI_API_KEY"\n',
+    )
+    [cloud] = load_settings(home=tmp_path, environ={}).cloud
+    assert (cloud.kind, cloud.api_version) == ("azure", "2025-01-01-preview")
+    assert cloud.provider_id == "azure"  # genai-prices' azure table (it falls back to OpenAI's)
+    assert (cloud.deployment("gpt-4o-mini"), cloud.deployment("gpt-4o")) == ("mini-prod", "gpt-4o")
+
+
+def test_an_azure_endpoint_keeps_an_explicit_provider_id(tmp_path: Path) -> None:
+    overrides = {"cloud": [{**AZURE, "api_version": "2024-10-21", "provider_id": "openai"}]}
+    [cloud] = load_settings(home=tmp_path, environ={}, overrides=overrides).cloud
+    assert cloud.provider_id == "openai"
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({}, 'kind = "azure": set api_version'),
+        ({"api_version": "2024-10-21&x=1"}, "cloud.0.api_version"),
+        ({"api_version": "2024-10-21", "base_url": "https://res.openai.azure.com/openai/"}, "without /openai"),
+        ({"api_version": "2024-10-21", "deployments": {"gpt-5": "five"}}, "models it does not serve: ['gpt-5']"),
+        ({"api_version": "2024-10-21", "deployments": {"gpt-4o": "my deployment"}}, "not an Azure deployment name"),
+        ({"api_version": "2024-10-21", "models": ["openai/gpt-4o"]}, "not an Azure deployment name"),
+        ({"kind": "openai", "api_version": "2024-10-21"}, 'apply to kind = "azure" only'),
+        ({"kind": "openai", "deployments": {"gpt-4o": "x"}}, 'apply to kind = "azure" only'),
+        ({"kind": "bedrock"}, "cloud.0.kind"),
+    ],
+)
+def test_azure_misconfigurations_are_config_errors(tmp_path: Path, extra: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(home=tmp_path, environ={}, overrides={"cloud": [{**AZURE, **extra}]})
+    assert "cloud.0" in err.value.message
+    assert problem in err.value.message
