@@ -98,7 +98,8 @@ class ScriptedUpstream:
         self._thread.join(10)
         self._sock.close()
 
-    async def _chat(self, request: Request) -> Response:
+    async def _take(self, request: Request, malformed: bytes) -> tuple[dict[str, Any], Behaviour, Response | None]:
+        """Keep the request, pick its behaviour, wait as scripted; a scripted fault is the answer."""
         body = await request.json()
         if self.keep_requests:
             self.received.append(body)
@@ -106,12 +107,18 @@ class ScriptedUpstream:
         b = self.script.popleft() if self.script else self.default
         if b.delay_s:
             await asyncio.sleep(b.delay_s)
-        headers = dict(b.headers)
         if b.kind == "status":
             error = {"error": {"message": f"scripted {b.status}", "type": "scripted"}}
-            return JSONResponse(error, status_code=b.status, headers=headers)
+            return body, b, JSONResponse(error, status_code=b.status, headers=dict(b.headers))
         if b.kind == "malformed":
-            return Response(b'{"id": "x", "choices": [', media_type="application/json")
+            return body, b, Response(malformed, media_type="application/json")
+        return body, b, None
+
+    async def _chat(self, request: Request) -> Response:
+        body, b, fault = await self._take(request, b'{"id": "x", "choices": [')
+        if fault is not None:
+            return fault
+        headers = dict(b.headers)
         if body.get("stream"):
             return StreamingResponse(self._stream(body, b), media_type="text/event-stream")
         answer: dict[str, Any] = {
@@ -138,19 +145,10 @@ class ScriptedUpstream:
         return JSONResponse(answer, headers=headers)
 
     async def _embeddings(self, request: Request) -> Response:
-        body = await request.json()
-        if self.keep_requests:
-            self.received.append(body)
-            self.received_headers.append(dict(request.headers))
-        b = self.script.popleft() if self.script else self.default
-        if b.delay_s:
-            await asyncio.sleep(b.delay_s)
+        body, b, fault = await self._take(request, b'{"object": "list", "data": [')
+        if fault is not None:
+            return fault
         headers = dict(b.headers)
-        if b.kind == "status":
-            error = {"error": {"message": f"scripted {b.status}", "type": "scripted"}}
-            return JSONResponse(error, status_code=b.status, headers=headers)
-        if b.kind == "malformed":
-            return Response(b'{"object": "list", "data": [', media_type="application/json")
         raw = body.get("input")
         items: list[Any] = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else list(raw or [])
         dim = body.get("dimensions") or self.embedding_dim

@@ -19,6 +19,7 @@ from gui.client import AgentClient
 from gui.dashboard import DashboardWindow
 from gui.figures import Figures, usd
 from tests.conftest import RunningAgent
+from tests.support.policies import department_budget
 
 
 def test_dashboard_figures_equal_the_ledger(qtbot: QtBot, agent: RunningAgent) -> None:
@@ -72,20 +73,7 @@ def test_a_fleet_wide_budget_shows_the_fleets_spend_and_this_boxs_part(
     share = tmp_path / "share"
     share.mkdir()
     key, public = generate_keypair()
-    body = b"""
-version = 1
-organisation = "Test"
-timezone = "UTC"
-default_department = "eng"
-
-[[budgets]]
-name = "eng-monthly"
-scope = "department"
-match = "eng"
-period = "month"
-amount_usd = "0.010000"
-action = "block"
-"""
+    body = department_budget("0.010000")
     publish(Signed(parse_policy(body), body, sign(body, key)), share)
     # Another host of the fleet already recorded spend against the same budget on the share.
     other = LeaseBook(share, "f" * 32)

@@ -20,6 +20,7 @@ from agent.policy.publish import Signed, publish
 from agent.policy.signing import generate_keypair, sign
 from agent.server import AgentThread
 from agent.settings import load_settings
+from tests.support.policies import department_budget
 
 MODEL = "scripted-model"
 ANSWER_MICRO_USD = 11 * 10 + 7 * 30  # the scripted usage at the override's prices
@@ -30,21 +31,8 @@ HOLD_BOUND_MICRO_USD = 2 * ANSWER_MICRO_USD
 REQUESTS_PER_AGENT = 40
 
 
-def policy(version: int = 1) -> bytes:
-    return f"""
-version = {version}
-organisation = "Test"
-timezone = "UTC"
-default_department = "eng"
-
-[[budgets]]
-name = "eng-monthly"
-scope = "department"
-match = "eng"
-period = "month"
-amount_usd = "{BUDGET_MICRO_USD / 1_000_000:.6f}"
-action = "block"
-""".encode()
+def policy() -> bytes:
+    return department_budget(f"{BUDGET_MICRO_USD / 1_000_000:.6f}")
 
 
 @pytest.fixture

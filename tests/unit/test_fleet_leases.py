@@ -26,23 +26,11 @@ from agent.ledger.requests import RequestLog
 from agent.ledger.users import UserStore
 from agent.policy.model import parse_policy
 from tests.support.ledger_rows import request_row
+from tests.support.policies import department_budget
 
 KEY = LeaseKey("eng-monthly", "department", "eng", "month", "2026-12", 1_000_000)
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
-POLICY = parse_policy(b"""
-version = 1
-organisation = "Test"
-timezone = "UTC"
-default_department = "eng"
-
-[[budgets]]
-name = "eng-monthly"
-scope = "department"
-match = "eng"
-period = "month"
-amount_usd = "0.100000"
-action = "block"
-""")
+POLICY = parse_policy(department_budget("0.100000"))
 BUDGET_MICRO_USD = 100_000
 
 

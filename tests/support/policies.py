@@ -1,0 +1,21 @@
+"""Policy texts the tests sign and publish."""
+
+from __future__ import annotations
+
+
+def department_budget(amount_usd: str, version: int = 1) -> bytes:
+    """One monthly, blocking budget for the department "eng" (every new user's, by default)."""
+    return f"""
+version = {version}
+organisation = "Test"
+timezone = "UTC"
+default_department = "eng"
+
+[[budgets]]
+name = "eng-monthly"
+scope = "department"
+match = "eng"
+period = "month"
+amount_usd = "{amount_usd}"
+action = "block"
+""".encode()
