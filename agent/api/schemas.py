@@ -6,9 +6,9 @@ OpenAI clients ignore and ours read (cost, route, request id).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # OpenAI request fields that are forwarded to cloud endpoints unchanged. Any other unknown
 # field is refused with a 400 rather than silently dropped.
@@ -25,6 +25,16 @@ PASSTHROUGH_FIELDS = frozenset(
 TOOL_AND_FORMAT_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 FEATURE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}"
+
+
+def _metadata(metadata: dict[str, str]) -> dict[str, str]:
+    if len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items()):
+        raise ValueError("at most 16 keys of up to 64 characters, values up to 512")
+    return metadata
+
+
+# OpenAI's request metadata (chat and embeddings): ours reads metadata.feature.
+Metadata = Annotated[dict[str, str], AfterValidator(_metadata)]
 
 
 class TextPart(BaseModel):
@@ -140,7 +150,7 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     cache: bool | None = None  # aifinops: false skips the semantic cache
     tools: list[ToolIn] | None = Field(None, min_length=1, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -167,15 +177,6 @@ class ChatCompletionRequest(BaseModel):
         if isinstance(stop, list) and len(stop) > 4:
             raise ValueError("at most 4 stop sequences")
         return stop
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, metadata: dict[str, str] | None) -> dict[str, str] | None:
-        if metadata is not None and (
-            len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items())
-        ):
-            raise ValueError("at most 16 keys of up to 64 characters, values up to 512")
-        return metadata
 
     def extra_fields(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -523,21 +524,12 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] | None = None  # None: float
     dimensions: int | None = Field(None, ge=1, le=65_536, strict=True)
     user: str | None = Field(None, max_length=256)  # accepted and ignored: the token says who calls
-    metadata: dict[str, str] | None = None  # metadata.feature: the feature tag, as in chat
+    metadata: Metadata | None = None  # metadata.feature: the feature tag, as in chat
 
     @field_validator("input", mode="before")
     @classmethod
     def _input(cls, value: Any) -> list[str] | list[list[int]]:
         return embedding_inputs(value)
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, metadata: dict[str, str] | None) -> dict[str, str] | None:
-        if metadata is not None and (
-            len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items())
-        ):
-            raise ValueError("at most 16 keys of up to 64 characters, values up to 512")
-        return metadata
 
     def extra_fields(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
