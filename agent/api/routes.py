@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -16,29 +17,36 @@ from starlette.routing import Route
 
 from agent import __version__
 from agent.api import schemas
+from agent.api.answer import Event, stream_headers
+from agent.api.chat_completions import chat_call, chunk_stream, completion_response
+from agent.api.completions import completion_call, text_completion, text_completion_stream
 from agent.api.embeddings import embedding_call, embedding_response
 from agent.api.errors import error_json
-from agent.api.features import feature_tag
+from agent.api.responses import response_call, response_object, response_stream
 from agent.budgets.fleet import FleetState
 from agent.cache.keys import scope_of, visible_scopes
 from agent.chat import ChatCall
-from agent.errors import AIFinOpsError, InvalidRequest, PermissionDenied, RequestTooLarge
-from agent.gateway import ChatResult, Flight, StreamSummary
+from agent.errors import InvalidRequest, PermissionDenied, RequestTooLarge
+from agent.gateway import ChatResult, Flight
 from agent.identity import Caller
 from agent.ledger.requests import SPEND_DIMENSIONS, RequestRecord
 from agent.money import format_usd
-from agent.pricing.prices import Price
-from agent.providers.base import ChatParams, Delta, Message, ToolCall, Usage
-from agent.providers.base import Choice as AnswerChoice
 from agent.timespans import parse_since
 
 if TYPE_CHECKING:
     from agent.services import Services
 
+# An endpoint's shape of a whole answer, and of a streamed one (server-sent events).
+WholeAnswer = Callable[[ChatResult], Response]
+StreamedAnswer = Callable[[AsyncGenerator[Event, None], Event | None, Flight], AsyncIterator[str]]
+
+
 def build_routes(services: Services) -> list[Route]:
     api = _Handlers(services)
     return [
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+        Route("/v1/completions", api.completions, methods=["POST"]),
+        Route("/v1/responses", api.responses, methods=["POST"]),
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/api/v1/info", api.info, methods=["GET"]),
@@ -91,20 +99,33 @@ class _Handlers:
 
     async def chat_completions(self, request: Request) -> Response:
         caller = self.caller(request)
-        call = _chat_call(await self.body_json(request), request.headers)
-        gateway = self.s.gateway
-        flight = await gateway.prepare(caller, call)
+        call = chat_call(await self.body_json(request), request.headers)
+        return await self._answer(caller, call, completion_response, chunk_stream)
+
+    async def completions(self, request: Request) -> Response:
+        caller = self.caller(request)
+        call = completion_call(await self.body_json(request), request.headers)
+        return await self._answer(caller, call, text_completion, text_completion_stream)
+
+    async def responses(self, request: Request) -> Response:
+        caller = self.caller(request)
+        call, echo = response_call(await self.body_json(request), request.headers)
+        return await self._answer(caller, call, partial(response_object, echo=echo),
+                                  partial(response_stream, echo=echo))  # fmt: skip
+
+    async def _answer(self, caller: Caller, call: ChatCall, whole: WholeAnswer, stream: StreamedAnswer) -> Response:
+        """One chat-shaped call through the gateway: routing, cache, budgets and ledger, then the
+        answer in the endpoint's own shape (a JSON body, or server-sent events)."""
+        flight = await self.s.gateway.prepare(caller, call)
         if not call.stream:
-            return _completion_response(await gateway.chat(flight))
-        events = gateway.stream(flight)
+            return whole(await self.s.gateway.chat(flight))
+        events = self.s.gateway.stream(flight)
         try:  # the first event decides between an HTTP error and a 200 stream
             first = await anext(events)
         except StopAsyncIteration:
             first = None
-        headers = _headers(flight, "pending")  # the cost is known at the end: see the last chunk
-        headers["Cache-Control"] = "no-cache"
-        sse = _sse(events, first, flight)
-        return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
+        body = stream(events, first, flight)
+        return StreamingResponse(body, media_type="text/event-stream", headers=stream_headers(flight))
 
     async def embeddings(self, request: Request) -> Response:
         caller = self.caller(request)
@@ -419,162 +440,6 @@ class _Handlers:
 
 def _json(model: Any, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status, media_type="application/json")
-
-
-def _chat_call(payload: Any, headers: Mapping[str, str]) -> ChatCall:
-    if not isinstance(payload, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    try:
-        body = schemas.ChatCompletionRequest.model_validate(payload)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidRequest(f"{where}: {first['msg']}", code="invalid_value") from e
-    extras = body.extra_fields()
-    unknown = sorted(set(extras) - schemas.PASSTHROUGH_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"unsupported parameter(s): {', '.join(unknown)}", code="unsupported_parameter")
-    feature = feature_tag(headers, body.metadata)
-    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    # Tools and formats were validated above; cloud endpoints get them exactly as the client sent them.
-    known = {name: payload[name] for name in schemas.TOOL_AND_FORMAT_FIELDS if payload.get(name) is not None}
-    if known.get("response_format") == {"type": "text"}:
-        del known["response_format"]  # the default: nothing to ask of any model
-    params = ChatParams(
-        max_tokens=body.max_completion_tokens or body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=stop,
-        seed=body.seed,
-        n=body.n or 1,
-        logprobs=bool(body.logprobs),
-        top_logprobs=body.top_logprobs,
-        passthrough=tuple(sorted((extras | known).items())),
-    )
-    messages = tuple(_message(m) for m in body.messages)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    no_cache = body.cache is False or "no-cache" in headers.get("cache-control", "").lower()
-    return ChatCall(body.model, messages, params, feature, body.stream, include_usage, not no_cache)
-
-
-def _message(m: schemas.ChatMessageIn) -> Message:
-    calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ())
-    return Message(m.role, m.text(), m.name, calls, m.tool_call_id)
-
-
-def _info(flight: Flight, price: Price, estimated: bool) -> schemas.AIFinOpsInfo:
-    hit = flight.cache.hit
-    return schemas.AIFinOpsInfo(
-        request_id=flight.request_id,
-        route=flight.served_by,
-        model=hit.entry.model if hit else flight.route.model,
-        cost_usd=format_usd(price.cost_micro_usd),
-        cost_micro_usd=price.cost_micro_usd,
-        price_source=price.source,
-        tokens_estimated=estimated,
-        cache=flight.cache.status,
-        cache_similarity=round(hit.similarity, 4) if hit else None,
-        cache_entry_id=hit.entry.id if hit else None,
-        tier="" if hit else flight.route.tier,
-        reason="cache hit" if hit else flight.route.reason,
-        route_score=None if hit else flight.route.score,
-        prompt_tokens_before=flight.optimized.tokens_before if flight.optimized and not hit else None,
-        prompt_tokens_after=flight.optimized.tokens_after if flight.optimized and not hit else None,
-    )
-
-
-def _headers(flight: Flight, cost_usd: str) -> dict[str, str]:
-    headers = {
-        "X-AIFinOps-Route": flight.served_by,
-        "X-AIFinOps-Cost-USD": cost_usd,
-        "X-AIFinOps-Request-Id": flight.request_id,
-        "X-AIFinOps-Cache": flight.cache.status,
-    }
-    if flight.route.tier and flight.cache.hit is None:
-        headers["X-AIFinOps-Tier"] = flight.route.tier
-    if (hit := flight.cache.hit) is not None:
-        headers["X-AIFinOps-Cache-Similarity"] = f"{hit.similarity:.4f}"
-        headers["X-AIFinOps-Cache-Entry"] = str(hit.entry.id)
-    return headers
-
-
-def _wire_usage(usage: Usage) -> schemas.Usage:
-    return schemas.Usage(
-        prompt_tokens=usage.input_tokens,
-        completion_tokens=usage.output_tokens,
-        total_tokens=usage.input_tokens + usage.output_tokens,
-    )
-
-
-def _completion_response(result: ChatResult) -> Response:
-    c, flight = result.completion, result.flight
-    info = _info(flight, result.price, c.usage.estimated)
-    body = schemas.ChatCompletion(
-        id=flight.request_id,
-        created=int(time.time()),
-        model=info.model,
-        choices=[_choice(choice) for choice in c.choices],
-        usage=_wire_usage(c.usage),
-        x_aifinops=info,
-    )
-    return Response(
-        body.model_dump_json(),
-        media_type="application/json",
-        headers=_headers(flight, format_usd(result.price.cost_micro_usd)),
-    )
-
-
-def _choice(choice: AnswerChoice) -> schemas.Choice:
-    calls = [call.as_openai() for call in choice.tool_calls] or None
-    message = schemas.ChatMessageOut(content=choice.text if choice.text or not calls else None, tool_calls=calls)
-    logprobs = dict(choice.logprobs) if choice.logprobs is not None else None
-    return schemas.Choice(index=choice.index, message=message, finish_reason=choice.finish_reason, logprobs=logprobs)
-
-
-async def _sse(
-    events: AsyncGenerator[Delta | StreamSummary, None], first: Delta | StreamSummary | None, flight: Flight
-) -> AsyncIterator[str]:
-    created = int(time.time())
-    model = flight.cache.hit.entry.model if flight.cache.hit else flight.route.model
-
-    def chunk(
-        delta: schemas.ChunkDelta, finish: str | None = None, index: int = 0, logprobs: Any = None, **extra: Any
-    ) -> str:
-        choice = schemas.ChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)
-        body = schemas.ChatCompletionChunk(
-            id=flight.request_id,
-            created=created,
-            model=model,
-            choices=[] if extra.get("usage") else [choice],
-            **extra,
-        )
-        return f"data: {body.model_dump_json(exclude_none=True)}\n\n"
-
-    try:
-        for index in range(flight.call.params.n):
-            yield chunk(schemas.ChunkDelta(role="assistant", content=""), index=index)
-        event = first
-        while event is not None:
-            if isinstance(event, StreamSummary):
-                u = event.usage
-                info = _info(flight, event.price, u.estimated)
-                for index, finish in event.more:
-                    yield chunk(schemas.ChunkDelta(), finish, index=index)
-                yield chunk(schemas.ChunkDelta(), event.finish_reason, x_aifinops=info)
-                if flight.call.include_usage:
-                    yield chunk(schemas.ChunkDelta(), usage=_wire_usage(u), x_aifinops=info)
-                break
-            calls = [call.as_openai() for call in event.tool_calls] or None
-            delta = schemas.ChunkDelta(content=event.text if event.text or not calls else None, tool_calls=calls)
-            logprobs = dict(event.logprobs) if event.logprobs is not None else None
-            yield chunk(delta, index=event.index, logprobs=logprobs)
-            event = await anext(events, None)
-        yield "data: [DONE]\n\n"
-    except AIFinOpsError as e:  # mid-stream failure: OpenAI clients raise on an error event
-        error = schemas.ErrorBody(error=schemas.ErrorDetail(message=e.message, type=e.error_type, code=e.code))
-        yield f"data: {error.model_dump_json()}\n\n"
-    finally:
-        await events.aclose()  # records the row as aborted if the client left mid-stream
 
 
 def _entry(r: RequestRecord) -> schemas.RequestEntry:

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.types import Message, Receive, Scope, Send
 
+from agent.api.chat_completions import chat_call as _chat_call
 from agent.api.middleware import HostCheckMiddleware, host_name
-from agent.api.routes import _chat_call
 from agent.errors import InvalidRequest
 from agent.timespans import parse_since
 
