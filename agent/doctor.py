@@ -73,6 +73,7 @@ def run_checks(settings: Settings, agent: RunningAgent | None) -> list[Check]:
     checks += _gpu()
     checks += _share(settings)
     checks += _cloud(settings)
+    checks += _local_engines(settings)
     checks += _routing(settings)
     checks += _policy(settings, agent)
     checks += _identity(settings)
@@ -222,6 +223,36 @@ def _cloud(settings: Settings) -> list[Check]:
     ]
 
 
+def _local_engines(settings: Settings) -> list[Check]:
+    """Each [[local_engines]] entry answers its /models, and serves the models it is named for."""
+    import httpx
+
+    from agent.providers.keys import resolve_api_key
+
+    out = []
+    for engine in settings.local_engines:
+        key = resolve_api_key(engine.endpoint())
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        where = f"{engine.name}: {engine.base_url}"
+        try:
+            answer = httpx.get(engine.base_url.rstrip("/") + "/models", headers=headers, timeout=3)
+            answer.raise_for_status()
+            served = {m.get("id") for m in answer.json().get("data", []) if isinstance(m, dict)}
+        except (httpx.HTTPError, ValueError, AttributeError) as e:
+            fix = "start the engine, or fix local_engines.base_url (its OpenAI root, ending in /v1)"
+            out.append(Check("engine", "fail", f"{where} does not answer GET /models ({type(e).__name__})", fix))
+            continue
+        missing = [m for m in engine.models if m not in served]
+        if missing:
+            # llama-server answers any name with its one model; vLLM and Ollama need the exact one.
+            shown = ", ".join(sorted(str(m) for m in served)) or "none"
+            fix = "name the engine's models in local_engines.models (or start the engine with them)"
+            out.append(Check("engine", "warn", f"{where} does not list {', '.join(missing)} (it lists {shown})", fix))
+        else:
+            out.append(Check("engine", "ok", f"{where} serves {', '.join(engine.models)}"))
+    return out
+
+
 def _routing(settings: Settings) -> list[Check]:
     """The tiers "auto" routes between, and whether the trained difficulty model loads."""
     from agent.routing.router import TIERS
@@ -231,6 +262,7 @@ def _routing(settings: Settings) -> list[Check]:
         return [Check("router", "ok", f"routing off: auto means {settings.agent.default_model}")]
     configured = {e.name: e for e in settings.cloud}
     known = {m.name for m in settings.local_models} | {m for e in configured.values() for m in e.models}
+    known |= {m for e in settings.local_engines for m in e.models}
     tiers = {t: getattr(settings.tiers, t) for t in TIERS if getattr(settings.tiers, t)}
     unknown = [f"tiers.{t} = {m!r}" for t, m in tiers.items() if m not in known]
     if unknown:

@@ -229,7 +229,7 @@ class EmbeddingGateway:
 
     def _price(self, flight: _Flight, usage: Usage) -> Price:
         if flight.provider.kind == "local":
-            return self._prices.for_compute(flight.progress.compute_s)
+            return self._prices.for_compute(flight.progress.compute_s, flight.provider.usd_per_hour)
         if usage.input_tokens == 0:
             return Price(0, "no-usage")
         return self._token_price(flight, usage.input_tokens)

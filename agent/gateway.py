@@ -707,7 +707,7 @@ class Gateway:
     def _price(self, flight: Flight, usage: Usage) -> Price:
         route = flight.route
         if route.provider.kind == "local":
-            return self._prices.for_compute(flight.progress.compute_s)
+            return self._prices.for_compute(flight.progress.compute_s, route.provider.usd_per_hour)
         if usage.input_tokens == 0 and usage.output_tokens == 0:
             return Price(0, "no-usage")
         return self._token_price(flight, route, usage.input_tokens, usage.output_tokens)

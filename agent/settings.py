@@ -287,6 +287,35 @@ class CloudEndpoint(_Section):
         return self.deployments.get(model, model)
 
 
+class LocalEngine(_Section):
+    """An OpenAI-compatible inference server on this box or the local network (llama.cpp's
+    llama-server, vLLM, Ollama) whose models serve like the in-process ones: the local tier,
+    priced by the time the engine spends on each request, not by tokens."""
+
+    name: str = Field(pattern=_NAME)
+    base_url: str = Field(pattern=r"^https?://")  # its OpenAI API root, e.g. http://127.0.0.1:8080/v1
+    models: tuple[str, ...] = Field(min_length=1)  # the names clients use (and the engine knows)
+    api_key_env: str = ""  # llama-server --api-key, vLLM --api-key: the variable holding it
+    # What an hour of the engine costs (its share of the box or GPU). Empty: pricing.local_usd_per_hour.
+    usd_per_hour: Decimal | None = Field(None, ge=0)
+    # Requests the engine serves at once (llama-server --parallel, vLLM max_num_seqs): while N
+    # run together each is charged 1/N of the hour rate for its time.
+    parallel: int = Field(1, ge=1, le=4096)
+    timeout_s: float = Field(300.0, gt=0)
+    max_retries: int = Field(1, ge=0, le=10)
+
+    def endpoint(self) -> CloudEndpoint:
+        """The wire settings of the engine, spoken like any OpenAI-compatible endpoint."""
+        return CloudEndpoint(
+            name=self.name,
+            base_url=self.base_url,
+            models=self.models,
+            api_key_env=self.api_key_env,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+        )
+
+
 class Settings(_Section):
     agent: AgentSection = AgentSection()
     models: ModelsSection = ModelsSection()
@@ -301,6 +330,7 @@ class Settings(_Section):
     gpu: GpuSection = GpuSection()
     local_models: tuple[LocalModelConfig, ...] = (LocalModelConfig(),)
     cloud: tuple[CloudEndpoint, ...] = ()
+    local_engines: tuple[LocalEngine, ...] = ()
     # Filled in by load_settings, not from the file.
     paths: Paths = Field(default_factory=Paths.resolve, exclude=True)
     config_file: Path | None = Field(default=None, exclude=True)
@@ -315,7 +345,7 @@ class Settings(_Section):
     def share_dir(self) -> Path | None:
         return Path(self.share.path).expanduser() if self.share.path else None
 
-    @field_validator("local_models", "cloud")
+    @field_validator("local_models", "cloud", "local_engines")
     @classmethod
     def _unique_names(cls, items: tuple[Any, ...]) -> tuple[Any, ...]:
         names = [item.name for item in items]

@@ -88,10 +88,11 @@ class PriceBook:
         usd = (input_tokens * rates.input_usd_per_mtok + output_tokens * rates.output_usd_per_mtok) / MILLION
         return Price(usd_to_micros(usd), rates.source)
 
-    def for_compute(self, compute_s: float) -> Price:
-        """Local inference: seconds of the box at its hourly rate."""
+    def for_compute(self, compute_s: float, usd_per_hour: Decimal | None = None) -> Price:
+        """Local inference: seconds of the box (or of an engine's slot) at its hourly rate."""
         seconds = Decimal(str(round(max(compute_s, 0.0), 6)))
-        return Price(usd_to_micros(seconds * self._local_usd_per_hour / 3600), "local-compute")
+        hourly = self._local_usd_per_hour if usd_per_hour is None else usd_per_hour
+        return Price(usd_to_micros(seconds * hourly / 3600), "local-compute")
 
 
 def _table_price(model: str, provider_id: str, input_tokens: int, output_tokens: int) -> Decimal | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -169,6 +170,9 @@ class Provider(Protocol):
     name: str
     kind: ProviderKind
     price_provider_id: str
+    # Local providers: the hourly rate a call's compute seconds are charged at (None: the agent's
+    # pricing.local_usd_per_hour). Cloud providers are priced by tokens and leave it None.
+    usd_per_hour: Decimal | None
 
     def models(self) -> tuple[str, ...]: ...
 
@@ -206,6 +210,7 @@ class EmbeddingProvider(Protocol):
     name: str
     kind: ProviderKind
     price_provider_id: str
+    usd_per_hour: Decimal | None  # as Provider's
 
     async def check(self, model: str, inputs: EmbeddingInputs, dimensions: int | None) -> None:
         """Raise InvalidRequest (naming the field) for what this model cannot do; before any spend."""

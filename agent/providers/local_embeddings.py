@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from decimal import Decimal
 
 from agent.errors import InvalidRequest
 from agent.providers.base import CallProgress, Embedded, EmbeddingInputs, ProviderKind, Usage
@@ -23,6 +24,7 @@ LOCAL_EMBEDDING_MODEL = "local-embed"
 class LocalEmbeddingProvider:
     kind: ProviderKind = "local"
     price_provider_id = ""
+    usd_per_hour: Decimal | None = None  # pricing.local_usd_per_hour
 
     def __init__(self, embedder: Callable[[], OnnxEmbedder], name: str = LOCAL_EMBEDDING_MODEL) -> None:
         self.name = name

@@ -38,6 +38,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +288,7 @@ def _rss_bytes() -> int | None:
 class LocalLlamaProvider:
     kind: ProviderKind = "local"
     price_provider_id = ""
+    usd_per_hour: Decimal | None = None  # pricing.local_usd_per_hour
 
     def __init__(self, config: LocalModelConfig, store: ModelStore) -> None:
         self.name = config.name

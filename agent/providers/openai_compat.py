@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -68,6 +69,7 @@ class _Failure:
 
 class OpenAICompatProvider:
     kind: ProviderKind = "cloud"
+    usd_per_hour: Decimal | None = None
 
     def __init__(self, endpoint: CloudEndpoint, api_key: str | None) -> None:
         self.name = endpoint.name

@@ -7,6 +7,7 @@ from agent.models.store import ModelStore
 from agent.providers.azure_openai import AzureOpenAIProvider
 from agent.providers.base import Provider
 from agent.providers.keys import resolve_api_key
+from agent.providers.local_engine import LocalEngineProvider
 from agent.providers.local_llama import LocalLlamaProvider
 from agent.providers.openai_compat import OpenAICompatProvider
 from agent.settings import Settings
@@ -31,6 +32,8 @@ class ProviderRegistry:
     @classmethod
     def from_settings(cls, settings: Settings, store: ModelStore) -> ProviderRegistry:
         providers: list[Provider] = [LocalLlamaProvider(c, store) for c in settings.local_models]
+        hourly = settings.pricing.local_usd_per_hour
+        providers += [LocalEngineProvider(e, resolve_api_key(e.endpoint()), hourly) for e in settings.local_engines]
         providers += [CLOUD_PROVIDERS[e.kind](e, resolve_api_key(e)) for e in settings.cloud]
         return cls(providers)
 

@@ -6,18 +6,14 @@ answers, but sends no usage chunk in a stream: there the agent must estimate, an
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from agent.pricing.tokens import count_text_tokens
 from tests.conftest import RunningAgent
+from tests.support.llama_server import llama_cpp_server
 
 MODEL = "peer-smollm2"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -32,49 +28,8 @@ def micro_usd(input_tokens: int, output_tokens: int) -> int:
 @pytest.fixture(scope="module")
 def peer(chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of a llama.cpp server on a free loopback port; stopped after the module."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log_file = tmp_path_factory.mktemp("peer") / "llama_cpp_server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(chat_model_path),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_threads",
-        "1",
-        "--n_ctx",
-        "1024",
-    ]
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the peer exited ({process.returncode}): {log_file.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the peer did not answer in 60 s: {log_file.read_text()}")
-            try:
-                if httpx.get(f"{base_url}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+    with llama_cpp_server(chat_model_path, tmp_path_factory.mktemp("peer") / "llama_cpp_server.log") as base_url:
         yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 @pytest.fixture
