@@ -13,6 +13,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
 
 from agent.api.errors import on_aifinops_error, on_http_exception, on_unexpected
 from agent.api.middleware import HostCheckMiddleware
@@ -43,11 +45,19 @@ def build_asgi_app(services: Services) -> Starlette:
                 expose_headers=["X-AIFinOps-Route", "X-AIFinOps-Cost-USD", "X-AIFinOps-Request-Id"],
             )
         )
+    telemetry = services.telemetry
+
+    async def counted_error(request: Request, exc: Exception) -> Response:
+        """Every refusal (a 4xx answer) is counted by its type: rate limits, budgets, bad input."""
+        if isinstance(exc, AIFinOpsError) and exc.status_code < 500:
+            telemetry.http_refusal(exc.error_type)
+        return await on_aifinops_error(request, exc)
+
     return Starlette(
         routes=build_routes(services),
         middleware=middleware,
         exception_handlers={
-            AIFinOpsError: on_aifinops_error,
+            AIFinOpsError: counted_error,
             HTTPException: on_http_exception,
             Exception: on_unexpected,
         },

@@ -20,3 +20,4 @@ class ChatCall:
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage: send a final usage chunk
     cache_allowed: bool = True  # false for `"cache": false` or `Cache-Control: no-cache`
+    operation: str = "chat"  # gen_ai.operation.name: "chat", or "text_completion" (/v1/completions)

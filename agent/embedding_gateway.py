@@ -35,6 +35,7 @@ from agent.errors import AIFinOpsError, ConfigError, InvalidRequest, ModelNotFou
 from agent.identity import Caller
 from agent.ledger.database import utc_now_iso
 from agent.ledger.requests import RequestLog, RequestRecord, Status
+from agent.observability.telemetry import OFF, Telemetry, Trace
 from agent.pricing.prices import Price, PriceBook
 from agent.pricing.tokens import count_embedding_tokens
 from agent.providers.base import CallProgress, EmbeddingInputs, EmbeddingProvider, Usage
@@ -81,6 +82,7 @@ class _Flight:
     ts: str = field(default_factory=utc_now_iso)
     started: float = field(default_factory=time.perf_counter)
     progress: CallProgress = field(default_factory=CallProgress)
+    trace: Trace | None = None  # its OpenTelemetry span, when tracing is on
 
 
 class EmbeddingGateway:
@@ -96,6 +98,7 @@ class EmbeddingGateway:
         cloud_paused: Callable[[Caller], bool] | None = None,
         calibration: InputCalibration | None = None,
         hold_wait_s: float = 0.0,
+        telemetry: Telemetry = OFF,
     ) -> None:
         if local is not None and local.name in registry.model_names():
             raise ConfigError(f"model name {local.name!r} is the local embedding model's and is configured again")
@@ -108,6 +111,7 @@ class EmbeddingGateway:
         self._cloud_paused = cloud_paused
         self._calibration = calibration
         self._hold_wait_s = hold_wait_s
+        self._telemetry = telemetry
 
     def models(self) -> tuple[str, ...]:
         """The embedding models of the agent itself (cloud endpoints list theirs)."""
@@ -138,19 +142,24 @@ class EmbeddingGateway:
     # -- the pipeline ------------------------------------------------------------------------
 
     async def embed(self, caller: Caller, call: EmbeddingCall) -> EmbeddingResult:
+        trace = self._telemetry.begin("embeddings", call.requested_model)
         estimate = await asyncio.to_thread(count_embedding_tokens, call.inputs)  # up to a MiB of text
         enforcer = self._enforcer
         admission = None
-        if enforcer is not None:
-            caller = enforcer.effective_caller(caller)
-            admission = enforcer.admit(caller, estimate)
         try:
-            flight = await self._prepare(caller, call, estimate)
-        except BaseException:
-            if enforcer is not None and admission is not None:
-                enforcer.settle_tokens(admission, 0)  # refused: its tokens were not used
+            if enforcer is not None:
+                caller = enforcer.effective_caller(caller)
+                admission = enforcer.admit(caller, estimate)
+            try:
+                flight = await self._prepare(caller, call, estimate)
+            except BaseException:
+                if enforcer is not None and admission is not None:
+                    enforcer.settle_tokens(admission, 0)  # refused: its tokens were not used
+                raise
+        except AIFinOpsError as e:
+            self._telemetry.refused(trace, e)
             raise
-        flight.admission = admission
+        flight.admission, flight.trace = admission, trace
         return await self._deliver(flight)
 
     async def _prepare(self, caller: Caller, call: EmbeddingCall, estimate: int) -> _Flight:
@@ -198,7 +207,8 @@ class EmbeddingGateway:
     async def _deliver(self, flight: _Flight) -> EmbeddingResult:
         provider, call = flight.provider, flight.call
         try:
-            embedded = await provider.embed(call.requested_model, call.inputs, call.dimensions, flight.progress)
+            with self._telemetry.stage(flight.trace, f"aifinops.provider {call.requested_model}"):
+                embedded = await provider.embed(call.requested_model, call.inputs, call.dimensions, flight.progress)
         except AIFinOpsError as e:
             self._record(flight, "error", Usage(0, 0), e.error_type)
             raise
@@ -224,7 +234,9 @@ class EmbeddingGateway:
             self._enforcer.settle(flight.reservation, flight.caller, flight.call.feature, at, price.cost_micro_usd)
             if flight.admission is not None:
                 self._enforcer.settle_tokens(flight.admission, usage.input_tokens)
-        self._requests.record(self._row(flight, status, usage, price, error_type))
+        row = self._row(flight, status, usage, price, error_type)
+        self._requests.record(row)
+        self._telemetry.recorded(flight.trace, row, provider_id=flight.provider.price_provider_id)
         return price
 
     def _price(self, flight: _Flight, usage: Usage) -> Price:

@@ -16,10 +16,11 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from fractions import Fraction
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +35,7 @@ from agent.gpu.attribution import Activity, ActivityLog
 from agent.identity import Caller
 from agent.ledger.database import utc_now_iso
 from agent.ledger.requests import RequestLog, RequestRecord, Status
+from agent.observability.telemetry import OFF, Telemetry, Trace
 from agent.pricing.prices import Price, PriceBook, TokenRates
 from agent.pricing.tokens import count_message_tokens, count_text_tokens
 from agent.providers.base import (
@@ -127,6 +129,7 @@ class Flight:
     ts: str = field(default_factory=utc_now_iso)
     started: float = field(default_factory=time.perf_counter)
     progress: CallProgress = field(default_factory=CallProgress)
+    trace: Trace | None = None  # its OpenTelemetry span, when tracing is on
 
     @property
     def served_by(self) -> str:
@@ -170,8 +173,10 @@ class Gateway:
         cloud_paused: Callable[[Caller], bool] | None = None,
         calibration: InputCalibration | None = None,
         hold_wait_s: float = 0.0,
+        telemetry: Telemetry = OFF,
     ) -> None:
         self._registry = registry
+        self._telemetry = telemetry  # metrics and traces
         self._prices = prices
         self._requests = requests
         self._default_model = default_model
@@ -230,23 +235,60 @@ class Gateway:
     async def prepare(self, caller: Caller, call: ChatCall) -> Flight:
         """Rate limits, embed, route, ask the cache, optimise the prompt, hold the worst case
         against the budgets; nothing is spent or recorded yet."""
-        if self._enforcer is None:
-            return await self._prepare(caller, call, None)
-        caller = self._enforcer.effective_caller(caller)
-        admission = self._enforcer.admit(caller, _token_estimate(call))
+        p = call.params
+        trace = self._telemetry.begin(call.operation, call.requested_model, p.max_tokens, p.temperature, p.top_p)
         try:
-            return await self._prepare(caller, call, admission)
-        except BaseException:
-            self._enforcer.settle_tokens(admission, 0)  # refused: its tokens were not used
+            if self._enforcer is None:
+                return await self._prepare(caller, call, None, trace)
+            caller = self._enforcer.effective_caller(caller)
+            admission = self._enforcer.admit(caller, _token_estimate(call))
+            try:
+                return await self._prepare(caller, call, admission, trace)
+            except BaseException:
+                self._enforcer.settle_tokens(admission, 0)  # refused: its tokens were not used
+                raise
+        except AIFinOpsError as e:
+            self._telemetry.refused(trace, e)
             raise
 
-    async def _prepare(self, caller: Caller, call: ChatCall, admission: Admission | None) -> Flight:
+    async def _prepare(
+        self, caller: Caller, call: ChatCall, admission: Admission | None, trace: Trace | None
+    ) -> Flight:
         terms = self.terms(caller)
         router = terms.router
         auto = call.requested_model == "auto" and router is not None
         cacheable = terms.cache is not None and not isinstance(cache_key(terms.cache, caller, call, "auto"), str)
         wants_vector = cacheable or (auto and router is not None and router.wants_embedding)
-        vector = await self._embed(call.messages[-1].content) if wants_vector else None
+        telemetry = self._telemetry
+        vector = None
+        if wants_vector:
+            with telemetry.stage(trace, "aifinops.embed"):
+                vector = await self._embed(call.messages[-1].content)
+        with telemetry.stage(trace, "aifinops.route") as span:
+            route, escalation = self._decide(caller, call, terms, vector)
+            if span is not None:
+                span.set_attributes({"aifinops.tier": route.tier, "aifinops.model": route.model})
+        # Auto requests share cached answers whichever tier gave them: the router chose it.
+        with telemetry.stage(trace, "aifinops.cache") as span:
+            lookup = await self._lookup(caller, call, "auto" if auto else route.model, vector, terms.cache)
+            if span is not None:
+                span.set_attribute("aifinops.cache", lookup.status)
+        flight = Flight(caller, call, route, lookup, terms=terms, messages=call.messages, escalation=escalation)
+        flight.admission, flight.trace = admission, trace
+        if lookup.hit is None:
+            with telemetry.stage(trace, "aifinops.optimize"):
+                await self._optimize(flight)
+            with telemetry.stage(trace, "aifinops.budget_hold"):
+                await self._reserve(flight)
+        return flight
+
+    def _decide(
+        self, caller: Caller, call: ChatCall, terms: Terms, vector: npt.NDArray[np.float32] | None
+    ) -> tuple[Route, Route | None]:
+        """The route (router's, named or default, after policy and "Pause cloud") and where a
+        cascade escalates to."""
+        router = terms.router
+        auto = call.requested_model == "auto" and router is not None
         escalation = None
         if auto and router is not None:
             decision = self._allowed_decision(caller, router, router.decide(self._signals(caller, call, vector)))
@@ -272,14 +314,7 @@ class Gateway:
             route = replace(self.route(replace(call, requested_model=local), terms=terms),
                             reason="cloud paused by you -> local")  # fmt: skip
             escalation = None
-        # Auto requests share cached answers whichever tier gave them: the router chose it.
-        lookup = await self._lookup(caller, call, "auto" if auto else route.model, vector, terms.cache)
-        flight = Flight(caller, call, route, lookup, terms=terms, messages=call.messages, escalation=escalation)
-        flight.admission = admission
-        if lookup.hit is None:
-            await self._optimize(flight)
-            await self._reserve(flight)
-        return flight
+        return route, escalation
 
     def _allowed_decision(self, caller: Caller, router: Router, decision: Decision) -> Decision:
         """The router's tier, or the nearest one (cheaper first) the caller's policy allows."""
@@ -476,13 +511,15 @@ class Gateway:
             return kept
         route, call = flight.route, flight.call
         try:
-            completion = await route.provider.complete(route.model, flight.messages, call.params, flight.progress)
+            with self._provider_stage(flight):
+                completion = await route.provider.complete(route.model, flight.messages, call.params, flight.progress)
         except AIFinOpsError as e:
             self._record(flight, "error", _failed_usage(flight), e.error_type)
             raise
         except asyncio.CancelledError:  # the client left, or the agent is shutting down
             self._record(flight, "aborted", _partial_usage(flight))
             raise
+        self._telemetry.content(flight.trace, flight.messages, completion.text)
         price = self._record(flight, "ok", completion.usage)
         if not completion.more and not completion.tool_calls:  # the cache keeps one text answer
             await self._store(flight, completion.text, completion.finish_reason, completion.usage, price)
@@ -502,18 +539,22 @@ class Gateway:
                 yield StreamSummary(kept.completion.finish_reason, kept.completion.usage, kept.price)
                 return
         route, call = flight.route, flight.call
-        recorded = False
+        recorded = first = False
         try:
-            events = route.provider.stream(route.model, flight.messages, call.params, flight.progress)
-            async for event in events:
-                if isinstance(event, StreamEnd):
-                    recorded = True
-                    price = self._record(flight, "ok", event.usage)
-                    if not event.more and not flight.progress.tool_calls:
-                        await self._store(flight, flight.progress.text, event.finish_reason, event.usage, price)
-                    yield StreamSummary(event.finish_reason, event.usage, price, event.more)
-                else:
-                    yield event
+            with self._provider_stage(flight):
+                async for event in route.provider.stream(route.model, flight.messages, call.params, flight.progress):
+                    if not first and not isinstance(event, StreamEnd):
+                        first = True
+                        self._telemetry.first_token(route.route, time.perf_counter() - flight.started)
+                    if isinstance(event, StreamEnd):
+                        recorded = True
+                        self._telemetry.content(flight.trace, flight.messages, flight.progress.text)
+                        price = self._record(flight, "ok", event.usage)
+                        if not event.more and not flight.progress.tool_calls:
+                            await self._store(flight, flight.progress.text, event.finish_reason, event.usage, price)
+                        yield StreamSummary(event.finish_reason, event.usage, price, event.more)
+                    else:
+                        yield event
         except AIFinOpsError as e:
             recorded = True
             self._record(flight, "error", _failed_usage(flight), e.error_type)
@@ -533,7 +574,8 @@ class Gateway:
         flight.escalation = None
         threshold = self._routing.cascade_threshold
         try:
-            completion = await local.provider.complete(local.model, flight.messages, call.params, flight.progress)
+            with self._provider_stage(flight):
+                completion = await local.provider.complete(local.model, flight.messages, call.params, flight.progress)
         except asyncio.CancelledError:
             self._record(flight, "aborted", _partial_usage(flight))
             raise
@@ -568,14 +610,14 @@ class Gateway:
         if self._enforcer is not None:  # the local attempt's cost counts; the hold stays for the escalation
             at = datetime.fromisoformat(flight.ts)
             self._enforcer.settle(None, flight.caller, flight.call.feature, at, price.cost_micro_usd)
-        self._requests.record(
-            replace(
-                row,
-                id=f"{flight.request_id}-local",
-                parent_id=flight.request_id,
-                reason=f"{flight.route.reason}; {why} -> escalated",
-            )
+        attempt = replace(
+            row,
+            id=f"{flight.request_id}-local",
+            parent_id=flight.request_id,
+            reason=f"{flight.route.reason}; {why} -> escalated",
         )
+        self._requests.record(attempt)
+        self._telemetry.recorded(flight.trace, attempt, final=False)
         self._note_activity(flight)
 
     async def _store(self, flight: Flight, text: str, finish_reason: str, usage: Usage, price: Price) -> None:
@@ -611,21 +653,22 @@ class Gateway:
         saved = hit.entry.cost_micro_usd
         reason = f"cache hit, similarity {hit.similarity:.3f}" + ("" if saved is not None else ", saving unknown")
         self._settle(flight, 0, 0)
-        self._requests.record(
-            replace(
-                self._row(flight, "ok", Usage(0, 0), CACHE_PRICE),
-                model=hit.entry.model,
-                provider="cache",
-                route="cache",
-                tier="",
-                reason=reason,
-                cost_saved_micro_usd=saved or 0,
-                cache_hit=True,
-                attempts=0,
-                prompt_tokens_before=None,
-                prompt_tokens_after=None,
-            )
+        row = replace(
+            self._row(flight, "ok", Usage(0, 0), CACHE_PRICE),
+            model=hit.entry.model,
+            provider="cache",
+            route="cache",
+            tier="",
+            reason=reason,
+            cost_saved_micro_usd=saved or 0,
+            cache_hit=True,
+            attempts=0,
+            prompt_tokens_before=None,
+            prompt_tokens_after=None,
         )
+        self._requests.record(row)
+        self._telemetry.content(flight.trace, flight.messages, hit.entry.answer)
+        self._telemetry.recorded(flight.trace, row, cache_status="hit", routed=flight.call.requested_model == "auto")
 
     def _record(self, flight: Flight, status: Status, usage: Usage, error_type: str = "") -> Price:
         """Price the call, write its one ledger row, then settle its budget hold and rate tokens."""
@@ -635,10 +678,20 @@ class Gateway:
         # row yet. Should the write below fail, the spend stays counted (the safe side).
         self._settle(flight, price.cost_micro_usd, usage.input_tokens + usage.output_tokens)
         self._requests.record(row)
+        self._telemetry.recorded(flight.trace, row, cache_status=flight.cache.status,
+                                 routed=flight.call.requested_model == "auto",
+                                 provider_id=flight.route.provider.price_provider_id)  # fmt: skip
         self._note_activity(flight)
         if status == "ok" and self._calibration is not None and row.input_tokens_expected and not usage.estimated:
             self._calibration.observe(row.model, row.input_tokens_expected, usage.input_tokens)
         return price
+
+    def _provider_stage(self, flight: Flight) -> AbstractContextManager[Any]:
+        """The provider call's span: a client span named like the request's."""
+        route = flight.route
+        attributes = {"gen_ai.provider.name": route.provider.price_provider_id or route.provider.name,
+                      "gen_ai.request.model": route.model, "aifinops.route": route.route}  # fmt: skip
+        return self._telemetry.stage(flight.trace, f"aifinops.provider {route.model}", **attributes)
 
     def _note_activity(self, flight: Flight) -> None:
         progress = flight.progress

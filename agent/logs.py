@@ -5,10 +5,13 @@ A filter masks anything that looks like a key or a bearer token, whatever logged
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import re
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 _SECRET = re.compile(
     r"(?P<prefix>Bearer\s+|sk-|afo_|api[_-]?key[\"'=:\s]+)(?P<secret>[A-Za-z0-9_\-\.]{6,})",
@@ -36,18 +39,48 @@ class SecretFilter(logging.Filter):
         return True
 
 
-def setup_logging(log_dir: Path, level: str = "INFO", *, filename: str = "agent.log") -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (UTC, ISO 8601), level, logger, message, and exc when any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exc"] = record.exc_text or self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+# Libraries whose INFO lines are routine chatter: shown only when the agent logs at DEBUG.
+_CHATTY = ("apscheduler", "httpx", "httpcore", "openai", "uvicorn.access")
+
+
+def setup_logging(
+    log_dir: Path,
+    level: str = "INFO",
+    *,
+    filename: str = "agent.log",
+    fmt: Literal["text", "json"] = "text",
+    max_bytes: int = 5_000_000,
+    backups: int = 3,
+) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     root.setLevel(level)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    formatter: logging.Formatter = (
+        JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     file_handler = logging.handlers.RotatingFileHandler(
-        log_dir / filename, maxBytes=5_000_000, backupCount=3, encoding="utf-8"
+        log_dir / filename, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
     )
     stream_handler = logging.StreamHandler()
     for handler in (file_handler, stream_handler):
         handler.setFormatter(formatter)
         handler.addFilter(SecretFilter())
         root.addHandler(handler)
-    for noisy in ("httpx", "httpcore", "openai", "uvicorn.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    debug = root.getEffectiveLevel() <= logging.DEBUG
+    for noisy in _CHATTY:
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from agent import __version__
 from agent.budgets.calibration import InputCalibration
 from agent.budgets.enforcer import BudgetEnforcer
 from agent.budgets.fleet import FleetBudgets
@@ -41,6 +42,7 @@ from agent.ledger.preferences import Preferences
 from agent.ledger.requests import RequestLog
 from agent.ledger.users import UserStore
 from agent.models.store import ModelStore
+from agent.observability.telemetry import OFF, Telemetry
 from agent.optimizer import PromptOptimizer
 from agent.policy.sync import PolicySync
 from agent.pricing.prices import PriceBook
@@ -82,6 +84,7 @@ class Services:
     embeddings: EmbeddingGateway
     gpu_sampler: GpuSampler | None = None
     publisher: FleetPublisher | None = None
+    telemetry: Telemetry = OFF
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -110,6 +113,9 @@ class Services:
         activity = ActivityLog()
         preferences = Preferences(db)
         calibration = InputCalibration.from_ledger(db)
+        telemetry = _telemetry(settings, enforcer, policy)
+        for local in registry.local():
+            local.on_load = telemetry.model_load
         gateway = Gateway(
             registry,
             prices,
@@ -126,6 +132,7 @@ class Services:
             cloud_paused=lambda caller: preferences.cloud_paused(caller.user_id),
             calibration=calibration,
             hold_wait_s=settings.budgets.hold_wait_s,
+            telemetry=telemetry,
         )
         embeddings = EmbeddingGateway(
             registry,
@@ -137,6 +144,7 @@ class Services:
             cloud_paused=lambda caller: preferences.cloud_paused(caller.user_id),
             calibration=calibration,
             hold_wait_s=settings.budgets.hold_wait_s,
+            telemetry=telemetry,
         )
         scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         return cls(
@@ -158,6 +166,7 @@ class Services:
             preferences,
             embeddings=embeddings,
             publisher=_fleet_publisher(settings, db, policy, enforcer),
+            telemetry=telemetry,
         )
 
     def provision(self) -> None:
@@ -227,6 +236,7 @@ class Services:
             idle_threshold_pct=gpu.idle_threshold_pct,
             max_gap_s=gpu.max_gap_s,
             box_department=gpu.box_department,
+            on_minute=self.telemetry.metrics.gpu_minute if self.telemetry.metrics is not None else None,
         )
         self.scheduler.add_job(self.gpu_sampler.tick, "interval", seconds=gpu.sample_interval_s, id="gpu-sample")
 
@@ -248,6 +258,7 @@ class Services:
     def _unload_if_idle(self, provider: LocalLlamaProvider, idle_s: float) -> None:
         unloaded = provider.unload_if_idle(idle_s)
         if unloaded is not None:
+            self.telemetry.model_unload(unloaded.model)
             freed = unloaded.memory_freed_bytes
             body = {
                 "model": unloaded.model,
@@ -263,7 +274,30 @@ class Services:
             self.gpu_sampler.flush()  # the minutes still open are written too
         await self.registry.close()
         await asyncio.to_thread(self.optimizer.close)  # the lossy step's scoring model, if loaded
+        await asyncio.to_thread(self.telemetry.shutdown)  # the last spans, bounded by the export timeout
         self.db.close()
+
+
+def _telemetry(settings: Settings, enforcer: BudgetEnforcer, policy: PolicySync) -> Telemetry:
+    """Prometheus metrics (on by default) and OpenTelemetry (with an OTLP endpoint); each
+    library is imported only when its part is on."""
+    metrics = tracing = None
+    if settings.metrics.enabled:
+        from agent.observability.metrics import Metrics
+
+        metrics = Metrics(user_label=settings.metrics.user_label)
+
+        def policy_state() -> tuple[int | None, float | None]:
+            current = policy.current
+            return (current.version if current else None), policy.last_read_unix
+
+        metrics.watch(lambda: enforcer.all_statuses() if policy.current else [], policy_state)
+    if settings.telemetry.otlp_endpoint:
+        from agent.fleet.files import host_id
+        from agent.observability.tracing import Tracing
+
+        tracing = Tracing(settings.telemetry, __version__, host_id(settings.paths.data_dir))
+    return Telemetry(metrics, tracing)
 
 
 def _fleet_publisher(

@@ -287,6 +287,36 @@ class CloudEndpoint(_Section):
         return self.deployments.get(model, model)
 
 
+class MetricsSection(_Section):
+    """Prometheus metrics at GET /metrics (an admin token is required, like any spend report)."""
+
+    enabled: bool = True
+    # A per-user label on the spend counter: one series per user. Off by default so a large
+    # fleet's cardinality stays bounded (department, feature and model only).
+    user_label: bool = False
+
+
+class TelemetrySection(_Section):
+    """OpenTelemetry: GenAI spans and metrics exported over OTLP/HTTP; off while the endpoint is empty."""
+
+    otlp_endpoint: str = Field("", pattern=r"^(https?://.+)?$")  # e.g. http://127.0.0.1:4318
+    headers: dict[str, str] = {}  # sent with every export (a collector's auth header)
+    service_name: str = Field("aifinops-agent", min_length=1)
+    # Prompt and answer text on the spans (gen_ai.input.messages / gen_ai.output.messages).
+    capture_content: bool = False
+    export_timeout_s: float = Field(5.0, gt=0, le=60)
+    metrics_interval_s: float = Field(60.0, ge=1)
+    max_queue: int = Field(2048, ge=16)  # spans waiting for export; beyond it new spans are dropped
+
+
+class LoggingSection(_Section):
+    """The agent's log file (agent.log in the log folder); the level is agent.log_level."""
+
+    format: Literal["text", "json"] = "text"  # json: one JSON object per line
+    max_bytes: int = Field(5_000_000, ge=10_000)  # rotate at this size
+    backups: int = Field(3, ge=0, le=100)  # rotated files kept
+
+
 class LocalEngine(_Section):
     """An OpenAI-compatible inference server on this box or the local network (llama.cpp's
     llama-server, vLLM, Ollama) whose models serve like the in-process ones: the local tier,
@@ -328,6 +358,9 @@ class Settings(_Section):
     budgets: BudgetsSection = BudgetsSection()
     fleet: FleetSection = FleetSection()
     gpu: GpuSection = GpuSection()
+    metrics: MetricsSection = MetricsSection()
+    telemetry: TelemetrySection = TelemetrySection()
+    logging: LoggingSection = LoggingSection()
     local_models: tuple[LocalModelConfig, ...] = (LocalModelConfig(),)
     cloud: tuple[CloudEndpoint, ...] = ()
     local_engines: tuple[LocalEngine, ...] = ()

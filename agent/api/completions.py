@@ -114,7 +114,7 @@ def completion_call(payload: Any, headers: Mapping[str, str]) -> ChatCall:
     no_cache = body.cache is False or "no-cache" in headers.get("cache-control", "").lower()
     feature = feature_tag(headers, body.metadata)
     messages = (Message("user", body.text()),)
-    return ChatCall(body.model, messages, params, feature, body.stream, include_usage, not no_cache)
+    return ChatCall(body.model, messages, params, feature, body.stream, include_usage, not no_cache, "text_completion")
 
 
 def legacy_logprobs(chat: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -31,6 +31,7 @@ from agent.gateway import ChatResult, Flight
 from agent.identity import Caller
 from agent.ledger.requests import SPEND_DIMENSIONS, RequestRecord
 from agent.money import format_usd
+from agent.observability.telemetry import METRICS_CONTENT_TYPE
 from agent.timespans import parse_since
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def build_routes(services: Services) -> list[Route]:
         Route("/v1/responses", api.responses, methods=["POST"]),
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
         Route("/api/v1/info", api.info, methods=["GET"]),
         Route("/api/v1/me", api.me, methods=["GET"]),
         Route("/api/v1/spend", api.spend, methods=["GET"]),
@@ -141,6 +143,17 @@ class _Handlers:
         embedders = self.s.embeddings.models()
         cards += [schemas.ModelCard(id=m, owned_by="aifinops", aifinops_kind="embedding") for m in embedders]
         return _json(schemas.ModelList(data=cards))
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus text format, for an admin's token (the figures are everyone's spend)."""
+        caller = self.caller(request)
+        metrics = self.s.telemetry.metrics
+        if metrics is None:
+            return error_json(404, "not_found_error", "metrics are off on this agent ([metrics] enabled = false)")
+        if not caller.is_admin:
+            raise PermissionDenied("only admins can read /metrics: it shows every department's spend")
+        body = await asyncio.to_thread(metrics.render)  # the budget gauges read the enforcer
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     # -- /api/v1 ---------------------------------------------------------------------------
 

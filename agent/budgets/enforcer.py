@@ -597,6 +597,10 @@ class BudgetEnforcer:
         department = charge.subject if rule.scope == "department" else None
         key = f"{kind}:{rule.name}:{rule.scope}:{charge.subject}:{charge.period_key}:{threshold or ''}"
         event_id = self._events.add(kind, body, user_id=user_id, department=department, dedupe_key=key)
+        if event_id is not None:  # the first time only: one line per budget, subject, period and threshold
+            at = f" at {threshold}%" if threshold is not None else ""
+            log.warning("%s%s: budget %s (%s %s) spent %s of %s USD this %s", kind, at, rule.name, rule.scope,
+                        charge.subject, body["spent_usd"], body["amount_usd"], rule.period)  # fmt: skip
         policy = self._policy()
         if event_id is not None and policy is not None and policy.webhook_url:
             url = policy.webhook_url

@@ -25,7 +25,9 @@ def agent_run(obj: _Context, host: str | None, port: int | None) -> None:
 
     settings = obj.settings(host=host, port=port)
     settings.paths.ensure()
-    setup_logging(settings.paths.log_dir, settings.agent.log_level)
+    logs = settings.logging
+    setup_logging(settings.paths.log_dir, settings.agent.log_level, fmt=logs.format, max_bytes=logs.max_bytes,
+                  backups=logs.backups)  # fmt: skip
     run_agent(settings)
     _leave_without_finalizing_native_threads()
 

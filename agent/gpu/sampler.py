@@ -36,6 +36,7 @@ class GpuSampler:
         box_department: str,
         own_pid: int | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_minute: Callable[[int, float, float, int, int], None] | None = None,
     ) -> None:
         self._source = source
         self._ledger = ledger
@@ -45,6 +46,8 @@ class GpuSampler:
         self._box_department = box_department
         self._own_pid = os.getpid() if own_pid is None else own_pid
         self._clock = clock
+        # (gpu, busy s, idle s, busy micro-USD, idle micro-USD) of each minute written: the metrics
+        self._on_minute = on_minute
         self._others: dict[tuple[int, datetime], set[str]] = {}  # (gpu, minute) -> other processes' owners
         self._latest: datetime | None = None
         self._lock = threading.Lock()
@@ -98,6 +101,8 @@ class GpuSampler:
             )
             self._ledger.save_minute(rollup, charges)
             self.minutes_written += 1
+            if self._on_minute is not None:
+                self._on_minute(rollup.gpu_index, rollup.busy_s, rollup.idle_s, busy or 0, idle or 0)
         # Owners noted for minutes long gone (a GPU that vanished) are dropped.
         if self._latest is not None:
             horizon = self._latest - timedelta(minutes=10)

@@ -184,6 +184,7 @@ class PolicySync:
         self._sync_lock = threading.Lock()
         self._status_lock = threading.Lock()
         self._last_attempt: tuple[str, str] | None = None  # (at, result)
+        self.last_read_unix: float | None = None  # the share's policy was last read (applied or unchanged)
         self._last_failure: tuple[str, str] | None = None  # (at, reason)
 
     @property
@@ -225,6 +226,8 @@ class PolicySync:
                 outcome = self._reject(f"internal error: {type(e).__name__}: {e}", None)
             with self._status_lock:
                 self._last_attempt = (utc_now_iso(), outcome.result)
+                if outcome.result in ("applied", "unchanged"):
+                    self.last_read_unix = time.time()
             return outcome
 
     def status(self) -> PolicyStatus:

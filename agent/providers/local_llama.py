@@ -299,6 +299,7 @@ class LocalLlamaProvider:
         self._template: str | None = None
         self._last_used = time.monotonic()
         self._state_lock = threading.Lock()
+        self.on_load: Callable[[str, float], None] | None = None  # (model, seconds): the metrics
 
     def models(self) -> tuple[str, ...]:
         return (self.config.name,)
@@ -346,6 +347,8 @@ class LocalLlamaProvider:
         )
         load_s = time.perf_counter() - started
         log.info("loaded local model %s (%s) in %.2f s", self.name, path.name, load_s)
+        if self.on_load is not None:
+            self.on_load(self.name, load_s)
         with self._state_lock:
             self._loaded = _Loaded(llm, formatter, path, load_s)
         return self._loaded

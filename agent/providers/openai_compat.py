@@ -235,10 +235,11 @@ class OpenAICompatProvider:
             if wait_s is None:
                 wait_s = endpoint.retry_base_s * 2 ** (progress.attempts - 1)
             if progress.attempts > endpoint.max_retries or wait_s > endpoint.retry_max_wait_s:
-                raise ProviderUnavailable(
-                    f"the cloud endpoint {self.name} is unavailable ({failure.description}, "
-                    f"{progress.attempts} attempts)"
+                message = (
+                    f"the endpoint {self.name} is unavailable ({failure.description}, {progress.attempts} attempts)"
                 )
+                log.warning("%s", message)
+                raise ProviderUnavailable(message)
             log.info(
                 "%s: %s (attempt %d), retrying in %.2f s",
                 self.name,
