@@ -54,6 +54,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
+class OncePerInterval(logging.Filter):
+    """Lets through one record per (logger, level) of the given loggers every ``interval_s``: a
+    collector that stays down is said, not repeated at every export."""
+
+    def __init__(self, prefixes: tuple[str, ...], interval_s: float = 600.0) -> None:
+        super().__init__()
+        self._prefixes, self._interval_s = prefixes, interval_s
+        self._last: dict[tuple[str, int], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefixes):
+            return True
+        key = (record.name, record.levelno)
+        last = self._last.get(key)
+        if last is not None and record.created - last < self._interval_s:
+            return False
+        self._last[key] = record.created
+        return True
+
+
 # Libraries whose INFO lines are routine chatter: shown only when the agent logs at DEBUG.
 _CHATTY = ("apscheduler", "httpx", "httpcore", "openai", "uvicorn.access")
 
@@ -77,9 +97,11 @@ def setup_logging(
         log_dir / filename, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
     )
     stream_handler = logging.StreamHandler()
+    once = OncePerInterval(("opentelemetry",))  # an unreachable collector: once per 10 minutes
     for handler in (file_handler, stream_handler):
         handler.setFormatter(formatter)
         handler.addFilter(SecretFilter())
+        handler.addFilter(once)
         root.addHandler(handler)
     debug = root.getEffectiveLevel() <= logging.DEBUG
     for noisy in _CHATTY:
