@@ -267,19 +267,24 @@ class Gateway:
         with telemetry.stage(trace, "aifinops.route") as span:
             route, escalation = self._decide(caller, call, terms, vector)
             if span is not None:
-                span.set_attributes({"aifinops.tier": route.tier, "aifinops.model": route.model})
+                span["aifinops.tier"], span["aifinops.model"] = route.tier, route.model
         # Auto requests share cached answers whichever tier gave them: the router chose it.
-        with telemetry.stage(trace, "aifinops.cache") as span:
-            lookup = await self._lookup(caller, call, "auto" if auto else route.model, vector, terms.cache)
-            if span is not None:
-                span.set_attribute("aifinops.cache", lookup.status)
+        if terms.cache is not None and self._cache is not None:
+            with telemetry.stage(trace, "aifinops.cache") as span:
+                lookup = await self._lookup(caller, call, "auto" if auto else route.model, vector, terms.cache)
+                if span is not None:
+                    span["aifinops.cache"] = lookup.status
+        else:
+            lookup = CacheLookup("bypass", reason="no cache")
         flight = Flight(caller, call, route, lookup, terms=terms, messages=call.messages, escalation=escalation)
         flight.admission, flight.trace = admission, trace
         if lookup.hit is None:
             with telemetry.stage(trace, "aifinops.optimize"):
                 await self._optimize(flight)
-            with telemetry.stage(trace, "aifinops.budget_hold"):
-                await self._reserve(flight)
+            enforcer = self._enforcer
+            if enforcer is not None and enforcer.policy is not None and (escalation or route).provider.kind != "local":
+                with telemetry.stage(trace, "aifinops.budget_hold"):  # only paid calls are held
+                    await self._reserve(flight)
         return flight
 
     def _decide(

@@ -97,7 +97,8 @@ def setup_logging(
         log_dir / filename, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
     )
     stream_handler = logging.StreamHandler()
-    once = OncePerInterval(("opentelemetry",))  # an unreachable collector: once per 10 minutes
+    # An unreachable collector: said once per 10 minutes, not at every export.
+    once = OncePerInterval(("opentelemetry", "agent.observability.tracing"))
     for handler in (file_handler, stream_handler):
         handler.setFormatter(formatter)
         handler.addFilter(SecretFilter())

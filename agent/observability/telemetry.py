@@ -4,8 +4,10 @@ whether both, one or neither is on. Off, each call is a test of ``None``.
 
 A request's trace starts when the gateway takes it (``begin``), gets a child span per stage
 (``stage``: embed, route, cache, optimise, budget hold, provider) and ends when its ledger row
-is written (``recorded``) or when it is refused before any model ran (``refused``). Every ledger
-row feeds the metrics, so they agree with the ledger.
+is written (``recorded``) or when it is refused before any model ran (``refused``). On the
+request path a trace is only written down (clock reads into a small record); the OpenTelemetry
+spans are built from it later, off the path (``Tracing``). Every ledger row feeds the metrics,
+so they agree with the ledger.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from typing import TYPE_CHECKING, Any
 from agent.money import format_usd
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
-
     from agent.errors import AIFinOpsError
     from agent.ledger.requests import RequestRecord
     from agent.observability.metrics import Metrics
@@ -35,12 +35,29 @@ _LOCAL_PROVIDER = "llama.cpp"
 
 
 @dataclass
-class Trace:
-    """One request's root span and what its attributes need at the end."""
+class Stage:
+    name: str
+    start_ns: int
+    end_ns: int = 0
+    attributes: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
 
-    span: Span
+
+@dataclass
+class Trace:
+    """One request as its spans will show it, written down as it happens (a few clock reads);
+    the spans themselves are built off the request path, by ``Tracing``'s own thread."""
+
     operation: str  # gen_ai.operation.name: chat, text_completion, embeddings
+    name: str
+    attributes: dict[str, Any]
+    start_ns: int = field(default_factory=time.time_ns)
     started: float = field(default_factory=time.perf_counter)
+    stages: list[Stage] = field(default_factory=list)
+    error: str = ""
+    end_ns: int = 0
+    metric_attributes: dict[str, Any] | None = None  # set when the request is done: the GenAI metrics
+    usage: tuple[int, int] | None = None  # (input, output) tokens, when answered
 
 
 class Telemetry:
@@ -60,38 +77,41 @@ class Telemetry:
     ) -> Trace | None:
         if self.tracing is None:
             return None
-        span = self.tracing.start(f"{operation} {model}", client=True)
-        span.set_attributes({"gen_ai.operation.name": operation, "gen_ai.request.model": model})
-        requested = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
-        span.set_attributes({f"gen_ai.request.{k}": v for k, v in requested.items() if v is not None})
-        return Trace(span, operation)
+        attributes: dict[str, Any] = {"gen_ai.operation.name": operation, "gen_ai.request.model": model}
+        if max_tokens is not None:
+            attributes["gen_ai.request.max_tokens"] = max_tokens
+        if temperature is not None:
+            attributes["gen_ai.request.temperature"] = temperature
+        if top_p is not None:
+            attributes["gen_ai.request.top_p"] = top_p
+        return Trace(operation, f"{operation} {model}", attributes)
 
     @contextmanager
-    def stage(self, trace: Trace | None, name: str, **attributes: Any) -> Iterator[Span | None]:
-        """A child span around one stage of the request (nothing when tracing is off)."""
-        if trace is None or self.tracing is None:
+    def stage(self, trace: Trace | None, name: str, **attributes: Any) -> Iterator[dict[str, Any] | None]:
+        """Times one stage of the request for its child span; yields the span's attributes, which
+        the stage may add to (None when tracing is off)."""
+        if trace is None:
             yield None
             return
-        span = self.tracing.start(name, trace.span)
-        for key, value in attributes.items():
-            span.set_attribute(key, value)
+        stage = Stage(name, time.time_ns(), attributes=attributes)
+        trace.stages.append(stage)
         try:
-            yield span
+            yield stage.attributes
         except BaseException as e:
-            _error(span, type(e).__name__)
+            stage.error = type(e).__name__
             raise
         finally:
-            span.end()
+            stage.end_ns = time.time_ns()
 
     def content(self, trace: Trace | None, messages: Sequence[Message], answer: str | None) -> None:
         """Prompt and answer on the span, only when telemetry.capture_content is on."""
         if trace is None or self.tracing is None or not self.tracing.capture_content:
             return
         prompt = [{"role": m.role, "parts": [{"type": "text", "content": m.content}]} for m in messages]
-        trace.span.set_attribute("gen_ai.input.messages", json.dumps(prompt))
+        trace.attributes["gen_ai.input.messages"] = json.dumps(prompt)
         if answer is not None:
             output = [{"role": "assistant", "parts": [{"type": "text", "content": answer}]}]
-            trace.span.set_attribute("gen_ai.output.messages", json.dumps(output))
+            trace.attributes["gen_ai.output.messages"] = json.dumps(output)
 
     # -- the ledger row, and refusals ---------------------------------------------------------------
 
@@ -110,60 +130,54 @@ class Telemetry:
             self.metrics.request(row, cache_status if final else None, routed and final)
         if self.tracing is None or trace is None or not final:
             return
-        span = trace.span
         provider = _CACHE_PROVIDER if row.cache_hit else (provider_id or (_LOCAL_PROVIDER if row.route == "local"
                                                                          else row.provider))  # fmt: skip
-        attributes: dict[str, Any] = {
-            "gen_ai.provider.name": provider,
-            "gen_ai.response.model": row.model,
-            "gen_ai.response.id": row.id,
-            "gen_ai.usage.input_tokens": row.input_tokens,
-            "gen_ai.usage.output_tokens": row.output_tokens,
-            "aifinops.request_id": row.id,
-            "aifinops.route": row.route,
-            "aifinops.tier": row.tier,
-            "aifinops.cache": cache_status or ("hit" if row.cache_hit else "bypass"),
-            "aifinops.cost_usd": format_usd(row.cost_micro_usd),
-            "aifinops.price_source": row.price_source,
-            "aifinops.department": row.department,
-            "aifinops.feature": row.feature,
-            "aifinops.tokens_estimated": row.tokens_estimated,
-            "aifinops.status": row.status,
-        }
+        a = trace.attributes
+        a["gen_ai.provider.name"] = provider
+        a["gen_ai.response.model"] = row.model
+        a["gen_ai.response.id"] = row.id
+        a["gen_ai.usage.input_tokens"] = row.input_tokens
+        a["gen_ai.usage.output_tokens"] = row.output_tokens
+        a["aifinops.request_id"] = row.id
+        a["aifinops.route"] = row.route
+        a["aifinops.tier"] = row.tier
+        a["aifinops.cache"] = cache_status or ("hit" if row.cache_hit else "bypass")
+        a["aifinops.cost_usd"] = format_usd(row.cost_micro_usd)
+        a["aifinops.price_source"] = row.price_source
+        a["aifinops.department"] = row.department
+        a["aifinops.feature"] = row.feature
+        a["aifinops.tokens_estimated"] = row.tokens_estimated
+        a["aifinops.status"] = row.status
         if row.cost_micro_usd is not None:
-            attributes["aifinops.cost_micro_usd"] = row.cost_micro_usd
+            a["aifinops.cost_micro_usd"] = row.cost_micro_usd
         if row.cost_saved_micro_usd:
-            attributes["aifinops.saved_micro_usd"] = row.cost_saved_micro_usd
+            a["aifinops.saved_micro_usd"] = row.cost_saved_micro_usd
         if row.hold_micro_usd is not None:
-            attributes["aifinops.budget.held_micro_usd"] = row.hold_micro_usd
-        span.set_attributes(attributes)
-        if row.status != "ok":
-            _error(span, row.error_type or row.status)
-        span.end()
-        self._genai_metrics(trace, provider, row)
-
-    def _genai_metrics(self, trace: Trace, provider: str, row: RequestRecord) -> None:
-        tracing = self.tracing
-        assert tracing is not None  # noqa: S101 - called with tracing on
-        common = {
+            a["aifinops.budget.held_micro_usd"] = row.hold_micro_usd
+        metric = {
             "gen_ai.operation.name": trace.operation,
             "gen_ai.provider.name": provider,
             "gen_ai.request.model": row.requested_model,
             "gen_ai.response.model": row.model,
         }
         if row.status != "ok":
-            common["error.type"] = row.error_type or row.status
-        tracing.operation_duration.record(time.perf_counter() - trace.started, common)
-        if row.status == "ok":
-            tracing.token_usage.record(row.input_tokens, {**common, "gen_ai.token.type": "input"})
-            tracing.token_usage.record(row.output_tokens, {**common, "gen_ai.token.type": "output"})
+            trace.error = metric["error.type"] = row.error_type or row.status
+        else:
+            trace.usage = (row.input_tokens, row.output_tokens)
+        trace.metric_attributes = metric
+        self._finish(trace)
 
     def refused(self, trace: Trace | None, error: AIFinOpsError) -> None:
         """The request was refused before any model ran (no ledger row)."""
         if trace is not None:
-            _error(trace.span, error.error_type)
-            trace.span.set_attribute("aifinops.refused", error.error_type)
-            trace.span.end()
+            trace.error = error.error_type
+            trace.attributes["aifinops.refused"] = error.error_type
+            self._finish(trace)
+
+    def _finish(self, trace: Trace) -> None:
+        trace.end_ns = time.time_ns()
+        if self.tracing is not None:
+            self.tracing.submit(trace, time.perf_counter() - trace.started)
 
     def http_refusal(self, error_type: str) -> None:
         """An API answer in the 4xx range (bad body, no token, rate limit, budget, ...)."""
@@ -187,13 +201,6 @@ class Telemetry:
     def shutdown(self) -> None:
         if self.tracing is not None:
             self.tracing.shutdown()
-
-
-def _error(span: Span, error_type: str) -> None:
-    from opentelemetry.trace import Status, StatusCode
-
-    span.set_attribute("error.type", error_type)
-    span.set_status(Status(StatusCode.ERROR, error_type))
 
 
 OFF = Telemetry()  # neither metrics nor traces: tests and tools that build a gateway by hand

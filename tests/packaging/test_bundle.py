@@ -20,6 +20,7 @@ import pytest
 from agent import __version__
 from agent.models.catalog import CATALOG
 from tests.packaging.conftest import EXE_SUFFIX, BundledAgent, bundle_env, free_port, wait_until
+from tests.support.otlp import OtlpReceiver
 
 INTERNAL = "_internal"
 
@@ -86,7 +87,9 @@ def test_bundled_agent_answers_a_local_chat_and_stops_on_sigterm(
 ) -> None:
     user_home = tmp_path / "user"  # HOME: numba's fallback cache (~/.cache/numba) would land here
     user_home.mkdir()
-    agent = start_bundled_agent(tmp_path / "aifinops", bundle_env(HOME=str(user_home), XDG_CACHE_HOME=""))
+    collector = OtlpReceiver().start()  # OpenTelemetry's entry points must work frozen too
+    env = bundle_env(HOME=str(user_home), XDG_CACHE_HOME="", AIFINOPS_TELEMETRY__OTLP_ENDPOINT=collector.endpoint)
+    agent = start_bundled_agent(tmp_path / "aifinops", env)
     info = httpx.get(f"{agent.base_url}/api/v1/info", timeout=10).json()
     assert (info["name"], info["version"]) == ("aifinops", __version__)
 
@@ -101,11 +104,15 @@ def test_bundled_agent_answers_a_local_chat_and_stops_on_sigterm(
     assert body["choices"][0]["message"]["content"].strip()
     assert body["usage"]["completion_tokens"] > 0
     assert response.headers["X-AIFinOps-Route"] == "local"
+    metrics = httpx.get(f"{agent.base_url}/metrics", headers={"Authorization": f"Bearer {agent.token}"}, timeout=10)
+    assert 'aifinops_requests_total{model="local",route="local",status="ok",tier="local"} 1.0' in metrics.text
 
     # The agent compiles its similarity kernels at start (off the request path) into its own cache.
     numba_cache = tmp_path / "aifinops" / "cache" / "numba"  # not ~/.cache/numba, whatever the cwd
     wait_until(lambda: any(numba_cache.rglob("*.nbi")), f"numba index files under {numba_cache}")
     assert agent.terminate() == 0, agent.output()
+    collector.stop()
+    assert [s.name for s in collector.spans if not s.parent_id] == ["chat local"]  # flushed at the stop
     assert not (user_home / ".cache" / "numba").exists()
     assert not (tmp_path / "aifinops" / "config" / "agent.json").exists()  # discovery file removed on stop
 
