@@ -5,6 +5,8 @@ the ledger rows the same run wrote."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RunningAgent
 from tests.integration.test_budgets import MODEL, QUESTION, Governed, governed, policy_text  # noqa: F401
+from tests.integration.test_gpu_in_agent import busy_trace
 
 LIMITS = '\n[[rate_limits]]\nscope = "user"\nmatch = "*"\nrequests_per_minute = 4\n'
 
@@ -98,3 +101,27 @@ def test_user_label_and_metrics_off(start_agent: Callable[..., RunningAgent]) ->
     off = start_agent(metrics={"enabled": False})
     with off.http() as http:
         assert http.get("/metrics").status_code == 404
+
+
+def test_gpu_time_and_model_unloads_are_counted(start_agent: Callable[..., RunningAgent], tmp_path: Path) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=6)
+    trace = busy_trace(tmp_path / "trace.csv", start, 150, 60.0)
+    agent = start_agent(gpu={"trace": str(trace), "usd_per_hour": {"H200": "3.60"}})
+    agent.client().chat.completions.create(model="local", messages=QUESTION, max_tokens=2)  # the model is in use
+    services = agent.thread.services
+    sampler = services.gpu_sampler
+    assert sampler is not None
+    for _ in range(200):  # the rest of the trace, as the scheduler would replay it
+        sampler.tick()
+    sampler.flush()
+    [local] = services.registry.local()
+    services._unload_if_idle(local, 0)  # the scheduler's idle check, with nothing in use
+    m = scrape(agent)
+    [minutes] = services.db.query("SELECT sum(busy_s) busy, sum(idle_s) idle FROM gpu_minutes")
+    assert minutes["busy"] > 0
+    assert total(m, "aifinops_gpu_seconds_total", gpu="0", state="busy") == pytest.approx(minutes["busy"])
+    assert total(m, "aifinops_gpu_seconds_total", gpu="0", state="idle") == pytest.approx(minutes["idle"])
+    [charged] = services.db.query("SELECT sum(cost_micro_usd) c FROM gpu_charges")
+    assert charged["c"] > 0 and total(m, "aifinops_gpu_cost_usd_total") == pytest.approx(charged["c"] / 1e6)
+    assert total(m, "aifinops_model_unloads_total", model="local") == 1
+    assert total(m, "aifinops_model_loaded", model="local") == 0
