@@ -150,8 +150,10 @@ class OpenAICompatProvider:
                     if choice.get("finish_reason"):
                         finishes[int(choice.get("index") or 0)] = str(choice["finish_reason"])
         except (aiohttp.ClientError, ValueError, AttributeError, TypeError, KeyError) as e:
+            response.close()  # a broken stream's connection cannot be reused: closed, not pooled
             raise self._bad(f"the stream broke off ({type(e).__name__})") from e
         except TimeoutError as e:
+            response.close()
             raise self._timeout() from e
         finally:
             response.release()

@@ -207,18 +207,19 @@ def test_bad_input_gets_a_400_naming_the_field_and_no_row(
 
 
 def test_sdk_raises_a_bad_request_error_with_the_message(agent: RunningAgent) -> None:
-    with pytest.raises(openai.BadRequestError) as caught:
-        agent.client().responses.create(model="local", input="hi", previous_response_id="resp_x")
+    with agent.client() as client, pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="local", input="hi", previous_response_id="resp_x")
     assert "previous_response_id" in json.dumps(caught.value.body)
-    with pytest.raises(openai.AuthenticationError):
-        agent.client(token="wrong").completions.create(model="local", prompt="hi")
+    with agent.client(token="wrong") as stranger, pytest.raises(openai.AuthenticationError):
+        stranger.completions.create(model="local", prompt="hi")
 
 
 def test_a_cut_cloud_stream_ends_in_error_and_failed_events(agent: RunningAgent, upstream: ScriptedUpstream) -> None:
     upstream.script.append(Behaviour(kind="stream_cut"))
-    stream = agent.client().responses.create(model=CLOUD, input="Tell me a story.", stream=True,
-                                             extra_headers={"X-AIFinOps-Feature": "resp-cut"})  # fmt: skip
-    events = list(stream)
+    client = agent.client()
+    with client.responses.create(model=CLOUD, input="Tell me a story.", stream=True,
+                                 extra_headers={"X-AIFinOps-Feature": "resp-cut"}) as stream:  # fmt: skip
+        events = list(stream)
     kinds = [e.type for e in events]
     assert kinds[-2:] == ["error", "response.failed"] and "response.completed" not in kinds
     assert events[-2].code == "provider_bad_response"  # type: ignore[union-attr]
@@ -230,8 +231,9 @@ def test_a_cut_cloud_stream_ends_in_error_and_failed_events(agent: RunningAgent,
     assert (row.status, row.error_type, row.stream) == ("error", "provider_bad_response", True)
 
     upstream.script.append(Behaviour(kind="stream_cut"))
-    with pytest.raises(openai.APIError):
-        list(agent.client().completions.create(model=CLOUD, prompt="Tell me a story.", stream=True))
+    with pytest.raises(openai.APIError), client.completions.create(model=CLOUD, prompt="Story?", stream=True) as cut:
+        list(cut)  # the stream is closed however it ends: no socket left to the garbage collector
+    client.close()
 
 
 VALID = {
