@@ -73,8 +73,8 @@ def test_streams_auto_routing_and_pause_cloud(agent: RunningAgent) -> None:
 def test_an_engine_that_is_down_is_a_503_and_an_error_row(start_agent: Callable[..., RunningAgent]) -> None:
     down = ENGINE | {"base_url": f"http://127.0.0.1:{free_port()}/v1", "max_retries": 0}
     agent = start_agent(local_engines=[down])
-    with pytest.raises(openai.InternalServerError) as caught:
-        agent.client().chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8)
+    with agent.client() as client, pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8)
     assert caught.value.status_code == 503
     [row] = agent.rows()
     assert (row.status, row.error_type, row.provider) == ("error", "provider_unavailable", "engine")
