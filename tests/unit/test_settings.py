@@ -21,12 +21,15 @@ from agent.settings import (
     FleetSection,
     GpuSection,
     LocalModelConfig,
+    LoggingSection,
+    MetricsSection,
     ModelsSection,
     OptimizerSection,
     PricingSection,
     RoutingSection,
     Settings,
     ShareSection,
+    TelemetrySection,
     TiersSection,
     _parse_env_value,
     default_config_text,
@@ -219,6 +222,9 @@ def test_every_key_in_the_default_config_is_a_setting_and_every_setting_is_shown
         "routing": RoutingSection,
         "optimizer": OptimizerSection,
         "gpu": GpuSection,
+        "metrics": MetricsSection,
+        "telemetry": TelemetrySection,
+        "logging": LoggingSection,
     }
     assert set(data) == {*sections, "local_models"}
     for name, model in sections.items():
