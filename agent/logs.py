@@ -107,3 +107,5 @@ def setup_logging(
     debug = root.getEffectiveLevel() <= logging.DEBUG
     for noisy in _CHATTY:
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    # A job run late on a busy box ("Run time of job ... was missed") is not news; its failure is.
+    logging.getLogger("apscheduler").setLevel(logging.DEBUG if debug else logging.ERROR)

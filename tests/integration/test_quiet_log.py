@@ -70,7 +70,12 @@ def test_ten_idle_minutes_write_no_info_line(logged: Path, tmp_path: Path, chat_
     setup_logging(logged, "INFO")
     agent = idle_agent(tmp_path, chat_model_path)
     try:
-        time.sleep(1)  # the first policy sync and the start-up lines
+        # Start-up is over (and has said what it says) once the share's policy is applied.
+        deadline = time.monotonic() + 60
+        while agent.services.policy.current is None:
+            assert time.monotonic() < deadline, "the agent did not finish starting"
+            time.sleep(0.1)
+        time.sleep(0.5)
         log_file = logged / "agent.log"
         start = log_file.stat().st_size
         scheduler = agent.services.scheduler
