@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +49,18 @@ def chat_model_path() -> Path:
 class RunningAgent:
     thread: AgentThread
     token: str  # the OS user's token (admin of a fresh ledger)
+    # SDK clients handed out, closed when the agent stops: one left to the garbage collector
+    # warns of its open socket during some later test, and the warning fails that test.
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
         return self.thread.base_url
 
     def client(self, token: str | None = None) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=token or self.token, max_retries=0)
+        client = openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=token or self.token, max_retries=0)
+        self.clients.append(client)
+        return client
 
     def http(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token or self.token}"}
@@ -73,20 +78,22 @@ class RunningAgent:
 @pytest.fixture
 def start_agent(chat_model_path: Path) -> Iterator[Callable[..., RunningAgent]]:
     """Start a real agent (real ledger, real SmolLM2) with extra settings; stopped after."""
-    started: list[AgentThread] = []
+    started: list[RunningAgent] = []
 
     def start(**overrides: Any) -> RunningAgent:
         overrides.setdefault("agent", {}).setdefault("port", 0)
         settings = load_settings(overrides=overrides)
-        thread = AgentThread(settings).start()
-        started.append(thread)
-        token = read_token_file(settings.paths.token_file)
-        assert token
-        return RunningAgent(thread, token)
+        agent = RunningAgent(AgentThread(settings).start(), "")
+        started.append(agent)  # stopped after the test, whatever happens next
+        agent.token = read_token_file(settings.paths.token_file) or ""
+        assert agent.token
+        return agent
 
     yield start
-    for thread in started:
-        thread.stop()
+    for agent in started:
+        for client in agent.clients:
+            client.close()
+        agent.thread.stop()
 
 
 @pytest.fixture
