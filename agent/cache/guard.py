@@ -2,8 +2,9 @@
 
 Embeddings put "How do I learn Python?" and "How do I learn Java?" close together, and
 "Is 2019 a leap year?" next to "Is 2020 a leap year?". A candidate above the similarity
-threshold is served only when both questions carry the same numbers, the same negation, and the
-same names (capitalised words and acronyms). Pure functions, no I/O.
+threshold is served only when both questions carry the same numbers, the same negations, the
+same names (capitalised words and acronyms), and no different units ("2 years" is not "2
+months"). Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ _MONTHS = {
     "october", "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday",
     "saturday", "sunday", "today", "tomorrow", "yesterday",
 }  # fmt: skip
+# Units, by the word's singular: a question in one and a different one in the other differ.
+_UNITS = {
+    "second": "second", "minute": "minute", "hour": "hour", "day": "day", "week": "week", "month": "month",
+    "year": "year", "decade": "decade", "km": "km", "kilometer": "km", "kilometre": "km", "mile": "mile",
+    "meter": "m", "metre": "m", "cm": "cm", "inch": "inch", "feet": "foot", "foot": "foot", "kg": "kg",
+    "kilogram": "kg", "gram": "g", "pound": "pound", "lbs": "pound", "lb": "pound", "ton": "ton",
+    "dollar": "dollar", "usd": "dollar", "rupee": "rupee", "inr": "rupee", "euro": "euro", "yen": "yen",
+    "celsius": "celsius", "fahrenheit": "fahrenheit", "gb": "gb", "mb": "mb", "tb": "tb", "ghz": "ghz",
+    "litre": "litre", "liter": "litre", "gallon": "gallon", "calorie": "calorie", "percent": "percent",
+}  # fmt: skip
 # Capitalised words that are not names (sentence starters, pronouns, question words).
 _NOT_NAMES = {
     "i", "i'm", "i've", "i'd", "i'll", "what", "why", "how", "who", "whom", "whose", "when", "where",
@@ -44,8 +55,9 @@ class Facets:
     """What must agree between two questions for one's answer to serve the other."""
 
     numbers: frozenset[str]
-    negated: bool
+    negations: int  # how many negating words: "not ... not" is not "... not"
     names: frozenset[str]
+    units: frozenset[str]
     words: frozenset[str]  # every word, lower case, for matching names case-insensitively
 
 
@@ -56,14 +68,19 @@ def facets(text: str) -> Facets:
     numbers = {n.replace(",", "") for n in _NUMBER.findall(text)}
     numbers |= {_NUMBER_WORDS[w] for w in lower if w in _NUMBER_WORDS}
     numbers |= {w for w in lower if w in _MONTHS}
-    negated = any(w in _NEGATIONS or w.endswith("n't") for w in lower)
+    negations = sum(w in _NEGATIONS or w.endswith("n't") for w in lower)
+    units = {_UNITS[u] for u in (_singular(w) for w in lower) if u in _UNITS}
     names = set()
     for i, word in enumerate(words):
         is_acronym = len(word) >= 2 and word.isupper()
         starts_sentence = i == 0 or _starts_sentence(text, word)
         if (is_acronym or (word[0].isupper() and not starts_sentence)) and lower[i] not in _NOT_NAMES:
             names.add(lower[i])
-    return Facets(frozenset(numbers), negated, frozenset(names), frozenset(lower))
+    return Facets(frozenset(numbers), negations, frozenset(names), frozenset(units), frozenset(lower))
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
 def _starts_sentence(text: str, word: str) -> bool:
@@ -76,8 +93,10 @@ def same_question(a: Facets, b: Facets) -> tuple[bool, str]:
     """(True, "") when nothing tells the two apart; else (False, why)."""
     if a.numbers != b.numbers:
         return False, "numbers or dates differ"
-    if a.negated != b.negated:
+    if a.negations != b.negations:
         return False, "one is negated"
+    if a.units and b.units and a.units != b.units:
+        return False, "units differ"
     # A name in one question must appear in the other, capitalised or not.
     if not a.names <= b.words or not b.names <= a.words:
         return False, "names differ"

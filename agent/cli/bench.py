@@ -35,10 +35,19 @@ def bench() -> None:
 @click.option("--limit", type=int, default=None, help="Use the first N pairs.")
 @click.option("--threshold", type=float, default=None, help="Similarity threshold (default: the configured one).")
 @click.option("--no-guard", is_flag=True, help="Turn the second-stage guard off.")
+@click.option("--near-misses", type=int, default=0, metavar="N",
+              help="Also write N near misses per rule from the file's questions (a number, negation, place, "
+                   "language, unit or month changed) and count the cache's false hits on them.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_ctx
 def bench_cache_quality(
-    obj: _Context, pairs_file: str, limit: int | None, threshold: float | None, no_guard: bool, as_json: bool
+    obj: _Context,
+    pairs_file: str,
+    limit: int | None,
+    threshold: float | None,
+    no_guard: bool,
+    near_misses: int,
+    as_json: bool,
 ) -> None:
     """Precision and recall of the semantic cache: store q1, look up q2, for every pair."""
     from pathlib import Path
@@ -60,6 +69,12 @@ def bench_cache_quality(
     with Progress(disable=as_json, transient=True) as bar:
         task = bar.add_task("embedding", total=len(pairs))
         result = run_cache_quality(pairs, embedder, config, progress=lambda n: bar.advance(task, n))
+    if near_misses > 0:
+        from agent.benchmarks.near_miss import false_hits
+        from agent.benchmarks.near_miss import near_misses as write_near_misses
+
+        questions = [q for p in read_pairs(Path(pairs_file), None) for q in (p.q1, p.q2)]
+        result["near_misses"] = false_hits(write_near_misses(questions, near_misses), embedder, config)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -73,6 +88,11 @@ def bench_cache_quality(
     for mine, theirs in zip(result["sweep"], result[other], strict=True):
         click.echo(f"{mine['threshold']:>9.2f} {mine['precision'] or 0:>9.3f} {mine['recall']:>7.3f} | "
                    f"{theirs['precision'] or 0:>9.3f} {theirs['recall']:>7.3f}")  # fmt: skip
+    if "near_misses" in result:
+        near = result["near_misses"]
+        click.echo(f"near misses: {near['false_hits']} false hits in {near['pairs']} pairs (goal: 0)")
+        for rule, counts in near["by_rule"].items():
+            click.echo(f"  {rule:<9} {counts['false_hits']:>4} of {counts['pairs']}")
 
 
 def _tier_options(command: Callable[..., Any]) -> Callable[..., Any]:

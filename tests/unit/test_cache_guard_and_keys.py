@@ -31,6 +31,9 @@ def same(a: str, b: str) -> bool:
         ("How do I learn Python quickly?", "How do I learn Java quickly?", "names"),
         ("What is the capital of France?", "What is the capital of Spain?", "names"),
         ("Who is the CEO of AMD?", "Who is the CEO of NVIDIA?", "names"),
+        ("He died 2 years ago. How do I cope?", "He died 2 months ago. How do I cope?", "units"),
+        ("How far is 10 km?", "How far is 10 miles?", "units"),
+        ("Why is it not cheap and not fast?", "Why is it not cheap and fast?", "negated"),
     ],
 )
 def test_near_misses_are_not_the_same_question(a: str, b: str, why: str) -> None:
@@ -47,6 +50,8 @@ def test_near_misses_are_not_the_same_question(a: str, b: str, why: str) -> None
         ("Is 2020 a leap year?", "Was 2020 a leap year?"),
         ("How can I lose weight fast?", "What is the quickest way to lose weight?"),
         ("Do eyebrows grow back after being shaved?", "Will my eyebrows grow back after I\u2019ve shaved them?"),
+        ("How many hours should I sleep?", "How much sleep do I need a night?"),  # a unit on one side only
+        ("What do the years in college teach you?", "What does a college year teach you?"),  # the same unit
     ],
 )
 def test_paraphrases_pass(a: str, b: str) -> None:
