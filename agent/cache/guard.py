@@ -69,6 +69,8 @@ def facets(text: str) -> Facets:
     numbers |= {_NUMBER_WORDS[w] for w in lower if w in _NUMBER_WORDS}
     numbers |= {w for w in lower if w in _MONTHS}
     negations = sum(w in _NEGATIONS or w.endswith("n't") for w in lower)
+    if re.match(r"\s*no\s*[,.!;:]", text, re.IGNORECASE):
+        negations -= 1  # "No, it doesn't exist" says what "It does not exist" says
     units = {_UNITS[u] for u in (_singular(w) for w in lower) if u in _UNITS}
     names = set()
     for i, word in enumerate(words):

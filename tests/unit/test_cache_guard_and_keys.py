@@ -52,6 +52,7 @@ def test_near_misses_are_not_the_same_question(a: str, b: str, why: str) -> None
         ("Do eyebrows grow back after being shaved?", "Will my eyebrows grow back after I\u2019ve shaved them?"),
         ("How many hours should I sleep?", "How much sleep do I need a night?"),  # a unit on one side only
         ("What do the years in college teach you?", "What does a college year teach you?"),  # the same unit
+        ("No, it doesn't exist in version 2.10.", "Version 2.10 does not have it."),  # a leading "No," adds nothing
     ],
 )
 def test_paraphrases_pass(a: str, b: str) -> None:
