@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from fractions import Fraction
@@ -269,22 +269,13 @@ class Gateway:
             if span is not None:
                 span["aifinops.tier"], span["aifinops.model"] = route.tier, route.model
         # Auto requests share cached answers whichever tier gave them: the router chose it.
-        if terms.cache is not None and self._cache is not None:
-            with telemetry.stage(trace, "aifinops.cache") as span:
-                lookup = await self._lookup(caller, call, "auto" if auto else route.model, vector, terms.cache)
-                if span is not None:
-                    span["aifinops.cache"] = lookup.status
-        else:
-            lookup = CacheLookup("bypass", reason="no cache")
+        lookup = await self._lookup(caller, call, "auto" if auto else route.model, vector, terms.cache, trace)
         flight = Flight(caller, call, route, lookup, terms=terms, messages=call.messages, escalation=escalation)
         flight.admission, flight.trace = admission, trace
         if lookup.hit is None:
             with telemetry.stage(trace, "aifinops.optimize"):
                 await self._optimize(flight)
-            enforcer = self._enforcer
-            if enforcer is not None and enforcer.policy is not None and (escalation or route).provider.kind != "local":
-                with telemetry.stage(trace, "aifinops.budget_hold"):  # only paid calls are held
-                    await self._reserve(flight)
+            await self._reserve(flight)
         return flight
 
     def _decide(
@@ -383,10 +374,13 @@ class Gateway:
                     code="unpriced_model",
                 )
             return
+        # The hold's span when a policy is in force (without one there is nothing to hold against).
+        holding = self._telemetry.stage(flight.trace, "aifinops.budget_hold") if enforcer.policy else nullcontext()
         try:
-            flight.reservation = await enforcer.reserve_waiting(
-                flight.caller, call.feature, flight.request_id, quote, wait_s=self._hold_wait_s
-            )
+            with holding:
+                flight.reservation = await enforcer.reserve_waiting(
+                    flight.caller, call.feature, flight.request_id, quote, wait_s=self._hold_wait_s
+                )
         except BudgetExceeded as e:
             local = self._local_tier_model(flight.terms)
             if e.code != "downgrade" or local is None:
@@ -461,19 +455,25 @@ class Gateway:
         model: str,
         vector: npt.NDArray[np.float32] | None,
         settings: CacheSection | None,
+        trace: Trace | None = None,
     ) -> CacheLookup:
-        if self._cache is None or settings is None:
-            return CacheLookup("bypass", reason="no cache")
-        key = cache_key(settings, caller, call, model)
-        if isinstance(key, str):
-            return CacheLookup("bypass", reason=key)
         cache = self._cache
-        # Embedding (if not given) and search run off the event loop (ONNX and numba release the GIL).
-        try:
-            return await asyncio.get_running_loop().run_in_executor(None, cache.lookup, key, vector)
-        except Exception:  # the cache saves money; it must never fail a request (logged with traceback)
-            log.exception("semantic cache lookup failed; answering without the cache")
-            return CacheLookup("bypass", reason="cache unavailable")
+        if cache is None or settings is None:
+            return CacheLookup("bypass", reason="no cache")
+        with self._telemetry.stage(trace, "aifinops.cache") as span:
+            key = cache_key(settings, caller, call, model)
+            if isinstance(key, str):
+                lookup = CacheLookup("bypass", reason=key)
+            else:
+                # Embedding (if not given) and search run off the event loop (ONNX and numba release the GIL).
+                try:
+                    lookup = await asyncio.get_running_loop().run_in_executor(None, cache.lookup, key, vector)
+                except Exception:  # the cache saves money; it must never fail a request (logged with traceback)
+                    log.exception("semantic cache lookup failed; answering without the cache")
+                    lookup = CacheLookup("bypass", reason="cache unavailable")
+            if span is not None:
+                span["aifinops.cache"] = lookup.status
+        return lookup
 
     async def _optimize(self, flight: Flight) -> None:
         """Fewer tokens for the same answer, fitted to the model that will read them."""

@@ -75,7 +75,7 @@ class OncePerInterval(logging.Filter):
 
 
 # Libraries whose INFO lines are routine chatter: shown only when the agent logs at DEBUG.
-_CHATTY = ("apscheduler", "httpx", "httpcore", "openai", "uvicorn.access")
+_CHATTY = ("httpx", "httpcore", "openai", "uvicorn.access")
 
 
 def setup_logging(

@@ -1,41 +1,20 @@
 """What every chat-shaped endpoint (chat completions, legacy completions, Responses) says about
 an answer beside its text: the ``x_aifinops`` object, the cost headers, token usage, and the
-walk over a stream's events. Also the one translation of a pydantic error into a 400."""
+walk over a stream's events."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from pydantic import ValidationError
-
 from agent.api import schemas
-from agent.errors import InvalidRequest
 from agent.gateway import Flight, StreamSummary
 from agent.money import format_usd
 from agent.pricing.prices import Price
 from agent.providers.base import Delta, Usage
 
 Event = Delta | StreamSummary
-
-
-def invalid_body(error: ValidationError) -> InvalidRequest:
-    """The first problem pydantic found, as a 400 that names the field (OpenAI's ``param``)."""
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "body"
-    detail = (first.get("ctx") or {}).get("error")
-    message = str(detail) if first["type"] == "value_error" and detail is not None else first["msg"]
-    return InvalidRequest(f"{where}: {message}", code="invalid_value", param=where)
-
-
-def refuse_unknown(fields: Iterable[str]) -> None:
-    """A 400 naming every field the endpoint does not support: never silently dropped."""
-    unknown = sorted(fields)
-    if unknown:
-        raise InvalidRequest(
-            f"unsupported parameter(s): {', '.join(unknown)}", code="unsupported_parameter", param=unknown[0]
-        )
 
 
 def aifinops_info(flight: Flight, price: Price, estimated: bool) -> schemas.AIFinOpsInfo:

@@ -7,7 +7,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.responses import Response
 
 from agent.api import schemas
@@ -17,14 +16,13 @@ from agent.api.answer import (
     answer_model,
     cost_headers,
     error_event,
-    invalid_body,
-    refuse_unknown,
     walk,
     wire_usage,
 )
+from agent.api.bodies import parse_body, refuse_unknown
 from agent.api.features import feature_tag
 from agent.chat import ChatCall
-from agent.errors import AIFinOpsError, InvalidRequest
+from agent.errors import AIFinOpsError
 from agent.gateway import ChatResult, Flight, StreamSummary
 from agent.money import format_usd
 from agent.providers.base import ChatParams, Message, ToolCall
@@ -32,16 +30,10 @@ from agent.providers.base import Choice as AnswerChoice
 
 
 def chat_call(payload: Any, headers: Mapping[str, str]) -> ChatCall:
-    if not isinstance(payload, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    try:
-        body = schemas.ChatCompletionRequest.model_validate(payload)
-    except ValidationError as e:
-        raise invalid_body(e) from e
+    body = parse_body(schemas.ChatCompletionRequest, payload)
     extras = body.extra_fields()
     refuse_unknown(set(extras) - schemas.PASSTHROUGH_FIELDS)
     feature = feature_tag(headers, body.metadata)
-    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     # Tools and formats were validated above; cloud endpoints get them exactly as the client sent them.
     known = {name: payload[name] for name in schemas.TOOL_AND_FORMAT_FIELDS if payload.get(name) is not None}
     if known.get("response_format") == {"type": "text"}:
@@ -50,7 +42,7 @@ def chat_call(payload: Any, headers: Mapping[str, str]) -> ChatCall:
         max_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
-        stop=stop,
+        stop=schemas.stop_sequences(body.stop),
         seed=body.seed,
         n=body.n or 1,
         logprobs=bool(body.logprobs),

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from agent.api import schemas
@@ -23,11 +23,10 @@ from agent.api.answer import (
     cost_headers,
     dump_json,
     error_event,
-    invalid_body,
-    refuse_unknown,
     walk,
     wire_usage,
 )
+from agent.api.bodies import parse_body, refuse_unknown
 from agent.api.features import feature_tag
 from agent.chat import ChatCall
 from agent.errors import AIFinOpsError, InvalidRequest
@@ -50,7 +49,7 @@ class CompletionRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     n: int | None = Field(None, ge=1, le=16)
     best_of: int | None = Field(None, ge=1, le=16)
-    stop: str | list[str] | None = None
+    stop: schemas.Stop = None
     seed: int | None = None
     stream: bool = False
     stream_options: schemas.StreamOptions | None = None
@@ -73,37 +72,24 @@ class CompletionRequest(BaseModel):
             raise ValueError("a text prompt: token-id prompts are not supported")
         return value
 
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(stop, list) and len(stop) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return stop
-
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
 def completion_call(payload: Any, headers: Mapping[str, str]) -> ChatCall:
-    if not isinstance(payload, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    try:
-        body = CompletionRequest.model_validate(payload)
-    except ValidationError as e:
-        raise invalid_body(e) from e
+    body = parse_body(CompletionRequest, payload)
     refuse_unknown(body.model_extra or {})
     if body.best_of is not None and body.best_of != (body.n or 1):
         raise InvalidRequest("best_of other than n (the best of several samples) is not supported",
                              code="unsupported_parameter", param="best_of")  # fmt: skip
     if not body.text():
         raise InvalidRequest("prompt: must not be empty", code="invalid_value", param="prompt")
-    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     passthrough = {name: payload[name] for name in _PASSTHROUGH if payload.get(name) is not None}
     params = ChatParams(
         max_tokens=body.max_tokens or DEFAULT_MAX_TOKENS,
         temperature=body.temperature,
         top_p=body.top_p,
-        stop=stop,
+        stop=schemas.stop_sequences(body.stop),
         seed=body.seed,
         n=body.n or 1,
         logprobs=body.logprobs is not None,

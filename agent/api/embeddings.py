@@ -8,13 +8,12 @@ import base64
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import ValidationError
 from starlette.responses import Response
 
 from agent.api import schemas
+from agent.api.bodies import parse_body, refuse_unknown
 from agent.api.features import feature_tag
 from agent.embedding_gateway import EmbeddingCall, EmbeddingResult
-from agent.errors import InvalidRequest
 from agent.money import format_usd
 from agent.providers.base import EmbeddingInputs
 
@@ -23,21 +22,8 @@ Encoding = Literal["float", "base64"]
 
 def embedding_call(payload: Any, headers: Mapping[str, str]) -> tuple[EmbeddingCall, Encoding]:
     """The validated call and the encoding the client wants its vectors in."""
-    if not isinstance(payload, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    try:
-        body = schemas.EmbeddingRequest.model_validate(payload)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        error = (first.get("ctx") or {}).get("error")
-        message = str(error) if first["type"] == "value_error" and error is not None else first["msg"]
-        raise InvalidRequest(f"{where}: {message}", code="invalid_value", param=where) from e
-    unknown = sorted(body.extra_fields())
-    if unknown:
-        raise InvalidRequest(
-            f"unsupported parameter(s): {', '.join(unknown)}", code="unsupported_parameter", param=unknown[0]
-        )
+    body = parse_body(schemas.EmbeddingRequest, payload)
+    refuse_unknown(body.extra_fields())
     call = EmbeddingCall(body.model, _inputs(body.input), body.dimensions, feature_tag(headers, body.metadata))
     return call, body.encoding_format or "float"
 

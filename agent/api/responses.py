@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from agent.api import schemas
@@ -28,10 +28,9 @@ from agent.api.answer import (
     answer_model,
     cost_headers,
     dump_json,
-    invalid_body,
-    refuse_unknown,
     walk,
 )
+from agent.api.bodies import parse_body, refuse_unknown
 from agent.api.features import feature_tag
 from agent.chat import ChatCall
 from agent.errors import AIFinOpsError, InvalidRequest
@@ -147,12 +146,7 @@ class Echo:
 
 
 def response_call(payload: Any, headers: Mapping[str, str]) -> tuple[ChatCall, Echo]:
-    if not isinstance(payload, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    try:
-        body = ResponsesRequest.model_validate(payload)
-    except ValidationError as e:
-        raise invalid_body(e) from e
+    body = parse_body(ResponsesRequest, payload)
     refuse_unknown(body.extra_fields())
     messages = [body.input] if isinstance(body.input, str) else body.input
     turns = tuple(Message("user", m) if isinstance(m, str) else m for m in messages)

@@ -37,6 +37,20 @@ def _metadata(metadata: dict[str, str]) -> dict[str, str]:
 Metadata = Annotated[dict[str, str], AfterValidator(_metadata)]
 
 
+def _stop(stop: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(stop, list) and len(stop) > 4:
+        raise ValueError("at most 4 stop sequences")
+    return stop
+
+
+# Chat's and completions' `stop`: one sequence or up to four.
+Stop = Annotated[str | list[str] | None, AfterValidator(_stop)]
+
+
+def stop_sequences(stop: str | list[str] | None) -> tuple[str, ...]:
+    return (stop,) if isinstance(stop, str) else tuple(stop or ())
+
+
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["text"]
@@ -145,7 +159,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int | None = Field(None, ge=1, le=16)
-    stop: str | list[str] | None = None
+    stop: Stop = None
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -170,13 +184,6 @@ class ChatCompletionRequest(BaseModel):
         elif self.tool_choice == "required" and not self.tools:
             raise ValueError("tool_choice 'required' needs tools")
         return self
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(stop, list) and len(stop) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return stop
 
     def extra_fields(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

@@ -52,7 +52,6 @@ class Trace:
     name: str
     attributes: dict[str, Any]
     start_ns: int = field(default_factory=time.time_ns)
-    started: float = field(default_factory=time.perf_counter)
     stages: list[Stage] = field(default_factory=list)
     error: str = ""
     end_ns: int = 0
@@ -177,7 +176,7 @@ class Telemetry:
     def _finish(self, trace: Trace) -> None:
         trace.end_ns = time.time_ns()
         if self.tracing is not None:
-            self.tracing.submit(trace, time.perf_counter() - trace.started)
+            self.tracing.submit(trace)
 
     def http_refusal(self, error_type: str) -> None:
         """An API answer in the 4xx range (bad body, no token, rate limit, budget, ...)."""

@@ -79,18 +79,16 @@ class Tracing:
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )  # fmt: skip
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=section.max_queue)
-        self.dropped = 0  # traces the full queue turned away
-        self.failed_exports = 0
         self._random = random.Random()  # noqa: S311 - span ids need uniqueness, not secrecy (as the SDK's)
         self._thread = threading.Thread(target=self._run, name="otel-export", daemon=True)
         self._thread.start()
 
-    def submit(self, trace: Trace, duration_s: float) -> None:
+    def submit(self, trace: Trace) -> None:
         """A finished request, for its spans and metrics (never blocks: a full queue drops it)."""
         try:
-            self._queue.put_nowait((trace, duration_s))
+            self._queue.put_nowait(trace)
         except queue.Full:
-            self.dropped += 1
+            log.warning("OpenTelemetry: the export queue is full; traces are dropped")
 
     # -- the export thread -----------------------------------------------------------------------
 
@@ -105,7 +103,7 @@ class Tracing:
                 item, taken = _FLUSH, False  # the batch waited long enough
             if item is not None and item is not _FLUSH:
                 try:
-                    spans += self._spans_of(*item)
+                    spans += self._spans_of(item)
                 except Exception:  # telemetry never takes anything down; logged with traceback
                     log.exception("building the spans of a request failed")
                 deadline = deadline or time.monotonic() + BATCH_WAIT_S
@@ -117,7 +115,7 @@ class Tracing:
             if item is None:
                 return
 
-    def _spans_of(self, trace: Trace, duration_s: float) -> list[Span]:
+    def _spans_of(self, trace: Trace) -> list[Span]:
         ids = self._random.getrandbits
         trace_id, root_id = ids(128).to_bytes(16, "big"), ids(64).to_bytes(8, "big")
         root = Span(
@@ -146,7 +144,7 @@ class Tracing:
             out.append(span)
         metric = trace.metric_attributes
         if metric is not None:
-            self.operation_duration.record(duration_s, metric)
+            self.operation_duration.record((trace.end_ns - trace.start_ns) / 1e9, metric)
             if trace.usage is not None:
                 self.token_usage.record(trace.usage[0], {**metric, "gen_ai.token.type": "input"})
                 self.token_usage.record(trace.usage[1], {**metric, "gen_ai.token.type": "output"})
@@ -166,7 +164,6 @@ class Tracing:
             with urllib.request.urlopen(http, timeout=self._timeout_s) as answer:  # noqa: S310 - http(s) by config
                 answer.read()
         except (urllib.error.URLError, OSError, ValueError) as e:
-            self.failed_exports += 1
             log.warning("OpenTelemetry: %d spans not exported to %s: %s", len(spans), self._traces_url, e)
 
     # -- tests and shutdown ------------------------------------------------------------------------
