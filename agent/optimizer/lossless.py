@@ -78,11 +78,28 @@ def _gap(match: re.Match[str], default: str) -> str:
         return original  # never delete a digit, not even one in an attribute
     if default:
         return default
-    left = text[match.start() - 1] if match.start() > 0 else " "
-    right = text[match.end()] if match.end() < len(text) else " "
+    start, end = match.start(), match.end()
+    # The neighbours are the text's, not another tag's: "3.14<i><i>3.14" must not become "3.143.14".
+    while start > 0 and text[start - 1] == ">" and (j := text.rfind("<", 0, start - 1)) >= 0 and _markup_at(
+        text, j, start
+    ):
+        start = j
+    while end < len(text) and (after := _markup_at(text, end)) is not None:
+        end = after
+    left = text[start - 1] if start > 0 else " "
+    right = text[end] if end < len(text) else " "
     if (left.isalnum() and right.isalnum()) or _would_join_number(left, right):
         return " "
     return ""
+
+
+def _markup_at(text: str, at: int, ends: int | None = None) -> int | None:
+    """Where a tag or comment starting at `at` ends (it must end at `ends` when given), else None."""
+    for pattern in (_TAG, _COMMENT):
+        found = pattern.match(text, at) if ends is None else pattern.fullmatch(text, at, ends)
+        if found is not None:
+            return found.end()
+    return None
 
 
 def _unbold(match: re.Match[str]) -> str:

@@ -65,6 +65,8 @@ def test_normalise_leaves_code_and_digits_alone() -> None:
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(PROSE)
 @example("1<b>.5</b> and 2.**5** and 3<!-- x -->,4 and **7**.1")
+@example("3.14<i><i>3.14")  # two tags in a row: found by hypothesis
+@example("3.14<!----><!---->3.14")
 def test_normalise_keeps_every_number_and_is_idempotent(text: str) -> None:
     once = normalise(text)
     assert _numbers(once) == _numbers(text)
