@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from fractions import Fraction
@@ -354,6 +354,8 @@ class Gateway:
         expected = prompt_tokens(flight.messages, call.params)
         output_tokens = (call.params.max_tokens or _WORST_CASE_OUTPUT_TOKENS) * call.params.n
         flight.expected_input = (paid.model, expected)
+        if enforcer.policy is None:
+            return  # no budgets in force, nothing to hold; the estimate still calibrates the model
         held_input = 0
 
         def quote() -> Quote:
@@ -374,10 +376,8 @@ class Gateway:
                     code="unpriced_model",
                 )
             return
-        # The hold's span when a policy is in force (without one there is nothing to hold against).
-        holding = self._telemetry.stage(flight.trace, "aifinops.budget_hold") if enforcer.policy else nullcontext()
         try:
-            with holding:
+            with self._telemetry.stage(flight.trace, "aifinops.budget_hold"):
                 flight.reservation = await enforcer.reserve_waiting(
                     flight.caller, call.feature, flight.request_id, quote, wait_s=self._hold_wait_s
                 )
