@@ -75,6 +75,7 @@ def run_checks(settings: Settings, agent: RunningAgent | None) -> list[Check]:
     checks += _cloud(settings)
     checks += _local_engines(settings)
     checks += _routing(settings)
+    checks += _cache_verifier(settings)
     checks += _policy(settings, agent)
     checks += _identity(settings)
     if agent is None:
@@ -274,6 +275,33 @@ def _routing(settings: Settings) -> list[Check]:
         return [Check("router", "warn", f"tiers {shown}; {problem}: routing by rules", fix)]
     cascade = f"; cascade to {settings.routing.cascade_to}" if settings.routing.cascade else ""
     return [Check("router", "ok", f"tiers {shown}; difficulty model loaded{cascade}")]
+
+
+def _cache_verifier(settings: Settings) -> list[Check]:
+    """Whether the cache's verifier is intact, and what cache.min_precision means with it."""
+    import hashlib
+
+    from agent.cache.verifier import VerifierArtifact
+    from agent.errors import ModelError
+
+    cache = settings.cache
+    if not cache.enabled:
+        return []
+    if not cache.verifier:
+        floor = cache.threshold if cache.threshold is not None else 0.88
+        return [Check("cache", "warn", f"verifier off: similarity >= {floor} and the guard decide",
+                      "set cache.verifier = true (fewer wrong answers served)")]  # fmt: skip
+    try:
+        artifact = VerifierArtifact.load()
+        intact = hashlib.sha256(artifact.onnx_path.read_bytes()).hexdigest() == artifact.onnx_sha256
+    except (ModelError, OSError) as e:
+        return [Check("cache", "fail", f"the verifier cannot load ({e}): only exact matches are served", "reinstall")]
+    if not intact:
+        return [Check("cache", "fail", f"{artifact.onnx_path} is damaged: only exact matches are served", "reinstall")]
+    threshold = artifact.calibration.threshold_for(cache.min_precision)
+    precision, recall = artifact.calibration.at(threshold)
+    return [Check("cache", "ok", f"verifier intact; min_precision {cache.min_precision}: score >= {threshold:.3f} "
+                  f"(measured on unseen pairs: precision {precision:.3f}, recall {recall:.3f})")]  # fmt: skip
 
 
 def _policy(settings: Settings, agent: RunningAgent | None) -> list[Check]:

@@ -656,7 +656,9 @@ class Gateway:
         hit = flight.cache.hit
         assert hit is not None  # noqa: S101 - only called on a hit
         saved = hit.entry.cost_micro_usd
-        reason = f"cache hit, similarity {hit.similarity:.3f}" + ("" if saved is not None else ", saving unknown")
+        verified = "" if hit.verifier_score is None else f", verifier {hit.verifier_score:.3f}"
+        unknown = "" if saved is not None else ", saving unknown"
+        reason = f"cache hit, similarity {hit.similarity:.3f}{verified}{unknown}"
         self._settle(flight, 0, 0)
         row = replace(
             self._row(flight, "ok", Usage(0, 0), CACHE_PRICE),

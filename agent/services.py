@@ -26,6 +26,7 @@ from agent.budgets.enforcer import BudgetEnforcer
 from agent.budgets.fleet import FleetBudgets
 from agent.bundle import direct_numba_cache
 from agent.cache.service import SemanticCache
+from agent.cache.verifier import PairVerifier, VerifierArtifact
 from agent.embedding_gateway import EmbeddingGateway
 from agent.errors import ConfigError
 from agent.gateway import Gateway
@@ -103,7 +104,11 @@ class Services:
         prices = PriceBook(settings.pricing.overrides, settings.pricing.local_usd_per_hour)
         embedder = _shared_embedder(settings, store)
         optimizer = PromptOptimizer(settings.optimizer, store)
-        cache = SemanticCache(settings.cache, CacheEntries(db), embedder) if settings.cache.enabled else None
+        cache = (
+            SemanticCache(settings.cache, CacheEntries(db), embedder, verifier=cache_verifier(settings, store))
+            if settings.cache.enabled
+            else None
+        )
         events = EventLog(db)
         share = settings.share
         policy = PolicySync(
@@ -363,6 +368,16 @@ def _shared_embedder(settings: Settings, store: ModelStore) -> Callable[[], Onnx
             return loaded[0]
 
     return embedder
+
+
+def cache_verifier(settings: Settings, store: ModelStore) -> Callable[[], PairVerifier]:
+    """The shipped cache verifier, loaded when the cache first needs it (on the embedder's tokenizer)."""
+
+    def verifier() -> PairVerifier:
+        tokenizer = store.resolve(settings.cache.embedding_tokenizer)
+        return PairVerifier(VerifierArtifact.load(), tokenizer, threads=max(1, (os.cpu_count() or 2) - 1))
+
+    return verifier
 
 
 def default_router_artifact() -> Path:

@@ -38,26 +38,33 @@ def main() -> None:
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
             results[name] = json.loads(out)
             r = results[name]
-            print(f"{name}: precision {r['precision']} recall {r['recall']} at {r['threshold']} ({r['pairs']} pairs)")
+            print(f"{name}: precision {r['precision']} recall {r['recall']} ({r['pairs']} pairs)")
     lines = []
     for name, r in results.items():
+        left_out = r.get("left_out_as_trained", 0)
         lines += [
-            f"### `{name}`: {r['pairs']} pairs, {r['duplicates']} duplicates",
+            f"### `{name}`: {r['pairs']} pairs, {r['duplicates']} duplicates"
+            + (f" ({left_out} pairs the verifier trained or calibrated on left out)" if left_out else ""),
             "",
-            f"Default (threshold {r['threshold']}, guard on): **precision {r['precision']}, recall {r['recall']}**, "
+            f"Shipped defaults (min_precision {r['min_precision']}: verifier score >= {r['decision_threshold']}, "
+            f"similarity floor {r['floor']}, guard on): **precision {r['precision']}, recall {r['recall']}**, "
             f"{r['hits']} hits of which {r['wrong_answers_served']} wrong answers served.",
             "",
-            "| threshold | precision (guard on) | recall (guard on) | precision (guard off) | recall (guard off) |",
-            "|---|---|---|---|---|",
+            "| cache.min_precision | verifier score from | precision | recall | hits | wrong |",
+            "|---|---|---|---|---|---|",
         ]
-        for on, off in zip(r["sweep"], r["sweep_guard_off"], strict=True):
-            lines.append(
-                f"| {on['threshold']:.2f} | {on['precision']} | {on['recall']} | {off['precision']} | {off['recall']} |"
-            )
+        lines += [
+            f"| {row['min_precision']:.2f} | {row['decision_threshold']} | {row['precision']} | {row['recall']} "
+            f"| {row['hits']} | {row['wrong']} |"
+            for row in r["sweep"]
+        ]
+        lines += ["", "The similarity alone (verifier off, guard on), on the same pairs:", "",
+                  "| threshold | precision | recall |", "|---|---|---|"]  # fmt: skip
+        lines += [f"| {row['threshold']:.2f} | {row['precision']} | {row['recall']} |" for row in r["similarity_only"]]
         lines.append("")
     body = "\n".join(lines) + (
-        "\nThe guard (numbers, dates, negation and names must agree) is the second stage; the sweep with it off\n"
-        "shows what it buys. Each pair gets its own user scope, so q2 can only be served q1's answer.\n"
+        "\nEach pair gets its own user scope, so q2 can only be served q1's answer. The verifier's own training\n"
+        "report (agent/cache/default_verifier.md) has the same split's figures from the training command.\n"
     )
     command = (
         ".venv/bin/aifinops bench cache-quality --pairs ../shared/data/<file> --json   # via bench/cache_quality.py"

@@ -85,7 +85,8 @@ class Bubble(QFrame):
         self.meta.setText(cost_line(info))
         if info.cache == "hit":
             similarity = f" {info.cache_similarity:.2f}" if info.cache_similarity is not None else ""
-            self.badge.setText(f"cache hit{similarity}")
+            verified = f", verified {info.cache_verifier_score:.2f}" if info.cache_verifier_score is not None else ""
+            self.badge.setText(f"cache hit{similarity}{verified}")
             self.badge.show()
             if info.cache_entry_id is not None:
                 self._entry_id = info.cache_entry_id

@@ -29,6 +29,7 @@ def aifinops_info(flight: Flight, price: Price, estimated: bool) -> schemas.AIFi
         tokens_estimated=estimated,
         cache=flight.cache.status,
         cache_similarity=round(hit.similarity, 4) if hit else None,
+        cache_verifier_score=round(hit.verifier_score, 4) if hit and hit.verifier_score is not None else None,
         cache_entry_id=hit.entry.id if hit else None,
         tier="" if hit else flight.route.tier,
         reason="cache hit" if hit else flight.route.reason,
@@ -54,6 +55,8 @@ def cost_headers(flight: Flight, cost_usd: str) -> dict[str, str]:
         headers["X-AIFinOps-Tier"] = flight.route.tier
     if (hit := flight.cache.hit) is not None:
         headers["X-AIFinOps-Cache-Similarity"] = f"{hit.similarity:.4f}"
+        if hit.verifier_score is not None:
+            headers["X-AIFinOps-Cache-Verifier"] = f"{hit.verifier_score:.4f}"
         headers["X-AIFinOps-Cache-Entry"] = str(hit.entry.id)
     return headers
 

@@ -207,6 +207,7 @@ class AIFinOpsInfo(BaseModel):
     tokens_estimated: bool
     cache: Literal["hit", "miss", "bypass"]
     cache_similarity: float | None = None
+    cache_verifier_score: float | None = None  # P(same question) from the cache's verifier
     cache_entry_id: int | None = None
     tier: str = ""  # "local", "cheap" or "strong"; "" for a model in no tier or a cache hit
     reason: str = ""  # why this route (the router's words)

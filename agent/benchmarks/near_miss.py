@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agent.cache.service import Embedder
+    from agent.cache.verifier import PairVerifier
     from agent.settings import CacheSection
 
 # Swapped for one another within a group (the first match in a question is changed).
@@ -124,7 +125,9 @@ def near_misses(questions: Iterable[str], per_rule: int) -> list[NearMiss]:
     return [pair for pairs in out.values() for pair in pairs]
 
 
-def false_hits(pairs: list[NearMiss], embedder: Embedder, settings: CacheSection) -> dict[str, Any]:
+def false_hits(
+    pairs: list[NearMiss], embedder: Embedder, settings: CacheSection, verifier: PairVerifier | None = None
+) -> dict[str, Any]:
     """Store q1, look q2 up through the real cache (as ``cache-quality`` does), per rule: how many
     near misses were served the other question's answer, at the configured settings."""
     from agent.benchmarks.cache_quality import Pair, run_cache_quality
@@ -133,7 +136,7 @@ def false_hits(pairs: list[NearMiss], embedder: Embedder, settings: CacheSection
     for rule in RULES:
         group = [Pair(p.q1, p.q2, False) for p in pairs if p.rule == rule]
         if group:
-            result = run_cache_quality(group, embedder, settings)
+            result = run_cache_quality(group, embedder, settings, verifier)
             by_rule[rule] = {"pairs": len(group), "false_hits": result["wrong_answers_served"]}
     total = sum(r["pairs"] for r in by_rule.values())
     wrong = sum(r["false_hits"] for r in by_rule.values())

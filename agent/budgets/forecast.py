@@ -110,8 +110,8 @@ def weekday_factors(history: np.ndarray, weekdays: np.ndarray) -> np.ndarray:
     for d in range(7):
         factors[d] = recent[recent_days == d].mean() / mean
     shrink = weeks / (weeks + 2)
-    shrunk: np.ndarray = 1 + shrink * (factors - 1)
-    return np.maximum(shrunk, 0.05)
+    shrunk: np.ndarray = np.maximum(1 + shrink * (factors - 1), 0.05)
+    return shrunk
 
 
 def _fit(history: np.ndarray, weekdays: np.ndarray, factors: np.ndarray) -> tuple[float, float, float, float]:

@@ -1,8 +1,13 @@
-"""The semantic cache: exact match first, then nearest stored questions, then the guard.
+"""The semantic cache: exact match first, then nearest stored questions, the guard, the verifier.
+
+A lookup embeds the question, takes the nearest stored questions of the caller's partition above
+a similarity floor, drops those the guard tells apart (a number, negation, name or unit differs)
+and lets the verifier (a cross-encoder, ``verifier.py``) score the best two: the best one
+scoring at least the threshold that ``cache.min_precision`` maps to is served.
 
 Entries live in the ledger database (durable), vectors in a VectorIndex (memory), and a little
-metadata per entry here (scope, fingerprint, expiry, recency, the stored question's facets) so
-that a lookup touches the database only for the answer it serves.
+metadata per entry here (scope, fingerprint, expiry, recency, the stored question and its
+facets) so that a lookup touches the database only for the answer it serves.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import numpy.typing as npt
 from agent.cache.guard import Facets, facets, same_question
 from agent.cache.index import VectorIndex
 from agent.cache.keys import CacheKey
+from agent.cache.verifier import PairVerifier
+from agent.errors import ModelError
 from agent.ledger.cache_entries import CacheEntries, CacheEntry
 from agent.ledger.database import utc_now_iso
 from agent.settings import CacheSection
@@ -30,6 +37,8 @@ from agent.settings import CacheSection
 log = logging.getLogger(__name__)
 
 _CANDIDATES = 5
+_VERIFIED = 2  # candidates the verifier reads per lookup, at most (about 2 ms each)
+FLOOR_WITHOUT_VERIFIER = 0.88  # the similarity alone decides (with the guard) when there is no verifier
 _PURGE_EVERY_S = 60.0
 
 
@@ -43,6 +52,7 @@ class Embedder(Protocol):
 class CacheHit:
     entry: CacheEntry
     similarity: float  # 1.0 for an exact match
+    verifier_score: float | None = None  # P(same question); None for an exact match or no verifier
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,7 @@ class _Meta:
     scope: str
     fingerprint: str
     query_hash: str
+    question: str
     facets: Facets
     expires_epoch: float
 
@@ -76,12 +87,20 @@ class CacheStats:
 
 class SemanticCache:
     def __init__(
-        self, settings: CacheSection, entries: CacheEntries, embedder: Callable[[], Embedder], dim: int = 384
+        self,
+        settings: CacheSection,
+        entries: CacheEntries,
+        embedder: Callable[[], Embedder],
+        dim: int = 384,
+        verifier: Callable[[], PairVerifier] | None = None,
     ) -> None:
         self.settings = settings
         self._entries = entries
         self._embedder_factory = embedder
         self._embedder: Embedder | None = None
+        self._verifier_factory = verifier if settings.verifier else None
+        self._verifier: PairVerifier | None = None
+        self.verifier_error = ""  # why the verifier could not load: then only exact matches are served
         self._index = VectorIndex(dim)
         self._meta: dict[int, _Meta] = {}
         self._exact: dict[tuple[str, str, str], int] = {}
@@ -107,10 +126,12 @@ class SemanticCache:
         return loaded
 
     def warm_up(self) -> None:
-        """Load the embedding model and compile the search kernels (off the request path)."""
+        """Load the models and compile the search kernels (off the request path)."""
         from native.similarity import warm_up
 
         self.embedder().embed(["warm up"])
+        if (verifier := self.verifier()) is not None:
+            verifier.scores("warm up", ["warm up"])
         warm_up()
 
     def embedder(self) -> Embedder:
@@ -118,6 +139,29 @@ class SemanticCache:
             if self._embedder is None:
                 self._embedder = self._embedder_factory()
             return self._embedder
+
+    def verifier(self) -> PairVerifier | None:
+        """The verifier, loaded on first use; None when there is none (or it cannot load)."""
+        with self._lock:
+            if self._verifier is None and self._verifier_factory is not None and not self.verifier_error:
+                try:
+                    self._verifier = self._verifier_factory()
+                except ModelError as e:
+                    self.verifier_error = str(e)
+                    log.error("the cache verifier cannot load, so only exact matches are served: %s", e)
+            return self._verifier
+
+    def floor(self) -> float:
+        """The similarity from which a stored question is a candidate."""
+        if self.settings.threshold is not None:
+            return self.settings.threshold
+        verifier = self.verifier()
+        return verifier.calibration.floor if verifier is not None else FLOOR_WITHOUT_VERIFIER
+
+    def decision_threshold(self) -> float | None:
+        """The verifier score a candidate needs, from cache.min_precision (None: no verifier)."""
+        verifier = self.verifier()
+        return verifier.calibration.threshold_for(self.settings.min_precision) if verifier is not None else None
 
     # -- the request path (called from a worker thread) ----------------------------------------
 
@@ -128,18 +172,39 @@ class SemanticCache:
             vector = self.embedder().embed([key.query])[0]
         if exact_id is not None and (hit := self._serve(exact_id, key, 1.0)) is not None:
             return CacheLookup("hit", key=key, vector=vector, hit=hit)
+        if self._verifier_factory is not None and self.verifier() is None:
+            return CacheLookup("miss", key=key, vector=vector)  # unverified hits are not served
         query_facets = facets(key.query)
+        floor = self.floor()
+        candidates: list[tuple[int, float, str]] = []
         for candidate in self._index.search(vector, key.partition, _CANDIDATES):
-            if candidate.score < self.settings.threshold:
+            if candidate.score < floor:
                 break
             meta = self._meta.get(candidate.entry_id)
             if meta is None or not self._same_partition(meta, key):
                 continue
             if self.settings.guard and not same_question(query_facets, meta.facets)[0]:
                 continue
-            if (hit := self._serve(candidate.entry_id, key, candidate.score)) is not None:
+            candidates.append((candidate.entry_id, candidate.score, meta.question))
+        for entry_id, similarity, verifier_score in self._verified(key.query, candidates):
+            if (hit := self._serve(entry_id, key, similarity, verifier_score)) is not None:
                 return CacheLookup("hit", key=key, vector=vector, hit=hit)
         return CacheLookup("miss", key=key, vector=vector)
+
+    def _verified(
+        self, query: str, candidates: list[tuple[int, float, str]]
+    ) -> list[tuple[int, float, float | None]]:
+        """The candidates that may be served, best first: (entry id, similarity, verifier score)."""
+        verifier = self.verifier()
+        if verifier is None:
+            return [(entry_id, similarity, None) for entry_id, similarity, _ in candidates]
+        if not candidates:
+            return []
+        candidates = candidates[:_VERIFIED]
+        threshold = verifier.calibration.threshold_for(self.settings.min_precision)
+        scores = verifier.scores(query, [question for _, _, question in candidates])
+        ranked = sorted(zip(candidates, scores, strict=True), key=lambda pair: -pair[1])
+        return [(entry_id, similarity, float(s)) for (entry_id, similarity, _), s in ranked if s >= threshold]
 
     def store(
         self,
@@ -207,7 +272,9 @@ class SemanticCache:
     def _same_partition(self, meta: _Meta, key: CacheKey) -> bool:
         return meta.scope == key.scope and meta.fingerprint == key.fingerprint
 
-    def _serve(self, entry_id: int, key: CacheKey, similarity: float) -> CacheHit | None:
+    def _serve(
+        self, entry_id: int, key: CacheKey, similarity: float, verifier_score: float | None = None
+    ) -> CacheHit | None:
         with self._lock:
             meta = self._meta.get(entry_id)
             if meta is None or not self._same_partition(meta, key):
@@ -220,12 +287,14 @@ class SemanticCache:
         if entry is None:
             return None
         self._entries.touch(entry_id)
-        return CacheHit(entry, similarity)
+        return CacheHit(entry, similarity, verifier_score)
 
     def _remember(self, entry: CacheEntry, vector: npt.NDArray[np.float32]) -> None:
         with self._lock:
             expires = datetime.fromisoformat(entry.expires_at).timestamp()
-            self._meta[entry.id] = _Meta(entry.scope, entry.fingerprint, entry.query_hash, facets(entry.query), expires)
+            self._meta[entry.id] = _Meta(
+                entry.scope, entry.fingerprint, entry.query_hash, entry.query, facets(entry.query), expires
+            )
             self._exact[(entry.scope, entry.fingerprint, entry.query_hash)] = entry.id
             self._recency[entry.id] = None
             self._index.add(entry.id, _partition(entry), vector)

@@ -33,8 +33,10 @@ def bench() -> None:
     help="JSON lines with q1, q2 and duplicate (true/false).",
 )
 @click.option("--limit", type=int, default=None, help="Use the first N pairs.")
-@click.option("--threshold", type=float, default=None, help="Similarity threshold (default: the configured one).")
-@click.option("--no-guard", is_flag=True, help="Turn the second-stage guard off.")
+@click.option("--min-precision", type=float, default=None, help="cache.min_precision (default: as configured).")
+@click.option("--threshold", type=float, default=None, help="Similarity floor of candidates (default: the verifier's).")
+@click.option("--no-guard", is_flag=True, help="Turn the rule guard off.")
+@click.option("--no-verifier", is_flag=True, help="Turn the verifier off: the similarity threshold decides.")
 @click.option("--near-misses", type=int, default=0, metavar="N",
               help="Also write N near misses per rule from the file's questions (a number, negation, place, "
                    "language, unit or month changed) and count the cache's false hits on them.")  # fmt: skip
@@ -44,12 +46,17 @@ def bench_cache_quality(
     obj: _Context,
     pairs_file: str,
     limit: int | None,
+    min_precision: float | None,
     threshold: float | None,
     no_guard: bool,
+    no_verifier: bool,
     near_misses: int,
     as_json: bool,
 ) -> None:
-    """Precision and recall of the semantic cache: store q1, look up q2, for every pair."""
+    """Precision and recall of the semantic cache: store q1, look up q2, for every pair.
+
+    Pairs the shipped verifier was trained or calibrated on are left out.
+    """
     from pathlib import Path
 
     from rich.progress import Progress
@@ -57,37 +64,54 @@ def bench_cache_quality(
     from agent.benchmarks.cache_quality import read_pairs, run_cache_quality
     from agent.models.store import ModelStore
     from agent.providers.onnx_embedder import OnnxEmbedder
+    from agent.services import cache_verifier
 
     settings = obj.settings()
-    config = settings.cache.model_copy(
-        update={"guard": not no_guard} | ({"threshold": threshold} if threshold is not None else {})
-    )
+    update: dict[str, Any] = {"guard": not no_guard, "verifier": not no_verifier}
+    if threshold is not None:
+        update["threshold"] = threshold
+    if min_precision is not None:
+        update["min_precision"] = min_precision
+    config = settings.cache.model_copy(update=update)
     pairs = read_pairs(Path(pairs_file), limit)
     store = ModelStore(settings.models_dir, settings.share_dir)
     embedder = OnnxEmbedder(store.resolve(config.embedding_model), store.resolve(config.embedding_tokenizer),
                             threads=max(1, (os.cpu_count() or 2) - 1))  # fmt: skip
+    verifier = cache_verifier(settings, store)() if config.verifier else None
     with Progress(disable=as_json, transient=True) as bar:
         task = bar.add_task("embedding", total=len(pairs))
-        result = run_cache_quality(pairs, embedder, config, progress=lambda n: bar.advance(task, n))
+        result = run_cache_quality(pairs, embedder, config, verifier, progress=lambda n: bar.advance(task, n))
     if near_misses > 0:
         from agent.benchmarks.near_miss import false_hits
         from agent.benchmarks.near_miss import near_misses as write_near_misses
 
         questions = [q for p in read_pairs(Path(pairs_file), None) for q in (p.q1, p.q2)]
-        result["near_misses"] = false_hits(write_near_misses(questions, near_misses), embedder, config)
+        result["near_misses"] = false_hits(write_near_misses(questions, near_misses), embedder, config, verifier)
     if as_json:
         click.echo(json.dumps(result))
         return
+    _print_cache_quality(result)
+
+
+def _print_cache_quality(result: dict[str, Any]) -> None:
+    left_out = f", {result['left_out_as_trained']} left out as trained on" if result.get("left_out_as_trained") else ""
+    if result["verifier"]:
+        setting = f"min_precision {result['min_precision']} (verifier from {result['decision_threshold']})"
+    else:
+        setting = f"similarity threshold {result['threshold']}, no verifier"
     click.echo(
-        f"{result['pairs']} pairs ({result['duplicates']} duplicates), threshold {result['threshold']}, "
-        f"guard {'on' if result['guard'] else 'off'}: precision {result['precision']}, recall {result['recall']}, "
+        f"{result['pairs']} pairs ({result['duplicates']} duplicates{left_out}), {setting}, guard "
+        f"{'on' if result['guard'] else 'off'}: precision {result['precision']}, recall {result['recall']}, "
         f"{result['wrong_answers_served']} wrong answers served"
     )
-    other = "sweep_guard_off" if result["guard"] else "sweep_guard_on"
-    click.echo(f"{'threshold':>9} {'precision':>9} {'recall':>7} | {other.removeprefix('sweep_')}: precision recall")
-    for mine, theirs in zip(result["sweep"], result[other], strict=True):
-        click.echo(f"{mine['threshold']:>9.2f} {mine['precision'] or 0:>9.3f} {mine['recall']:>7.3f} | "
-                   f"{theirs['precision'] or 0:>9.3f} {theirs['recall']:>7.3f}")  # fmt: skip
+    if result["verifier"]:
+        click.echo(f"{'min_precision':>13} {'verifier >=':>11} {'precision':>9} {'recall':>7} {'wrong':>6}")
+        for row in result["sweep"]:
+            click.echo(f"{row['min_precision']:>13.2f} {row['decision_threshold']:>11.4f} "
+                       f"{row['precision'] or 0:>9.4f} {row['recall']:>7.4f} {row['wrong']:>6}")  # fmt: skip
+    click.echo(f"similarity alone (guard on): {'threshold':>9} {'precision':>9} {'recall':>7}")
+    for row in result["similarity_only"]:
+        click.echo(f"{'':29} {row['threshold']:>9.2f} {row['precision'] or 0:>9.4f} {row['recall']:>7.4f}")
     if "near_misses" in result:
         near = result["near_misses"]
         click.echo(f"near misses: {near['false_hits']} false hits in {near['pairs']} pairs (goal: 0)")
@@ -318,6 +342,29 @@ def bench_replay(
         f"saved vs all-strong {result['saved_vs_all_strong']}: cache {saved['cache']}, routing {saved['routing']}, "
         f"compression {saved['compression']}"
     )
+
+
+@bench.command("forecast")
+@click.option("--history", "history_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSON lines of requests: ts, user, department, feature, model, cost_micro_usd.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def bench_forecast(obj: _Context, history_file: str, as_json: bool) -> None:
+    """Month-end spend forecasts at days 5, 10 and 20, against the naive run-rate (MAPE)."""
+    from pathlib import Path
+
+    from agent.benchmarks.forecast import daily_rollup, evaluate_forecasts, read_history
+
+    first, series = daily_rollup(read_history(Path(history_file)))
+    result = {"forecast": evaluate_forecasts(first, series)}
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    f = result["forecast"]
+    click.echo(f"{f['subjects']} subjects, {f['subject_months']} subject-months forecast")
+    click.echo(f"{'day':>4} {'MAPE':>7} {'naive':>7}")
+    for day, mape in f["mape"].items():
+        click.echo(f"{day:>4} {mape if mape is not None else '-':>7} {f['naive_mape'][day] or '-':>7}")
 
 
 @bench.command("similarity")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -57,11 +58,17 @@ def test_a_paraphrase_is_a_hit_and_the_stream_says_so(agent: RunningAgent) -> No
     ):
         assert response.headers["X-AIFinOps-Cache"] == "hit"
         similarity = float(response.headers["X-AIFinOps-Cache-Similarity"])
+        verifier = float(response.headers["X-AIFinOps-Cache-Verifier"])
         body = "".join(response.iter_text())
-    assert 0.8 < similarity < 1.0
+    assert 0.8 < similarity < 1.0 and 0.5 < verifier <= 1.0
     assert '"cache":"hit"' in body and body.rstrip().endswith("data: [DONE]")
+    assert f'"cache_verifier_score":{round(verifier, 4)}' in body
     hit = agent.rows()[-1]
     assert (hit.cache_hit, hit.stream, hit.cost_micro_usd) == (True, True, 0)
+    # The ledger row says why it was served: the similarity and the verifier's score beside it.
+    said = re.fullmatch(r"cache hit, similarity (\d\.\d{3}), verifier (\d\.\d{3})", hit.reason)
+    assert said is not None
+    assert float(said[1]) == pytest.approx(similarity, abs=6e-4) and float(said[2]) == pytest.approx(verifier, abs=6e-4)
 
 
 def test_one_users_answers_never_reach_another(agent: RunningAgent) -> None:
