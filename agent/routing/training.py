@@ -2,8 +2,11 @@
 
 Rows are the ``../shared/data/routing_*`` format: ``prompt``, ``weak_correct``,
 ``strong_correct``. The label is "the weak tier is good enough": the weak model was right, or
-the strong one was wrong as well. Rows flagged ``in_routellm_train_contamination_list`` are kept
-out of the held-out set, so the report never scores on them.
+the strong one was wrong as well. Rows flagged ``in_routellm_train_contamination_list`` (near
+copies of RouteLLM's training data) are neither trained on nor scored.
+
+``cross_validate`` gives the figures the method is chosen by: stratified k-fold over all files
+together, several fold seeds, out-of-fold scores pooled per file.
 """
 
 from __future__ import annotations
@@ -40,11 +43,16 @@ class LabelledPrompt:
 
 
 def read_labelled(path: Path) -> list[LabelledPrompt]:
+    """Rows with ``prompt``, ``weak_correct`` and ``strong_correct``; or MT-Bench rows (``prompt``
+    and the judge's ``weak_sufficient_turn1``), where the strong model's answer is the bar: the
+    weak one is "correct" when judged as good, the strong one always is."""
+
     def labelled(row: dict[str, Any]) -> LabelledPrompt:
+        judged = "weak_correct" not in row and "weak_sufficient_turn1" in row
         return LabelledPrompt(
             prompt=str(row["prompt"]),
-            weak_correct=bool(row["weak_correct"]),
-            strong_correct=bool(row["strong_correct"]),
+            weak_correct=bool(row["weak_sufficient_turn1"] if judged else row["weak_correct"]),
+            strong_correct=True if judged else bool(row["strong_correct"]),
             source=path.stem,  # the report groups by file (MMLU, GSM8K, ...)
             contaminated=bool(row.get("in_routellm_train_contamination_list", False)),
         )
@@ -87,9 +95,10 @@ def train_router(
     if len(rows) < 20:
         raise InvalidRequest(f"{len(rows)} labelled prompts are too few to train on")
     test = holdout_mask(rows, holdout, seed)
+    train = ~test & np.array([not r.contaminated for r in rows])
     x = inputs_for([r.prompt for r in rows], embed)
     y = np.array([r.weak_ok for r in rows])
-    model = fit_difficulty(x[~test], y[~test])
+    model = fit_difficulty(x[train], y[train])
     scores = model.weak_ok_probability(x[test])
     held_out = [r for r, t in zip(rows, test, strict=True) if t]
     by_source = {}
@@ -100,7 +109,8 @@ def train_router(
         }
     report = {
         "method": f"{model.k}-nearest-neighbour weak-ok share (gamma {model.gamma:g}) + logistic over features",
-        "train_rows": int((~test).sum()),
+        "train_rows": int(train.sum()),
+        "contaminated_rows_left_out": int(sum(r.contaminated for r in rows)),
         "held_out_rows": int(test.sum()),
         "held_out_auc": round(_auc(scores, y[test]), 4) if len(held_out) else None,
         "by_source": by_source,
@@ -109,6 +119,44 @@ def train_router(
         "holdout": holdout,
     } | (provenance or {})
     return replace(model, report=report)
+
+
+def cross_validate(
+    rows: list[LabelledPrompt], inputs: F32, folds: int = 5, seeds: tuple[int, ...] = (1, 2, 3)
+) -> dict[str, Any]:
+    """Out-of-fold P(weak ok) for every clean row, pooled per file over the fold seeds.
+
+    Folds are stratified by file; contaminated rows are in no training fold and never scored.
+    Per file: the mean strong share at 95% of all-strong accuracy and the mean AUC over seeds.
+    """
+    clean = np.array([not r.contaminated for r in rows])
+    y = np.array([r.weak_ok for r in rows])
+    sources = sorted({r.source for r in rows})
+    per_seed: dict[str, list[dict[str, Any]]] = {s: [] for s in sources}
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        fold = np.full(len(rows), -1)
+        for source in sources:
+            idx = np.flatnonzero(clean & np.array([r.source == source for r in rows]))
+            fold[rng.permutation(idx)] = np.arange(len(idx)) % folds
+        scores = np.zeros(len(rows), dtype=np.float32)
+        for k in range(folds):
+            train, test = clean & (fold != k), fold == k
+            scores[test] = fit_difficulty(inputs[train], y[train]).weak_ok_probability(inputs[test])
+        for source in sources:
+            idx = np.flatnonzero(clean & np.array([r.source == source for r in rows]))
+            curve = routing_curve(scores[idx], [rows[i] for i in idx])
+            per_seed[source].append(curve | {"auc": _auc(scores[idx], y[idx])})
+    return {
+        source: {
+            "rows": runs[0]["rows"],
+            "strong_share_at_95": round(float(np.mean([r["strong_share_at_95"] for r in runs])), 4),
+            "auc": round(float(np.mean([r["auc"] for r in runs])), 4),
+            "all_weak_accuracy": runs[0]["all_weak_accuracy"],
+            "all_strong_accuracy": runs[0]["all_strong_accuracy"],
+        }
+        for source, runs in per_seed.items()
+    } | {"folds": folds, "seeds": list(seeds)}
 
 
 def fit_difficulty(

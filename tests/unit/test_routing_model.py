@@ -13,7 +13,15 @@ from agent.errors import ConfigError, InvalidRequest
 from agent.routing.difficulty import DifficultyModel, fit_logistic
 from agent.routing.features import FEATURE_NAMES, prompt_features
 from agent.routing.knn import dequantize_int8, neighbour_score, quantize_int8
-from agent.routing.training import LabelledPrompt, fit_difficulty, read_labelled, routing_curve, train_router
+from agent.routing.training import (
+    LabelledPrompt,
+    cross_validate,
+    fit_difficulty,
+    inputs_for,
+    read_labelled,
+    routing_curve,
+    train_router,
+)
 
 
 def test_features_see_code_math_steps_and_length() -> None:
@@ -203,8 +211,9 @@ def test_training_reports_on_held_out_rows_only_and_never_on_contaminated_ones()
 
     model = train_router(rows, embed, holdout=0.3, seed=2, provenance={"command": "test"})
     report = model.report
-    assert report["train_rows"] + report["held_out_rows"] == 200
-    assert 0 < report["held_out_rows"] <= 180  # the 20 contaminated rows always train
+    # The 20 contaminated rows are neither trained on nor held out.
+    assert report["contaminated_rows_left_out"] == 20
+    assert report["train_rows"] + report["held_out_rows"] == 180 and report["held_out_rows"] > 0
     assert report["held_out_auc"] > 0.9  # the features alone separate the two kinds
     synthetic = report["by_source"]["synthetic"]
     assert report["command"] == "test" and synthetic["strong_share_at_95"] < 0.8 and synthetic["auc"] > 0.9
@@ -218,3 +227,21 @@ def test_bad_training_data_names_the_line(tmp_path: Path) -> None:
     path.write_text('{"prompt": "x", "weak_correct": true, "strong_correct": true}\n{"prompt": "y"}\n')
     with pytest.raises(InvalidRequest, match=r"bad.jsonl:2"):
         read_labelled(path)
+
+
+def test_cross_validation_scores_every_clean_row_out_of_fold_and_no_contaminated_one() -> None:
+    rows = [LabelledPrompt(f"easy question {i}" if i % 2 else f"Prove theorem {i} step by step in detail", bool(i % 2), True,
+                           "mmlu" if i < 150 else "gsm8k", i % 10 == 0) for i in range(200)]  # fmt: skip
+    rng = np.random.default_rng(4)
+    inputs = inputs_for([r.prompt for r in rows], lambda t: rng.standard_normal((len(t), 8)).astype(np.float32))
+    result = cross_validate(rows, inputs, folds=5, seeds=(1, 2))
+    assert result["folds"] == 5 and result["seeds"] == [1, 2]
+    # Rows per file, contaminated ones (every tenth) left out of the scoring.
+    assert result["mmlu"]["rows"] == 135 and result["gsm8k"]["rows"] == 45
+    assert result["mmlu"]["auc"] > 0.9 and result["mmlu"]["strong_share_at_95"] < 0.8  # features separate them
+    # Labels shuffled against the prompts: out-of-fold scores know nothing, and the AUC says so.
+    shuffled = [
+        replace(r, weak_correct=bool(b))
+        for r, b in zip(rows, rng.permutation([r.weak_correct for r in rows]), strict=True)
+    ]
+    assert cross_validate(shuffled, inputs, folds=5, seeds=(1, 2))["mmlu"]["auc"] < 0.7
