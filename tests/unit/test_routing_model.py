@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -245,3 +246,15 @@ def test_cross_validation_scores_every_clean_row_out_of_fold_and_no_contaminated
         for r, b in zip(rows, rng.permutation([r.weak_correct for r in rows]), strict=True)
     ]
     assert cross_validate(shuffled, inputs, folds=5, seeds=(1, 2))["mmlu"]["auc"] < 0.7
+
+
+def test_mt_bench_rows_are_read_with_the_strong_answer_as_the_bar(tmp_path: Path) -> None:
+    path = tmp_path / "routing_mtbench.jsonl"
+    rows = [
+        {"prompt": "Write a haiku.", "weak_sufficient_turn1": True, "in_routellm_train_contamination_list": False},
+        {"prompt": "Prove it.", "weak_sufficient_turn1": False, "in_routellm_train_contamination_list": True},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first, second = read_labelled(path)
+    assert (first.weak_correct, first.strong_correct, first.weak_ok, first.contaminated) == (True, True, True, False)
+    assert (second.weak_correct, second.strong_correct, second.weak_ok, second.contaminated) == (False, True, False, True)
