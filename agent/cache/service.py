@@ -2,8 +2,8 @@
 
 A lookup embeds the question, takes the nearest stored questions of the caller's partition above
 a similarity floor, drops those the guard tells apart (a number, negation, name or unit differs)
-and lets the verifier (a cross-encoder, ``verifier.py``) score the best two: the best one
-scoring at least the threshold that ``cache.min_precision`` maps to is served.
+and lets the verifier (a cross-encoder, ``verifier.py``) score the most similar of the rest,
+which is served when it scores at least the threshold that ``cache.min_precision`` maps to.
 
 Entries live in the ledger database (durable), vectors in a VectorIndex (memory), and a little
 metadata per entry here (scope, fingerprint, expiry, recency, the stored question and its
@@ -37,7 +37,7 @@ from agent.settings import CacheSection
 log = logging.getLogger(__name__)
 
 _CANDIDATES = 5
-_VERIFIED = 2  # candidates the verifier reads per lookup, at most (about 2 ms each)
+_VERIFIED = 1  # candidates the verifier reads per lookup (about 2 ms each): the most similar one
 FLOOR_WITHOUT_VERIFIER = 0.88  # the similarity alone decides (with the guard) when there is no verifier
 _PURGE_EVERY_S = 60.0
 
