@@ -3,13 +3,16 @@
 A small, documented model over a subject's daily spend (integer micro-USD, one value per local
 day, oldest first, today last and partial):
 
-1. **Weekday seasonality.** Each weekday's factor is its mean spend over the full weeks of
-   history divided by the mean of all days, shrunk towards 1 by ``weeks / (weeks + 2)`` (with
-   two weeks of history a Monday spike counts for half). No full week: every factor is 1.
-2. **Level and trend.** The deseasonalised days (spend / factor) are fitted with a weighted
-   straight line, weights halving every ``HALF_LIFE_DAYS`` days back, over at most the last 28
-   days. The trend is damped (each further day adds ``DAMPING`` times the previous day's
-   growth) so that a few rising days do not extrapolate to the moon.
+1. **Weekday seasonality.** Each weekday's factor is its median spend over the full weeks of
+   history (8 at most), the seven scaled to average 1, then shrunk towards 1 by
+   ``weeks / (weeks + 0.5)``. Medians: one runaway Tuesday does not make every Tuesday dear.
+   No full week: every factor is 1.
+2. **Level and trend.** The deseasonalised days (spend / factor) of the last 56 at most, each
+   capped at the median plus 3 robust standard deviations (a loop's day is not the new normal),
+   are fitted with a weighted straight line, weights halving every ``HALF_LIFE_DAYS`` days
+   back. The slope is kept only when it is twice its own standard error, and damped (each
+   further day adds ``DAMPING`` times the previous day's growth) so that a few rising days do
+   not extrapolate to the moon.
 3. **Projection.** Each remaining day of the period is its level times its weekday's factor;
    today's remaining part is today's projection times the share of today still to come.
 4. **Interval.** The fit's residuals give a day's spread; the spread of the remaining total is
@@ -28,9 +31,9 @@ from datetime import date, datetime, timedelta
 
 import numpy as np
 
-HALF_LIFE_DAYS = 7.0
+HALF_LIFE_DAYS = 28.0
 DAMPING = 0.9
-WINDOW_DAYS = 28
+WINDOW_DAYS = 56
 MIN_DAYS = 3  # full days of history before a forecast is made
 Z80 = 1.2816
 
@@ -106,10 +109,12 @@ def weekday_factors(history: np.ndarray, weekdays: np.ndarray) -> np.ndarray:
     if weeks == 0 or history.mean() <= 0:
         return factors
     recent, recent_days = history[-weeks * 7 :], weekdays[-weeks * 7 :]
-    mean = recent.mean()
     for d in range(7):
-        factors[d] = recent[recent_days == d].mean() / mean
-    shrink = weeks / (weeks + 2)
+        factors[d] = np.median(recent[recent_days == d])
+    if factors.mean() <= 0:
+        return np.ones(7)
+    factors /= factors.mean()
+    shrink = weeks / (weeks + 0.5)
     shrunk: np.ndarray = np.maximum(1 + shrink * (factors - 1), 0.05)
     return shrunk
 
@@ -117,6 +122,8 @@ def weekday_factors(history: np.ndarray, weekdays: np.ndarray) -> np.ndarray:
 def _fit(history: np.ndarray, weekdays: np.ndarray, factors: np.ndarray) -> tuple[float, float, float, float]:
     """Level at the last full day, slope per day, the day's residual sigma, the slope's sigma."""
     y = history[-WINDOW_DAYS:] / factors[weekdays[-WINDOW_DAYS:]]
+    median = float(np.median(y))
+    y = np.minimum(y, median + 3 * 1.4826 * float(np.median(np.abs(y - median))))
     x = np.arange(len(y), dtype=np.float64) - (len(y) - 1)  # 0 at the last full day
     w = 0.5 ** (-x / HALF_LIFE_DAYS)
     xm, ym = np.average(x, weights=w), np.average(y, weights=w)
@@ -127,6 +134,8 @@ def _fit(history: np.ndarray, weekdays: np.ndarray, factors: np.ndarray) -> tupl
     dof = max(len(y) - 2, 1)
     sigma = math.sqrt(float(np.sum(w * residuals**2) / np.sum(w)) * len(y) / dof)
     slope_sigma = sigma / math.sqrt(sxx / np.sum(w) * len(y)) if sxx > 0 else 0.0
+    if abs(slope) < 2 * slope_sigma:  # no trend told apart from the noise: the level alone
+        level, slope = float(np.average(y, weights=w)), 0.0
     return level, slope, sigma, slope_sigma
 
 
