@@ -36,12 +36,11 @@ def test_month_end_forecasts_are_scored_against_the_naive_run_rate(tmp_path: Pat
 
 
 def test_a_history_that_cannot_be_read_is_one_clear_error(tmp_path: Path) -> None:
+    row = {"ts": "2026-01-01T10:00:00", "user": "a", "department": "d"}
     cases = {
         "empty.jsonl": "",
-        "negative.jsonl": json.dumps({"ts": "2026-01-01T10:00:00", "user": "a", "department": "d",
-                                      "cost_micro_usd": -5}) + "\n",  # fmt: skip
-        "float.jsonl": json.dumps({"ts": "2026-01-01T10:00:00", "user": "a", "department": "d",
-                                   "cost_micro_usd": 0.5}) + "\n",  # fmt: skip
+        "negative.jsonl": json.dumps(row | {"cost_micro_usd": -5}) + "\n",
+        "float.jsonl": json.dumps(row | {"cost_micro_usd": 0.5}) + "\n",
     }
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
