@@ -24,6 +24,7 @@ from agent.api.embeddings import embedding_call, embedding_response
 from agent.api.errors import error_json
 from agent.api.responses import response_call, response_object, response_stream
 from agent.budgets.fleet import FleetState
+from agent.budgets.forecast import Forecast
 from agent.cache.keys import scope_of, visible_scopes
 from agent.chat import ChatCall
 from agent.errors import InvalidRequest, PermissionDenied, RequestTooLarge
@@ -255,7 +256,9 @@ class _Handlers:
         everyone = request.query_params.get("all") == "true"
         if everyone and not caller.is_admin:
             raise PermissionDenied("only admins can see every budget")
-        version, entries = self._budget_entries(caller, everyone, request.query_params.get("feature", ""))
+        feature = request.query_params.get("feature", "")
+        # Forecasts read the ledger: in a worker thread, never in the event loop.
+        version, entries = await asyncio.to_thread(self._budget_entries, caller, everyone, feature, True)
         scope = "all" if everyone else "own"
         return _json(schemas.BudgetReport(policy_version=version, scope=scope, budgets=entries))
 
@@ -322,7 +325,7 @@ class _Handlers:
         )
 
     def _budget_entries(
-        self, caller: Caller, everyone: bool, feature: str
+        self, caller: Caller, everyone: bool, feature: str, forecasts: bool = False
     ) -> tuple[int | None, list[schemas.BudgetEntry]]:
         enforcer = self.s.enforcer
         policy = enforcer.policy
@@ -347,6 +350,7 @@ class _Handlers:
                 remaining_micro_usd=b.remaining_micro_usd,
                 resets_at=b.resets_at,
                 fleet=_fleet_out(b.fleet),
+                **(_forecast_out(enforcer.forecast(b)) if forecasts else {}),
             )
             for b in statuses
         ]
@@ -453,6 +457,18 @@ class _Handlers:
 
 def _json(model: Any, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+
+
+def _forecast_out(f: Forecast) -> dict[str, Any]:
+    if f.forecast_micro_usd is None or f.low_micro_usd is None or f.high_micro_usd is None:
+        return {"forecast_note": f.problem}
+    return {
+        "forecast_usd": format_usd(f.forecast_micro_usd),
+        "forecast_low_usd": format_usd(f.low_micro_usd),
+        "forecast_high_usd": format_usd(f.high_micro_usd),
+        "forecast_micro_usd": f.forecast_micro_usd,
+        "breach_at": f.breach_at.astimezone(UTC).isoformat(timespec="seconds") if f.breach_at else None,
+    }
 
 
 def _entry(r: RequestRecord) -> schemas.RequestEntry:

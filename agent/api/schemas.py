@@ -422,6 +422,14 @@ class BudgetEntry(BaseModel):
     remaining_micro_usd: int
     resets_at: str
     fleet: FleetBudgetOut | None = None  # set for budgets enforced across the fleet
+    # Where the period will end (agent/budgets/forecast.py): None, with forecast_note saying why,
+    # while the subject has too little history.
+    forecast_usd: str | None = None
+    forecast_low_usd: str | None = None  # the 80% interval
+    forecast_high_usd: str | None = None
+    forecast_micro_usd: int | None = None
+    breach_at: str | None = None  # when the projection reaches the amount (ISO, UTC); None: it does not
+    forecast_note: str = ""
 
 
 class BudgetReport(BaseModel):

@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.budgets.fleet import FleetBudgets, FleetState
+from agent.budgets.forecast import HISTORY_DAYS, Forecast, daily_from_hours, forecast_period
 from agent.budgets.periods import period_bounds, period_key
 from agent.budgets.ratelimit import RateLimit, RateLimiter
 from agent.errors import BudgetExceeded, PermissionDenied, RateLimited
@@ -509,6 +510,44 @@ class BudgetEnforcer:
         return [self._status(c) for c in sorted(charges.values(), key=lambda c: (c.rule.name, c.subject))]
 
     # -- internals -------------------------------------------------------------------------
+
+    def forecast(self, status: BudgetStatus) -> Forecast:
+        """Where ``status``'s period will end, from the subject's daily spend in the ledger.
+
+        Reads the ledger (hourly sums, 57 days at most): call it off the event loop. Never raises:
+        a history that cannot be forecast gives a Forecast that says why.
+        """
+        policy = self._policy()
+        if policy is None:
+            return Forecast.none("no policy")
+        zone = policy.zone
+        now = self._now()
+        _, end = period_bounds(status.period, now, policy.timezone)  # type: ignore[arg-type]
+        today = now.astimezone(zone).date()
+        first = today - timedelta(days=HISTORY_DAYS)
+        column = _SCOPE_COLUMN.get(status.scope)
+        where, params = "ts >= ?", [_iso(datetime.combine(first, datetime.min.time(), zone))]
+        if column is not None:
+            where += f" AND {column} = ?"
+            params.append(status.subject)
+        try:
+            rows = self._db.query(
+                f"SELECT substr(ts, 1, 13) AS hour, sum(cost_micro_usd) AS spent FROM requests "  # noqa: S608 - fixed columns
+                f"WHERE {where} AND cost_micro_usd IS NOT NULL GROUP BY hour",
+                tuple(params),
+            )
+            daily = daily_from_hours(((str(r["hour"]), int(r["spent"])) for r in rows), zone, first, today)
+        except (ValueError, TypeError) as e:  # a damaged timestamp: no forecast, and why
+            return Forecast.none(f"the ledger's history cannot be read: {e}")
+        midnight = datetime.combine(today, datetime.min.time(), zone)
+        elapsed = (now - midnight) / (datetime.combine(today + timedelta(days=1), datetime.min.time(), zone) - midnight)
+        last_day = (end - timedelta(microseconds=1)).astimezone(zone).date()
+        # Days before the subject's first spend are not zero spend, just no history.
+        while len(daily) > 1 and daily[0] == 0:
+            daily.pop(0)
+        return forecast_period(
+            daily, today, min(max(elapsed, 0.0), 1.0), last_day, status.amount_micro_usd, status.spent_micro_usd, now
+        )
 
     def _status(self, charge: Charge) -> BudgetStatus:
         with self._lock:

@@ -26,11 +26,14 @@ results are rounded to whole micro-USD, as a forecast is an estimate, not a char
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
+HISTORY_DAYS = 57  # days of ledger read for a forecast: the window and the day it ends on
 HALF_LIFE_DAYS = 28.0
 DAMPING = 0.9
 WINDOW_DAYS = 56
@@ -162,3 +165,18 @@ def naive_run_rate(spent_micro_usd: int, elapsed_days: float, period_days: float
     if elapsed_days <= 0:
         return None
     return round(spent_micro_usd / elapsed_days * period_days)
+
+
+def daily_from_hours(hours: Iterable[tuple[str, int]], zone: ZoneInfo, first: date, last: date) -> list[int]:
+    """Spend per local day from ``first`` to ``last`` (inclusive), from UTC hourly sums.
+
+    ``hours`` are ("YYYY-MM-DDTHH", micro-USD) as the ledger's timestamps start. An hour counts
+    for the local day of its middle (zones half an hour off UTC split no hour more finely).
+    """
+    days = [0] * ((last - first).days + 1)
+    for hour, spent in hours:
+        middle = datetime.fromisoformat(hour + ":30").replace(tzinfo=UTC).astimezone(zone).date()
+        i = (middle - first).days
+        if 0 <= i < len(days):
+            days[i] += spent
+    return days

@@ -71,10 +71,14 @@ def budgets(obj: _Context, everything: bool, as_json: bool, token: str | None) -
         click.echo("No policy received yet: no budgets are enforced (see aifinops doctor).")
         return
     table = Table("budget", "for", "period", "spent USD", "in flight", "of USD", "left USD", "resets (UTC)", "over",
+                  "forecast USD (80%)", "breaks (UTC)",
                   title=f"budgets, policy version {report.policy_version}")  # fmt: skip
     for b in report.budgets:
+        forecast = (f"{b.forecast_usd} ({b.forecast_low_usd}-{b.forecast_high_usd})" if b.forecast_usd
+                    else f"- ({b.forecast_note})" if b.forecast_note else "-")  # fmt: skip
+        breaks = b.breach_at[:16].replace("T", " ") if b.breach_at else "-"
         table.add_row(b.name, f"{b.scope} {b.subject}", b.period, b.spent_usd, b.reserved_usd, b.amount_usd,
-                      b.remaining_usd, b.resets_at[:16].replace("T", " "), b.action)  # fmt: skip
+                      b.remaining_usd, b.resets_at[:16].replace("T", " "), b.action, forecast, breaks)  # fmt: skip
     table_console().print(table)
 
 

@@ -12,7 +12,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -434,3 +436,35 @@ def test_aifinops_budgets_shows_the_callers_budgets(governed: Callable[..., Gove
         [sys.executable, "-m", "agent", "budgets"], env=env, capture_output=True, text=True, timeout=60
     )
     assert "user-daily" in table.stdout and "policy version 1" in table.stdout
+
+
+def test_a_budget_shows_its_forecast_and_breach_time_once_there_is_history(
+    governed: Callable[..., Governed],
+) -> None:
+    monthly = policy_text(1, "100").replace(b'period = "day"', b'period = "month"').replace(
+        b'amount_usd = "100"', b'amount_usd = "5"'
+    )
+    g = governed(monthly)
+    with g.agent.http() as http:
+        report = http.get("/api/v1/budgets").json()
+        [fresh] = report["budgets"]
+        assert fresh["forecast_usd"] is None and "history" in fresh["forecast_note"]
+        assert g.ask(http).status_code == 200
+    me = g.agent.rows()[-1]
+    # Three weeks of history before today: 50 cents a day, at noon UTC.
+    today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    for day in range(1, 22):
+        when = (today - timedelta(days=day)).isoformat(timespec="microseconds")
+        g.agent.thread.services.requests.record(replace(me, id=f"history-{day}", ts=when, cost_micro_usd=500_000))
+    with g.agent.http() as http:
+        [budget] = http.get("/api/v1/budgets").json()["budgets"]
+    assert budget["forecast_note"] == ""
+    low, mid, high = (Decimal(budget[k]) for k in ("forecast_low_usd", "forecast_usd", "forecast_high_usd"))
+    assert Decimal(budget["spent_usd"]) <= low <= mid <= high
+    # Half a dollar a day, most of a month to go: the $5 budget breaks before the period resets.
+    breach = datetime.fromisoformat(budget["breach_at"])
+    assert datetime.now(UTC) - timedelta(minutes=1) <= breach <= datetime.fromisoformat(budget["resets_at"])
+    env = {**os.environ, "AIFINOPS_PORT": str(g.agent.thread.port), "COLUMNS": "240"}
+    table = subprocess.run([sys.executable, "-m", "agent", "budgets"], env=env, capture_output=True, text=True, timeout=60)
+    # The table's forecast is made a moment later (a little more of today has passed): same dollars.
+    assert budget["breach_at"][:10] in table.stdout and f"{budget['forecast_usd'][:4]}" in table.stdout
