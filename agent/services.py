@@ -62,6 +62,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _FIRST_PUBLISH_DELAY_S = 5.0
+_FORECAST_EVERY_S = 600.0  # how often budget forecasts are checked for a coming breach
+_FIRST_FORECAST_DELAY_S = 60.0
 
 
 @dataclass
@@ -179,6 +181,12 @@ class Services:
         if self.settings.agent.provision_os_user:
             self.identity.provision_os_user(self.settings.paths.token_file)
 
+    def _check_forecasts(self) -> None:
+        try:
+            self.enforcer.check_forecasts()
+        except Exception:  # a scheduler thread: the agent stays up, the next run tries again
+            log.exception("checking the budget forecasts failed")
+
     async def start(self) -> None:
         # The last good policy is in force at once; the share is read now and then every interval.
         self.policy.load_last_good()
@@ -203,6 +211,10 @@ class Services:
         if self.enforcer.fleet is not None:
             every = self.settings.fleet.budget_refresh_s
             self.scheduler.add_job(self.enforcer.refresh_fleet, "interval", seconds=every, id="fleet-budgets")
+        # Budget forecasts read the ledger: every few minutes, never on the request path.
+        first = datetime.now(UTC) + timedelta(seconds=_FIRST_FORECAST_DELAY_S)
+        self.scheduler.add_job(self._check_forecasts, "interval", seconds=_FORECAST_EVERY_S, id="budget-forecasts",
+                               next_run_time=first)  # fmt: skip
         self.scheduler.start()
         if self.cache is not None:
             self.cache.load()

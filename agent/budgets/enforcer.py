@@ -549,6 +549,59 @@ class BudgetEnforcer:
             daily, today, min(max(elapsed, 0.0), 1.0), last_day, status.amount_micro_usd, status.spent_micro_usd, now
         )
 
+    def check_forecasts(self) -> int:
+        """Raise ``budget_forecast`` for each budget whose forecast, even at the low end of its 80%
+        interval, passes the amount before the period ends: once per budget, subject and period.
+
+        Run now and then by the scheduler (it reads the ledger), never on the request path.
+        Returns how many events were new.
+        """
+        raised = 0
+        for status in self.all_statuses():
+            if status.spent_micro_usd >= status.amount_micro_usd:
+                continue  # already past it: budget_exhausted / budget_overrun say so
+            f = self.forecast(status)
+            if f.low_micro_usd is None or f.low_micro_usd < status.amount_micro_usd or f.breach_at is None:
+                continue
+            raised += self._forecast_alert(status, f)
+        return raised
+
+    def _forecast_alert(self, status: BudgetStatus, f: Forecast) -> int:
+        forecast, low, high, breach = f.forecast_micro_usd, f.low_micro_usd, f.high_micro_usd, f.breach_at
+        assert forecast is not None and low is not None and high is not None and breach is not None  # noqa: S101
+        body: dict[str, Any] = {
+            "budget": status.name,
+            "scope": status.scope,
+            "subject": status.subject,
+            "spent_usd": format_usd(status.spent_micro_usd),
+            "amount_usd": format_usd(status.amount_micro_usd),
+            "forecast_usd": format_usd(forecast),
+            "forecast_low_usd": format_usd(low),
+            "forecast_high_usd": format_usd(high),
+            "breach_at": _iso(breach),
+            "period": status.period,
+            "period_key": status.period_key,
+            "resets_at": status.resets_at,
+            "action": status.action,
+        }
+        user_id = None
+        if status.scope == "user":
+            found = self._db.query("SELECT id FROM users WHERE name = ?", (status.subject,))
+            user_id = int(found[0]["id"]) if found else None
+        department = status.subject if status.scope == "department" else None
+        key = f"budget_forecast:{status.name}:{status.scope}:{status.subject}:{status.period_key}"
+        event_id = self._events.add("budget_forecast", body, user_id=user_id, department=department, dedupe_key=key)
+        if event_id is None:
+            return 0
+        log.warning("budget_forecast: budget %s (%s %s) is projected to pass %s USD at %s (forecast %s, 80%% %s-%s)",
+                    status.name, status.scope, status.subject, body["amount_usd"], body["breach_at"],
+                    body["forecast_usd"], body["forecast_low_usd"], body["forecast_high_usd"])  # fmt: skip
+        policy = self._policy()
+        if policy is not None and policy.webhook_url:
+            url = policy.webhook_url
+            threading.Thread(target=_post_webhook, args=(url, {"id": event_id, **body}), daemon=True).start()
+        return 1
+
     def _status(self, charge: Charge) -> BudgetStatus:
         with self._lock:
             totals = self._totals_for(charge)

@@ -468,3 +468,12 @@ def test_a_budget_shows_its_forecast_and_breach_time_once_there_is_history(
     table = subprocess.run([sys.executable, "-m", "agent", "budgets"], env=env, capture_output=True, text=True, timeout=60)
     # The table's forecast is made a moment later (a little more of today has passed): same dollars.
     assert budget["breach_at"][:10] in table.stdout and f"{budget['forecast_usd'][:4]}" in table.stdout
+    # The scheduler's check raises budget_forecast once for this budget, user and month.
+    enforcer = g.agent.thread.services.enforcer
+    assert (enforcer.check_forecasts(), enforcer.check_forecasts()) == (1, 0)
+    with g.agent.http() as http:
+        events = [e for e in http.get("/api/v1/events").json()["events"] if e["kind"] == "budget_forecast"]
+    [event] = events
+    assert (event["body"]["budget"], event["body"]["subject"], event["user_id"]) == ("user-daily", me.user_name, me.user_id)
+    assert Decimal(event["body"]["forecast_low_usd"]) >= Decimal(event["body"]["amount_usd"]) == Decimal("5")
+    assert event["body"]["breach_at"][:10] == budget["breach_at"][:10]
