@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 from agent.api.schemas import AIFinOpsInfo
 from gui.client import AgentClient, Reply
 from gui.errors import AgentError, plain_words
+from gui.figures import usd
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,9 @@ FEATURE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 
 
 def cost_line(info: AIFinOpsInfo) -> str:
-    """'local · smollm2 · small talk -> local · $0.000012' (the tier, model, why, and the cost)."""
+    """'local · smollm2 · small talk -> local · < $0.01' (the tier, model, why, and the cost)."""
     who = " · ".join(part for part in (info.tier or info.route, info.model) if part)
-    cost = "price unknown" if info.cost_usd == "unknown" else f"${info.cost_usd}"
+    cost = "price unknown" if info.cost_micro_usd is None else usd(info.cost_micro_usd)
     return " · ".join(part for part in (who, info.reason, cost) if part)
 
 

@@ -37,10 +37,15 @@ def budget_caption(budget: BudgetEntry) -> str:
         pass
     fleet = budget.fleet
     where = f", fleet of {fleet.hosts} host(s)" if fleet is not None and fleet.hosts else ""
-    return (
+    caption = (
         f"{budget.name} ({budget.period}{where}): {usd(counted_spend(budget))} of {usd(budget.amount_micro_usd)}, "
         f"{usd(budget.remaining_micro_usd)} left, resets {reset}"
     )
+    if budget.forecast_micro_usd is not None:
+        caption += f"; forecast {usd(budget.forecast_micro_usd)}"
+        if budget.breach_at:
+            caption += f", runs out about {budget.breach_at[:16].replace('T', ' ')} UTC"
+    return caption
 
 
 def fleet_caption(budget: BudgetEntry) -> str:

@@ -7,7 +7,7 @@ immutable values the widgets show. Money stays integer micro-USD until it is for
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from agent.api.schemas import BudgetEntry, BudgetReport, SpendReport
@@ -51,10 +51,30 @@ class Figures:
 
 
 def usd(micro_usd: int) -> str:
-    """1234567 -> '$1.234567'; exact, no float."""
+    """Money as people read it: 1234567 -> '$1.23', 420106 -> '$0.42', 12 -> '< $0.01', 0 -> '$0.00'.
+
+    Cents, rounded half up, in integers (no float); an amount under a cent says so rather than
+    showing $0.00. The exact figure is in the ledger and the API.
+    """
     sign = "-" if micro_usd < 0 else ""
-    whole, frac = divmod(abs(micro_usd), MICRO)
-    return f"{sign}${whole:,}.{frac:06d}"
+    amount = abs(micro_usd)
+    if 0 < amount < MICRO // 100:
+        return f"{sign}< $0.01"
+    cents = (amount + MICRO // 200) // (MICRO // 100)
+    whole, frac = divmod(cents, 100)
+    return f"{sign}${whole:,}.{frac:02d}"
+
+
+def usd_text(amount: Any) -> str:
+    """An API's decimal USD string ("0.420106") as ``usd`` shows it ("$0.42"); "?" when absent or
+    not a number (an event's body is someone else's JSON)."""
+    try:
+        micro = Decimal(str(amount)) * MICRO
+    except (InvalidOperation, ValueError):
+        return "?"
+    if not micro.is_finite():
+        return "?"
+    return usd(int(micro.to_integral_value(rounding=ROUND_HALF_UP)))
 
 
 def _slices(rows: Any) -> tuple[Slice, ...]:

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 from agent.api.schemas import BudgetEntry, BudgetReport, EventOut
 from gui.client import AgentClient, Reply
 from gui.errors import AgentError
-from gui.figures import counted_spend
+from gui.figures import counted_spend, usd_text
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,16 @@ def notification_text(event: EventOut) -> tuple[str, str] | None:
     if event.kind == "budget_alert":
         return (
             f"Budget '{body.get('budget', '')}' at {body.get('threshold_percent', '?')} %",
-            f"${body.get('spent_usd', '?')} of ${body.get('amount_usd', '?')} spent; "
+            f"{usd_text(body.get('spent_usd'))} of {usd_text(body.get('amount_usd'))} spent; "
             f"resets {body.get('resets_at', '')}.",
+        )
+    if event.kind == "budget_forecast":
+        breach = str(body.get("breach_at", ""))[:16].replace("T", " ")
+        return (
+            f"Budget '{body.get('budget', '')}' is on course to run out",
+            f"Forecast {usd_text(body.get('forecast_usd'))} (80%: {usd_text(body.get('forecast_low_usd'))} to "
+            f"{usd_text(body.get('forecast_high_usd'))}) of {usd_text(body.get('amount_usd'))}; "
+            f"it would run out about {breach} UTC.",
         )
     if event.kind == "budget_exhausted":
         return (

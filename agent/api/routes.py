@@ -302,7 +302,7 @@ class _Handlers:
         idle_keys = ("idle", "other")
         busy = sum(g.cost_micro_usd for g in gpu_rows if not g.key.startswith(idle_keys))
         idle = sum(g.cost_micro_usd for g in gpu_rows if g.key.startswith(idle_keys))
-        version, budgets = self._budget_entries(caller, everyone, "")
+        version, budgets = self._budget_entries(caller, everyone, "", forecasts=True)
         total = sum(d.cost_micro_usd for d in daily)
         return schemas.Dashboard(
             since=since.isoformat(),

@@ -8,6 +8,7 @@ from agent.api.schemas import AIFinOpsInfo
 from gui.chat import ChatWindow
 from gui.client import AgentClient
 from gui.errors import AgentError, plain_words
+from gui.figures import usd
 from tests.conftest import RunningAgent
 
 TIMEOUT_MS = 60_000
@@ -39,7 +40,7 @@ def test_streamed_answer_with_its_cost_line(qtbot: QtBot, agent: RunningAgent) -
     assert row["feature"] == "gui-test"
     assert row["cost_usd"] == info.cost_usd
     meta = chat.bubbles[-1].meta.text()
-    assert f"${row['cost_usd']}" in meta
+    assert usd(row["cost_micro_usd"]) in meta  # cents, or "< $0.01"
     assert row["model"] in meta
     assert chat.send_button.isEnabled()
 

@@ -10,13 +10,14 @@ from pathlib import Path
 from PySide6.QtWidgets import QLabel, QProgressBar
 from pytestqt.qtbot import QtBot
 
+from agent.api.schemas import BudgetEntry
 from agent.benchmarks.upstream import ScriptedUpstream
 from agent.fleet.leases import LeaseBook, LeaseKey
 from agent.policy.model import parse_policy
 from agent.policy.publish import Signed, publish
 from agent.policy.signing import generate_keypair, sign
 from gui.client import AgentClient
-from gui.dashboard import DashboardWindow
+from gui.dashboard import DashboardWindow, budget_caption
 from gui.figures import Figures, usd
 from tests.conftest import RunningAgent
 from tests.support.policies import department_budget
@@ -59,9 +60,12 @@ def test_dashboard_figures_equal_the_ledger(qtbot: QtBot, agent: RunningAgent) -
 
 
 def test_usd_is_exact() -> None:
-    assert usd(0) == "$0.000000"
-    assert usd(12) == "$0.000012"
-    assert usd(1_234_567_891) == "$1,234.567891"
+    assert usd(0) == "$0.00"
+    assert usd(12) == "< $0.01"  # under a cent, said so rather than $0.00
+    assert usd(9_999) == "< $0.01" and usd(10_000) == "$0.01"
+    assert usd(420_106) == "$0.42" and usd(425_000) == "$0.43"  # cents, half up
+    assert usd(1_234_567_891) == "$1,234.57"
+    assert usd(-5_000_000) == "-$5.00"
 
 
 def test_a_fleet_wide_budget_shows_the_fleets_spend_and_this_boxs_part(
@@ -108,7 +112,21 @@ def test_a_fleet_wide_budget_shows_the_fleets_spend_and_this_boxs_part(
     bar = dashboard.budget_layout.itemAt(0).widget()
     assert isinstance(bar, QProgressBar)
     assert bar.value() == (4_000 + own) * 100 // 10_000
-    assert bar.format().startswith(f"eng-monthly (month, fleet of 2 host(s)): {usd(4_000 + own)} of $0.010000")
+    assert bar.format().startswith(f"eng-monthly (month, fleet of 2 host(s)): {usd(4_000 + own)} of $0.01")
     label = dashboard.budget_layout.itemAt(1).widget()
     assert isinstance(label, QLabel)
     assert label.text() == f"This box: {usd(own)} spent of the {usd(budget.fleet.allotted_micro_usd)} it may spend"
+
+
+def test_a_budget_caption_shows_the_forecast_and_when_it_runs_out() -> None:
+    entry = BudgetEntry(
+        name="team", scope="user", subject="ann", period="month", action="block",
+        amount_usd="5.000000", spent_usd="0.420106", reserved_usd="0.000000", remaining_usd="4.579894",
+        amount_micro_usd=5_000_000, spent_micro_usd=420_106, reserved_micro_usd=0, remaining_micro_usd=4_579_894,
+        resets_at="2026-12-31T23:00:00+00:00",
+    )  # fmt: skip
+    assert "forecast" not in budget_caption(entry)  # too little history: nothing promised
+    entry = entry.model_copy(update={"forecast_micro_usd": 12_293_382, "breach_at": "2026-12-17T08:55:00+00:00"})
+    caption = budget_caption(entry)
+    assert caption.startswith("team (month): $0.42 of $5.00, $4.58 left, resets 2026-12-31 23:00")
+    assert caption.endswith("; forecast $12.29, runs out about 2026-12-17 08:55 UTC")

@@ -71,7 +71,15 @@ def test_budget_events_become_notifications() -> None:
     event = EventOut(id=1, ts="t", kind="budget_alert", user_id=1, department="eng", body=body)
     title, message = notification_text(event) or ("", "")
     assert title == "Budget 'team' at 80 %"
-    assert "$8 of $10" in message
+    assert "$8.00 of $10.00" in message
+    body = {"budget": "team", "amount_usd": "5.000000", "forecast_usd": "12.293382", "forecast_low_usd": "11.9",
+            "forecast_high_usd": "0.004", "breach_at": "2026-12-17T08:55:00+00:00"}  # fmt: skip
+    forecast = EventOut(id=3, ts="t", kind="budget_forecast", user_id=1, department="eng", body=body)
+    title, message = notification_text(forecast) or ("", "")
+    assert title == "Budget 'team' is on course to run out"
+    assert message == "Forecast $12.29 (80%: $11.90 to < $0.01) of $5.00; it would run out about 2026-12-17 08:55 UTC."
+    odd = EventOut(id=4, ts="t", kind="budget_alert", user_id=1, department="eng", body={"spent_usd": "NaN"})
+    assert "? of ? spent" in (notification_text(odd) or ("", ""))[1]  # someone else's JSON: never a crash
     unloaded = EventOut(id=2, ts="t", kind="model_unloaded", user_id=None, department=None, body={})
     assert notification_text(unloaded) is None
 
