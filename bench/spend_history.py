@@ -30,7 +30,7 @@ MODELS = ("gpt-4o-mini", "gpt-4o", "local")
 HOUR_PROFILE = np.array([0.1, 0.05, 0.05, 0.05, 0.05, 0.1, 0.3, 0.8, 1.5, 2.0, 2.0, 1.8,
                          1.2, 1.8, 2.0, 1.9, 1.6, 1.0, 0.6, 0.4, 0.3, 0.25, 0.2, 0.15])  # fmt: skip
 WEEKDAY_PROFILE = np.array([1.1, 1.15, 1.1, 1.05, 0.9, 0.2, 0.15])
-MEAN_REQUEST_MICRO_USD = 10_000
+MEAN_REQUEST_MICRO_USD = 2_000  # a small cloud model's call
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,9 @@ class User:
     features: tuple[str, ...]
 
 
-def generate(seed: int, users: int, days: int, start: datetime) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+def generate(
+    seed: int, users: int, days: int, start: datetime, mean_request_micro_usd: int = MEAN_REQUEST_MICRO_USD
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     """(request rows sorted by time, incident labels) for ``days`` days from ``start`` (UTC midnight)."""
     rng = np.random.default_rng(seed)
     people = [
@@ -70,19 +72,21 @@ def generate(seed: int, users: int, days: int, start: datetime) -> tuple[list[di
             if day in busy_days:
                 spend *= rng.uniform(1.5, 3.0)
             for hour in range(24):
-                _requests(rng, rows, user, when + timedelta(hours=hour), 3600, spend * hour_share[hour])
+                _requests(rng, rows, user, when + timedelta(hours=hour), 3600, spend * hour_share[hour],
+                          mean_request_micro_usd)  # fmt: skip
         for _ in range(max(1, days // 90)):  # about one loop per user a quarter
-            labels.append(_runaway(rng, rows, user, start, days, hour_share))
+            labels.append(_runaway(rng, rows, user, start, days, hour_share, mean_request_micro_usd))
     rows.sort(key=lambda r: str(r["ts"]))
     labels.sort(key=lambda r: str(r["start"]))
     return rows, labels
 
 
 def _requests(
-    rng: np.random.Generator, rows: list[dict[str, object]], user: User, at: datetime, seconds: int, micro_usd: float
-) -> None:
+    rng: np.random.Generator, rows: list[dict[str, object]], user: User, at: datetime, seconds: int, micro_usd: float,
+    mean_request_micro_usd: int,
+) -> None:  # fmt: skip
     """Requests worth about ``micro_usd`` spread over ``seconds`` from ``at``."""
-    count = int(rng.poisson(max(micro_usd, 0) / MEAN_REQUEST_MICRO_USD))
+    count = int(rng.poisson(max(micro_usd, 0) / mean_request_micro_usd))
     if count == 0:
         return
     costs = rng.gamma(2.0, micro_usd / count / 2.0, size=count)
@@ -100,7 +104,7 @@ def _requests(
 
 def _runaway(
     rng: np.random.Generator, rows: list[dict[str, object]], user: User, start: datetime, days: int,
-    hour_share: np.ndarray,
+    hour_share: np.ndarray, mean_request_micro_usd: int,
 ) -> dict[str, object]:  # fmt: skip
     """A loop at 3x-50x the user's usual rate for that hour, 10-180 minutes, at a random time."""
     factor = float(np.exp(rng.uniform(math.log(3), math.log(50))))
@@ -110,7 +114,7 @@ def _runaway(
     usual_per_second = user.daily_micro_usd * WEEKDAY_PROFILE[at.weekday()] * hour_share[at.hour] / 3600
     extra = usual_per_second * (factor - 1) * minutes * 60
     loop = User(user.name, user.department, user.daily_micro_usd, 0, (user.features[0],))
-    _requests(rng, rows, loop, at, minutes * 60, extra)
+    _requests(rng, rows, loop, at, minutes * 60, extra, mean_request_micro_usd)
     end = at + timedelta(minutes=minutes)
     return {"subject": f"user:{user.name}", "start": at.isoformat(), "end": end.isoformat(), "kind": "runaway",
             "factor": round(factor, 2), "feature": user.features[0]}  # fmt: skip

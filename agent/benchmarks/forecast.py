@@ -93,3 +93,90 @@ def evaluate_forecasts(first: date, series: dict[str, np.ndarray]) -> dict[str, 
         "subject_months": months,
         "subjects": len(series),
     }
+
+
+def read_labels(path: Path) -> list[tuple[str, datetime, datetime, float]]:
+    """(subject, start, end, factor) per incident row ``{"subject", "start", "end", "kind"[, "factor"]}``."""
+
+    def label(r: dict[str, Any]) -> tuple[str, datetime, datetime, float]:
+        start, end = (datetime.fromisoformat(str(r[k])) for k in ("start", "end"))
+        start, end = (t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC) for t in (start, end))
+        if end < start:
+            raise ValueError("end is before start")
+        return str(r["subject"]), start, end, float(r.get("factor", 0.0))
+
+    return list(read_records(path, label, "subject, start, end, kind"))
+
+
+def evaluate_anomalies(
+    rows: list[tuple[datetime, str, str, int]], labels: list[tuple[str, datetime, datetime, float]]
+) -> dict[str, Any]:
+    """Replay the requests through the runaway detector, relearning baselines every Monday 00:00
+    UTC from the weeks before; score its alarms against the labelled incidents.
+
+    An alarm on a labelled subject between the incident's start and 5 minutes after its end is a
+    detection (delay: alarm - start); any other alarm is a false alarm. Scored from the second
+    week on (the first has no baseline); incidents that start before that are left out.
+    """
+    from agent.budgets.anomaly import Baseline, RateWatch
+
+    rows = sorted(rows)
+    if not rows:
+        raise InvalidRequest("the history has no rows")
+    first = rows[0][0]
+    week0 = datetime.combine(first.date() - timedelta(days=first.weekday()), time(0), UTC)
+    scored_from = week0 + timedelta(weeks=2)
+    hourly: dict[str, dict[datetime, int]] = defaultdict(lambda: defaultdict(int))
+    members: dict[str, set[str]] = defaultdict(set)
+    for ts, user, department, _ in rows:
+        hour = ts.replace(minute=0, second=0, microsecond=0)
+        hourly[f"user:{user}"][hour] += 1
+        hourly[f"department:{department}"][hour] += 1
+        members[department].add(user)
+    watch = RateWatch()
+    baselines: dict[str, Baseline | None] = {}
+    week_of_baselines: datetime | None = None
+    alarms = []
+    for ts, user, department, _ in rows:
+        if ts < scored_from:
+            continue
+        week = datetime.combine(ts.date() - timedelta(days=ts.weekday()), time(0), UTC)
+        if week != week_of_baselines:
+            baselines, week_of_baselines = {}, week
+        subject = f"user:{user}"
+        if subject not in baselines:
+            baselines[subject] = Baseline.learn(hourly[subject].items(), week)
+        baseline = baselines[subject]
+        if baseline is None:  # a new user: their department's per-member baseline
+            dept = f"department:{department}"
+            if dept not in baselines:
+                learned = Baseline.learn(hourly[dept].items(), week)
+                baselines[dept] = learned.scaled(1 / max(len(members[department]), 1)) if learned else None
+            baseline = baselines[dept]
+        if baseline is not None and (alarm := watch.observe(subject, ts, baseline)) is not None:
+            alarms.append(alarm)
+    incidents = [lab for lab in labels if lab[1] >= scored_from]
+    detected: dict[int, float] = {}
+    false_alarms = 0
+    for alarm in alarms:
+        match = [i for i, (subject, start, end, _) in enumerate(incidents)
+                 if subject == alarm.subject and start <= alarm.at <= end + timedelta(minutes=5)]  # fmt: skip
+        if match:
+            detected.setdefault(match[0], (alarm.at - incidents[match[0]][1]).total_seconds())
+        else:
+            false_alarms += 1
+    big = [i for i, lab in enumerate(incidents) if lab[3] >= 10]
+    delays = [detected[i] for i in big if i in detected]
+    within = [d for d in delays if d <= 300]
+    users = len({r[1] for r in rows})
+    months = (rows[-1][0] - scored_from).total_seconds() / (30.44 * 86400)
+    return {
+        "recall_10x": round(len(delays) / len(big), 4) if big else None,
+        "recall_10x_within_5_min": round(len(within) / len(big), 4) if big else None,
+        "median_delay_s": round(float(np.median(delays)), 1) if delays else None,
+        "false_alarms_per_subject_month": round(false_alarms / max(users * months, 1e-9), 4),
+        "incidents": len(incidents),
+        "incidents_10x": len(big),
+        "alarms": len(alarms),
+        "false_alarms": false_alarms,
+    }

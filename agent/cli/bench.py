@@ -347,16 +347,28 @@ def bench_replay(
 @bench.command("forecast")
 @click.option("--history", "history_file", required=True, type=click.Path(exists=True, dir_okay=False),
               help="JSON lines of requests: ts, user, department, feature, model, cost_micro_usd.")  # fmt: skip
+@click.option("--labels", "labels_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="JSON lines of incidents (subject, start, end, kind, factor): score runaway detection.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_ctx
-def bench_forecast(obj: _Context, history_file: str, as_json: bool) -> None:
-    """Month-end spend forecasts at days 5, 10 and 20, against the naive run-rate (MAPE)."""
+def bench_forecast(obj: _Context, history_file: str, labels_file: str | None, as_json: bool) -> None:
+    """Month-end forecasts at days 5, 10 and 20 against the naive run-rate (MAPE); with --labels,
+    the runaway detector's recall on loops of 10x and more, its delay and its false alarms."""
     from pathlib import Path
 
-    from agent.benchmarks.forecast import daily_rollup, evaluate_forecasts, read_history
+    from agent.benchmarks.forecast import (
+        daily_rollup,
+        evaluate_anomalies,
+        evaluate_forecasts,
+        read_history,
+        read_labels,
+    )
 
-    first, series = daily_rollup(read_history(Path(history_file)))
-    result = {"forecast": evaluate_forecasts(first, series)}
+    rows = read_history(Path(history_file))
+    first, series = daily_rollup(rows)
+    result: dict[str, Any] = {"forecast": evaluate_forecasts(first, series)}
+    if labels_file is not None:
+        result["anomaly"] = evaluate_anomalies(rows, read_labels(Path(labels_file)))
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -365,6 +377,11 @@ def bench_forecast(obj: _Context, history_file: str, as_json: bool) -> None:
     click.echo(f"{'day':>4} {'MAPE':>7} {'naive':>7}")
     for day, mape in f["mape"].items():
         click.echo(f"{day:>4} {mape if mape is not None else '-':>7} {f['naive_mape'][day] or '-':>7}")
+    if "anomaly" in result:
+        a = result["anomaly"]
+        click.echo(f"runaways of 10x and more: recall {a['recall_10x']} ({a['recall_10x_within_5_min']} within 5 min), "
+                   f"median delay {a['median_delay_s']} s; {a['false_alarms']} false alarms "
+                   f"({a['false_alarms_per_subject_month']} per subject-month)")  # fmt: skip
 
 
 @bench.command("similarity")
