@@ -11,9 +11,10 @@ from pathlib import Path
 from bench.spend_history import generate
 
 
-def bench_forecast(history: Path, home: Path) -> subprocess.CompletedProcess[str]:
+def bench_forecast(history: Path, home: Path, *more: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", "--home", str(home), "bench", "forecast", "--history", str(history), "--json"],
+        [sys.executable, "-m", "agent", "--home", str(home), "bench", "forecast", "--history", str(history), "--json",
+         *more],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=120,
@@ -25,9 +26,15 @@ def test_month_end_forecasts_are_scored_against_the_naive_run_rate(tmp_path: Pat
     assert labels and all(label["kind"] == "runaway" for label in labels)
     history = tmp_path / "history.jsonl"
     history.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run = bench_forecast(history, tmp_path / "home")
+    incidents = tmp_path / "labels.jsonl"
+    incidents.write_text("".join(json.dumps(r) + "\n" for r in labels))
+    run = bench_forecast(history, tmp_path / "home", "--labels", str(incidents))
     assert run.returncode == 0, run.stderr
-    forecast = json.loads(run.stdout)["forecast"]
+    result = json.loads(run.stdout)
+    forecast, anomaly = result["forecast"], result["anomaly"]
+    # The detector was scored against the incidents that start once it has a baseline.
+    assert anomaly["incidents"] <= len(labels) and anomaly["alarms"] >= anomaly["false_alarms"] >= 0
+    assert anomaly["false_alarms_per_subject_month"] >= 0
     # 4 users in 4 departments; February (from 31 days of history) is the one whole month.
     assert forecast["subjects"] == 8 and forecast["subject_months"] == 8
     for day in ("5", "10", "20"):
