@@ -12,9 +12,9 @@ from bench.spend_history import generate
 
 
 def bench_forecast(history: Path, home: Path, *more: str) -> subprocess.CompletedProcess[str]:
+    command = ["bench", "forecast", "--history", str(history), "--json", *more]
     return subprocess.run(
-        [sys.executable, "-m", "agent", "--home", str(home), "bench", "forecast", "--history", str(history), "--json",
-         *more],  # fmt: skip
+        [sys.executable, "-m", "agent", "--home", str(home), *command],
         capture_output=True,
         text=True,
         timeout=120,
