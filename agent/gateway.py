@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,6 +55,7 @@ from agent.settings import CacheSection, RoutingSection
 if TYPE_CHECKING:
     from agent.budgets.calibration import InputCalibration
     from agent.budgets.enforcer import Admission, BudgetEnforcer, Reservation
+    from agent.budgets.runaway import RunawayWatch
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ class Gateway:
         calibration: InputCalibration | None = None,
         hold_wait_s: float = 0.0,
         telemetry: Telemetry = OFF,
+        runaway: RunawayWatch | None = None,
     ) -> None:
         self._registry = registry
         self._telemetry = telemetry  # metrics and traces
@@ -190,6 +192,7 @@ class Gateway:
         self._cloud_paused = cloud_paused  # the user chose "local only" in the tray
         self._calibration = calibration  # each model's reported / estimated input tokens
         self._hold_wait_s = hold_wait_s  # how long a request waits for holds in flight to settle
+        self._runaway = runaway  # each user's request rate against their usual one
         # Which tier a model belongs to, for the ledger, whoever chose it (router, client, default).
         self._tier_of: dict[str, Tier] = {model: tier for tier, model in (tiers or {}).items() if model}
 
@@ -685,6 +688,8 @@ class Gateway:
         # row yet. Should the write below fail, the spend stays counted (the safe side).
         self._settle(flight, price.cost_micro_usd, usage.input_tokens + usage.output_tokens)
         self._requests.record(row)
+        if self._runaway is not None:
+            self._runaway.observe(row.user_name, row.department, datetime.now(UTC))
         self._telemetry.recorded(flight.trace, row, cache_status=flight.cache.status,
                                  routed=flight.call.requested_model == "auto",
                                  provider_id=flight.route.provider.price_provider_id)  # fmt: skip

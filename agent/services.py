@@ -22,8 +22,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent import __version__
 from agent.budgets.calibration import InputCalibration
-from agent.budgets.enforcer import BudgetEnforcer
+from agent.budgets.enforcer import BudgetEnforcer, post_webhook
 from agent.budgets.fleet import FleetBudgets
+from agent.budgets.runaway import RunawayWatch
 from agent.bundle import direct_numba_cache
 from agent.cache.service import SemanticCache
 from agent.cache.verifier import PairVerifier, VerifierArtifact
@@ -88,6 +89,7 @@ class Services:
     gpu_sampler: GpuSampler | None = None
     publisher: FleetPublisher | None = None
     telemetry: Telemetry = OFF
+    runaway: RunawayWatch | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -117,6 +119,7 @@ class Services:
             PolicyStore(db), settings.share_dir, share.public_keys, events, timeout_s=share.read_timeout_s
         )
         enforcer = BudgetEnforcer(db, lambda: policy.current, events, fleet=_fleet_budgets(settings))
+        runaway = RunawayWatch(db, events, lambda: policy.current, post_webhook)
         activity = ActivityLog()
         preferences = Preferences(db)
         calibration = InputCalibration.from_ledger(db)
@@ -140,6 +143,7 @@ class Services:
             calibration=calibration,
             hold_wait_s=settings.budgets.hold_wait_s,
             telemetry=telemetry,
+            runaway=runaway,
         )
         embeddings = EmbeddingGateway(
             registry,
@@ -174,12 +178,21 @@ class Services:
             embeddings=embeddings,
             publisher=_fleet_publisher(settings, db, policy, enforcer),
             telemetry=telemetry,
+            runaway=runaway,
         )
 
     def provision(self) -> None:
         """Workstation first run: the OS user gets a user row and a 0600 token file."""
         if self.settings.agent.provision_os_user:
             self.identity.provision_os_user(self.settings.paths.token_file)
+
+    def _refresh_runaway_baselines(self) -> None:
+        if self.runaway is None:
+            return
+        try:
+            self.runaway.refresh()
+        except Exception:  # a scheduler thread: the agent stays up, the next run tries again
+            log.exception("learning the runaway baselines failed")
 
     def _check_forecasts(self) -> None:
         try:
@@ -215,6 +228,9 @@ class Services:
         first = datetime.now(UTC) + timedelta(seconds=_FIRST_FORECAST_DELAY_S)
         self.scheduler.add_job(self._check_forecasts, "interval", seconds=_FORECAST_EVERY_S, id="budget-forecasts",
                                next_run_time=first)  # fmt: skip
+        # Each user's usual request rate per hour of the week, learned from the ledger now and hourly.
+        self.scheduler.add_job(self._refresh_runaway_baselines, "interval", seconds=3600, id="runaway-baselines",
+                               next_run_time=datetime.now(UTC))  # fmt: skip
         self.scheduler.start()
         if self.cache is not None:
             self.cache.load()

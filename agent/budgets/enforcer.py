@@ -599,7 +599,7 @@ class BudgetEnforcer:
         policy = self._policy()
         if policy is not None and policy.webhook_url:
             url = policy.webhook_url
-            threading.Thread(target=_post_webhook, args=(url, {"id": event_id, **body}), daemon=True).start()
+            threading.Thread(target=post_webhook, args=(url, {"id": event_id, **body}), daemon=True).start()
         return 1
 
     def _status(self, charge: Charge) -> BudgetStatus:
@@ -696,10 +696,10 @@ class BudgetEnforcer:
         policy = self._policy()
         if event_id is not None and policy is not None and policy.webhook_url:
             url = policy.webhook_url
-            threading.Thread(target=_post_webhook, args=(url, {"id": event_id, **body}), daemon=True).start()
+            threading.Thread(target=post_webhook, args=(url, {"id": event_id, **body}), daemon=True).start()
 
 
-def _post_webhook(url: str, body: dict[str, Any]) -> None:
+def post_webhook(url: str, body: dict[str, Any]) -> None:
     """Best effort, off the request path: a failing webhook is logged, never retried inline."""
     request = urllib.request.Request(  # noqa: S310 - the policy allows only http(s) URLs
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"

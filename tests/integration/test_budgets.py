@@ -477,3 +477,32 @@ def test_a_budget_shows_its_forecast_and_breach_time_once_there_is_history(
     assert (event["body"]["budget"], event["body"]["subject"], event["user_id"]) == ("user-daily", me.user_name, me.user_id)
     assert Decimal(event["body"]["forecast_low_usd"]) >= Decimal(event["body"]["amount_usd"]) == Decimal("5")
     assert event["body"]["breach_at"][:10] == budget["breach_at"][:10]
+
+
+def test_a_loop_far_above_the_users_usual_rate_raises_one_spend_anomaly(governed: Callable[..., Governed]) -> None:
+    g = governed(policy_text(1, "100"))
+    with g.agent.http() as http:
+        assert g.ask(http).status_code == 200
+    me = g.agent.rows()[-1]
+    # Four weeks before this week: one request an hour, every hour.
+    now = datetime.now(UTC)
+    week = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+    for h in range(4 * 7 * 24):
+        when = (week - timedelta(hours=h + 1)).isoformat(timespec="microseconds")
+        g.agent.thread.services.requests.record(replace(me, id=f"usual-{h}", ts=when, cost_micro_usd=ANSWER_MICRO_USD))
+    runaway = g.agent.thread.services.runaway
+    assert runaway is not None and runaway.refresh() >= 1
+    with g.agent.http() as http:
+        before = http.get("/api/v1/events").json()["last_id"]
+        for _ in range(15):  # a script in a loop: fifteen calls in a few seconds, against one an hour
+            assert g.ask(http).status_code == 200
+        deadline, found = time.monotonic() + 15, []
+        while not found and time.monotonic() < deadline:
+            events = http.get("/api/v1/events", params={"since": before}).json()["events"]
+            found = [e for e in events if e["kind"] == "spend_anomaly"]
+            time.sleep(0.2)
+    [anomaly] = found  # one, not one per request
+    body = anomaly["body"]
+    assert (body["user"], body["subject"], anomaly["user_id"]) == (me.user_name, f"user:{me.user_name}", me.user_id)
+    assert body["baseline_per_hour"] == 1.0 and body["top_model"] == MODEL and body["requests_last_10_min"] >= 9
+    assert "usual rate" in body["reason"]
