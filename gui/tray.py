@@ -147,6 +147,8 @@ def notification_text(event: EventOut) -> tuple[str, str] | None:
             f"Paid models are {'blocked' if body.get('action') == 'block' else 'replaced by the local model'} "
             f"until {body.get('resets_at', '')}.",
         )
+    if event.kind == "spend_anomaly":
+        return ("Unusual spend", str(body.get("reason") or "requests far above the usual rate"))
     if event.kind == "policy_rejected":
         return ("Policy update rejected", str(body.get("reason") or body.get("error") or "see the agent log"))
     return None

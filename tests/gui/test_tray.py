@@ -78,6 +78,9 @@ def test_budget_events_become_notifications() -> None:
     title, message = notification_text(forecast) or ("", "")
     assert title == "Budget 'team' is on course to run out"
     assert message == "Forecast $12.29 (80%: $11.90 to < $0.01) of $5.00; it would run out about 2026-12-17 08:55 UTC."
+    body = {"reason": "user:ann is calling at about 30x its usual rate for this hour (1.0 requests an hour)"}
+    anomaly = EventOut(id=5, ts="t", kind="spend_anomaly", user_id=1, department="eng", body=body)
+    assert notification_text(anomaly) == ("Unusual spend", body["reason"])
     odd = EventOut(id=4, ts="t", kind="budget_alert", user_id=1, department="eng", body={"spent_usd": "NaN"})
     assert "? of ? spent" in (notification_text(odd) or ("", ""))[1]  # someone else's JSON: never a crash
     unloaded = EventOut(id=2, ts="t", kind="model_unloaded", user_id=None, department=None, body={})
