@@ -244,6 +244,8 @@ class Gateway:
             if self._enforcer is None:
                 return await self._prepare(caller, call, None, trace)
             caller = self._enforcer.effective_caller(caller)
+            if self._runaway is not None:
+                self._runaway.admit(caller.user)  # a user throttled after a runaway
             admission = self._enforcer.admit(caller, _token_estimate(call))
             try:
                 return await self._prepare(caller, call, admission, trace)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import openai
 
-from agent.api.schemas import BudgetReport, CacheCleared, CacheStats, Info, Me, SpendReport
+from agent.api.schemas import BudgetReport, CacheCleared, CacheStats, Info, Me, SpendReport, ThrottleList
 from agent.errors import AgentApiError, AgentUnreachable, AuthError
 from agent.identity import read_token_file
 from agent.settings import Settings
@@ -53,6 +54,8 @@ class AgentClient:
                 raise AgentApiError(response.status_code, error["type"], error["message"])
             except (ValueError, KeyError, TypeError):
                 raise AgentApiError(response.status_code, "http_error", response.text[:200]) from None
+        if response.status_code == 204:
+            return None
         return response.json()
 
     def info(self) -> Info | None:
@@ -72,6 +75,12 @@ class AgentClient:
 
     def cache_stats(self, everything: bool) -> CacheStats:
         return CacheStats.model_validate(self._get("/api/v1/cache", {"all": "true"} if everything else None))
+
+    def throttles(self) -> ThrottleList:
+        return ThrottleList.model_validate(self._call("GET", "/api/v1/anomalies"))
+
+    def clear_throttle(self, user: str) -> None:
+        self._call("DELETE", f"/api/v1/anomalies/{quote(user, safe='')}")
 
     def cache_clear(self, everything: bool) -> CacheCleared:
         params = {"all": "true"} if everything else None

@@ -64,6 +64,8 @@ def build_routes(services: Services) -> list[Route]:
         Route("/api/v1/gpu", api.gpu, methods=["GET"]),
         Route("/api/v1/dashboard", api.dashboard, methods=["GET"]),
         Route("/api/v1/preferences", api.preferences, methods=["POST"]),
+        Route("/api/v1/anomalies", api.anomalies, methods=["GET"]),
+        Route("/api/v1/anomalies/{user}", api.anomaly_clear, methods=["DELETE"]),
     ]
 
 
@@ -443,6 +445,26 @@ class _Handlers:
         scope = self._cache_scope(request, caller)
         removed = await asyncio.to_thread(self.s.cache.clear, scope) if self.s.cache else 0
         return _json(schemas.CacheCleared(scope=scope or "all", removed=removed))
+
+    async def anomalies(self, request: Request) -> Response:
+        """Admins: the users throttled after a runaway."""
+        if not self.caller(request).is_admin:
+            raise PermissionDenied("only admins can see throttled users")
+        runaway = self.s.runaway
+        rows = await asyncio.to_thread(runaway.throttles) if runaway is not None else []
+        throttled = [schemas.ThrottleOut(user=r["user_name"], since=r["since"], limit_per_hour=r["limit_per_hour"],
+                                         reason=r["reason"]) for r in rows]  # fmt: skip
+        return _json(schemas.ThrottleList(throttled=throttled))
+
+    async def anomaly_clear(self, request: Request) -> Response:
+        """Admins: lift a user's throttle."""
+        if not self.caller(request).is_admin:
+            raise PermissionDenied("only admins can lift a throttle")
+        user = str(request.path_params["user"])
+        runaway = self.s.runaway
+        if runaway is None or not await asyncio.to_thread(runaway.clear, user):
+            return error_json(404, "not_found_error", f"{user!r} is not throttled")
+        return Response(status_code=204)
 
     async def cache_invalidate(self, request: Request) -> Response:
         """Mark a served answer wrong: it is removed. Only for entries the caller can be served."""

@@ -432,6 +432,17 @@ class BudgetEntry(BaseModel):
     forecast_note: str = ""
 
 
+class ThrottleOut(BaseModel):
+    user: str
+    since: str  # when the runaway was caught (ISO, UTC)
+    limit_per_hour: float  # requests an hour allowed until an admin lifts it
+    reason: str
+
+
+class ThrottleList(BaseModel):
+    throttled: list[ThrottleOut]
+
+
 class BudgetReport(BaseModel):
     policy_version: int | None  # None: no policy received yet, nothing is enforced
     scope: Literal["own", "all"]

@@ -211,6 +211,15 @@ CREATE TABLE fleet_watermarks (
 )
 """
 
+M009_THROTTLES = """
+CREATE TABLE throttles (
+    user_name       TEXT PRIMARY KEY,
+    since           TEXT NOT NULL,
+    limit_per_hour  REAL NOT NULL,
+    reason          TEXT NOT NULL
+)
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_cache", M002_CACHE),
@@ -220,4 +229,5 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m006_preferences", M006_PREFERENCES),
     ("m007_spend_daily", M007_SPEND_DAILY),
     ("m008_holds_and_fleet", M008_HOLDS_AND_FLEET),
+    ("m009_throttles", M009_THROTTLES),
 )

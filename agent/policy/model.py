@@ -133,6 +133,13 @@ class Gpu(_Model):
     usd_per_hour: dict[Name, Usd] = {}
 
 
+class Anomaly(_Model):
+    # What a runaway alarm does: "alert" (a spend_anomaly event) or "throttle" (the event, and the
+    # user is held to throttle_multiple times their usual rate until an admin clears it).
+    action: Literal["alert", "throttle"] = "alert"
+    throttle_multiple: float = Field(3.0, gt=0, le=100)
+
+
 class Policy(_Model):
     version: StrictInt = Field(ge=1)
     organisation: StrictStr = Field(min_length=1, max_length=200)
@@ -144,6 +151,7 @@ class Policy(_Model):
     budgets: tuple[BudgetRule, ...] = ()
     rate_limits: tuple[RateLimit, ...] = ()
     gpu: Gpu = Gpu()
+    anomaly: Anomaly = Anomaly()
 
     @field_validator("timezone")
     @classmethod

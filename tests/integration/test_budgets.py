@@ -506,3 +506,41 @@ def test_a_loop_far_above_the_users_usual_rate_raises_one_spend_anomaly(governed
     assert (body["user"], body["subject"], anomaly["user_id"]) == (me.user_name, f"user:{me.user_name}", me.user_id)
     assert body["baseline_per_hour"] == 1.0 and body["top_model"] == MODEL and body["requests_last_10_min"] >= 9
     assert "usual rate" in body["reason"]
+
+
+def test_with_throttle_a_runaway_user_gets_429s_until_an_admin_lifts_it(governed: Callable[..., Governed]) -> None:
+    g = governed(policy_text(1, "100", extra='[anomaly]\naction = "throttle"\nthrottle_multiple = 3'))
+    bob_token = g.agent.add_user("bob", "eng")
+    with g.agent.http() as http:
+        assert g.ask(http).status_code == 200
+    me = g.agent.rows()[-1]
+    now = datetime.now(UTC)
+    week = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+    for h in range(4 * 7 * 24):  # one request an hour for four weeks
+        when = (week - timedelta(hours=h + 1)).isoformat(timespec="microseconds")
+        g.agent.thread.services.requests.record(replace(me, id=f"usual-{h}", ts=when, cost_micro_usd=ANSWER_MICRO_USD))
+    runaway = g.agent.thread.services.runaway
+    assert runaway is not None and runaway.refresh() >= 1
+    with g.agent.http() as http:
+        statuses = []
+        deadline = time.monotonic() + 20
+        while 429 not in statuses and time.monotonic() < deadline:  # the loop, until the throttle bites
+            statuses.append(g.ask(http).status_code)
+        refused = g.ask(http)
+        # One an hour usually, three times that allowed: once the loop was caught, three more went through.
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "spend_anomaly"
+        assert "throttled to 3 an hour" in refused.json()["error"]["message"] and "Retry-After" in refused.headers
+        with g.agent.http(bob_token) as bob:  # someone else is untouched
+            assert g.ask(bob).status_code == 200
+            assert bob.get("/api/v1/anomalies").status_code == 403  # and cannot see or lift throttles
+            assert bob.delete(f"/api/v1/anomalies/{me.user_name}").status_code == 403
+        [throttle] = http.get("/api/v1/anomalies").json()["throttled"]
+        assert (throttle["user"], throttle["limit_per_hour"]) == (me.user_name, 3.0)
+    env = {**os.environ, "AIFINOPS_PORT": str(g.agent.thread.port)}
+    cleared = subprocess.run([sys.executable, "-m", "agent", "anomalies", "clear", me.user_name], env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert cleared.returncode == 0, cleared.stderr
+    with g.agent.http() as http:
+        assert g.ask(http).status_code == 200
+        assert http.get("/api/v1/anomalies").json()["throttled"] == []
+        assert http.delete(f"/api/v1/anomalies/{me.user_name}").status_code == 404
