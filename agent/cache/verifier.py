@@ -119,8 +119,9 @@ class PairVerifier:
     """
 
     def __init__(self, artifact: VerifierArtifact, tokenizer_path: Path, threads: int = 1) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
+
+        from agent.providers.onnx_embedder import cpu_session
 
         self.artifact = artifact
         self.calibration = artifact.calibration
@@ -130,13 +131,7 @@ class PairVerifier:
             raise ModelError(f"{artifact.onnx_path} is missing or damaged (sha256 {found}, expected {expected})")
         try:
             self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._session = ort.InferenceSession(
-                str(artifact.onnx_path), options, providers=["CPUExecutionProvider"]
-            )
+            self._session = cpu_session(artifact.onnx_path, threads)
         except Exception as e:
             raise ModelError(f"cannot load the cache verifier {artifact.onnx_path.name}: {e}") from e
         self._tokenizer.enable_truncation(max_length=MAX_PAIR_TOKENS)

@@ -12,13 +12,8 @@ from agent.cli.common import _Context, _Group, main, pass_ctx
 # -- router -----------------------------------------------------------------------------------
 
 
-@main.group(cls=_Group)
-def router() -> None:
-    """The learned difficulty score that picks a tier."""
-
-
-@router.command("train")
-@click.option(
+# Labelled prompts for training and cross-validation (repeatable).
+_data_option = click.option(
     "--data",
     "files",
     required=True,
@@ -26,6 +21,15 @@ def router() -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="JSON lines with prompt, weak_correct, strong_correct (repeatable).",
 )
+
+
+@main.group(cls=_Group)
+def router() -> None:
+    """The learned difficulty score that picks a tier."""
+
+
+@router.command("train")
+@_data_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the .npz artifact.")
 @click.option("--holdout", default=0.2, show_default=True, help="Share of rows kept out for the report.")
 @click.option("--seed", default=1, show_default=True)
@@ -61,14 +65,7 @@ def router_train(obj: _Context, files: tuple[str, ...], out: str, holdout: float
 
 
 @router.command("cv")
-@click.option(
-    "--data",
-    "files",
-    required=True,
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="JSON lines with prompt, weak_correct, strong_correct (repeatable).",
-)
+@_data_option
 @click.option("--folds", default=5, show_default=True)
 @click.option("--seeds", default="1,2,3", show_default=True, help="Fold seeds, comma-separated.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
