@@ -186,19 +186,17 @@ class Services:
         if self.settings.agent.provision_os_user:
             self.identity.provision_os_user(self.settings.paths.token_file)
 
-    def _refresh_runaway_baselines(self) -> None:
-        if self.runaway is None:
-            return
-        try:
-            self.runaway.refresh()
-        except Exception:  # a scheduler thread: the agent stays up, the next run tries again
-            log.exception("learning the runaway baselines failed")
+    @staticmethod
+    def _logged(job: Callable[[], object], what: str) -> Callable[[], None]:
+        """A scheduler job that logs a failure: the agent stays up, and the next run tries again."""
 
-    def _check_forecasts(self) -> None:
-        try:
-            self.enforcer.check_forecasts()
-        except Exception:  # a scheduler thread: the agent stays up, the next run tries again
-            log.exception("checking the budget forecasts failed")
+        def run() -> None:
+            try:
+                job()
+            except Exception:  # a scheduler thread
+                log.exception("%s failed", what)
+
+        return run
 
     async def start(self) -> None:
         # The last good policy is in force at once; the share is read now and then every interval.
@@ -226,11 +224,13 @@ class Services:
             self.scheduler.add_job(self.enforcer.refresh_fleet, "interval", seconds=every, id="fleet-budgets")
         # Budget forecasts read the ledger: every few minutes, never on the request path.
         first = datetime.now(UTC) + timedelta(seconds=_FIRST_FORECAST_DELAY_S)
-        self.scheduler.add_job(self._check_forecasts, "interval", seconds=_FORECAST_EVERY_S, id="budget-forecasts",
+        forecasts = self._logged(self.enforcer.check_forecasts, "checking the budget forecasts")
+        self.scheduler.add_job(forecasts, "interval", seconds=_FORECAST_EVERY_S, id="budget-forecasts",
                                next_run_time=first)  # fmt: skip
         # Each user's usual request rate per hour of the week, learned from the ledger now and hourly.
-        self.scheduler.add_job(self._refresh_runaway_baselines, "interval", seconds=3600, id="runaway-baselines",
-                               next_run_time=datetime.now(UTC))  # fmt: skip
+        if self.runaway is not None:
+            self.scheduler.add_job(self._logged(self.runaway.refresh, "learning the runaway baselines"), "interval",
+                                   seconds=3600, id="runaway-baselines", next_run_time=datetime.now(UTC))  # fmt: skip
         self.scheduler.start()
         if self.cache is not None:
             self.cache.load()

@@ -118,41 +118,27 @@ def evaluate_anomalies(
     detection (delay: alarm - start); any other alarm is a false alarm. Scored from the second
     week on (the first has no baseline); incidents that start before that are left out.
     """
-    from agent.budgets.anomaly import Baseline, RateWatch
+    from agent.budgets.anomaly import Baseline, RateWatch, learn_baselines, week_start
 
     rows = sorted(rows)
     if not rows:
         raise InvalidRequest("the history has no rows")
-    first = rows[0][0]
-    week0 = datetime.combine(first.date() - timedelta(days=first.weekday()), time(0), UTC)
-    scored_from = week0 + timedelta(weeks=2)
-    hourly: dict[str, dict[datetime, int]] = defaultdict(lambda: defaultdict(int))
-    members: dict[str, set[str]] = defaultdict(set)
+    scored_from = week_start(rows[0][0]) + timedelta(weeks=2)
+    hourly: dict[tuple[str, str, datetime], int] = defaultdict(int)
     for ts, user, department, _ in rows:
-        hour = ts.replace(minute=0, second=0, microsecond=0)
-        hourly[f"user:{user}"][hour] += 1
-        hourly[f"department:{department}"][hour] += 1
-        members[department].add(user)
+        hourly[(user, department, ts.replace(minute=0, second=0, microsecond=0))] += 1
+    counts = [(user, department, hour, n) for (user, department, hour), n in hourly.items()]
     watch = RateWatch()
-    baselines: dict[str, Baseline | None] = {}
+    baselines: dict[str, Baseline] = {}
     week_of_baselines: datetime | None = None
     alarms = []
     for ts, user, department, _ in rows:
         if ts < scored_from:
             continue
-        week = datetime.combine(ts.date() - timedelta(days=ts.weekday()), time(0), UTC)
-        if week != week_of_baselines:
-            baselines, week_of_baselines = {}, week
+        if (week := week_start(ts)) != week_of_baselines:  # relearned every Monday, as the agent's scheduler does
+            baselines, week_of_baselines = learn_baselines(counts, week), week
         subject = f"user:{user}"
-        if subject not in baselines:
-            baselines[subject] = Baseline.learn(hourly[subject].items(), week)
-        baseline = baselines[subject]
-        if baseline is None:  # a new user: their department's per-member baseline
-            dept = f"department:{department}"
-            if dept not in baselines:
-                learned = Baseline.learn(hourly[dept].items(), week)
-                baselines[dept] = learned.scaled(1 / max(len(members[department]), 1)) if learned else None
-            baseline = baselines[dept]
+        baseline = baselines.get(subject) or baselines.get(f"department:{department}")
         if baseline is not None and (alarm := watch.observe(subject, ts, baseline)) is not None:
             alarms.append(alarm)
     incidents = [lab for lab in labels if lab[1] >= scored_from]

@@ -19,9 +19,10 @@ baseline. O(1) work and a few floats per request and subject.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import numpy as np
 
@@ -34,6 +35,34 @@ HOURS_OF_WEEK = 7 * 24
 
 def hour_of_week(moment: datetime) -> int:
     return moment.weekday() * 24 + moment.hour
+
+
+def week_start(moment: datetime) -> datetime:
+    """Monday 00:00 UTC of ``moment``'s week: baselines are learned from the weeks before it."""
+    return datetime.combine(moment.date() - timedelta(days=moment.weekday()), time(0), UTC)
+
+
+def learn_baselines(counts: Iterable[tuple[str, str, datetime, int]], week: datetime) -> dict[str, Baseline]:
+    """Baselines from (user, department, hour start, requests) rows, for the week starting at
+    ``week``: ``user:NAME`` for each user with a week of history before it, ``department:NAME``
+    per member (for users without one)."""
+    start = week - timedelta(weeks=WEEKS)
+    per_user: dict[str, dict[datetime, int]] = defaultdict(lambda: defaultdict(int))
+    per_department: dict[str, dict[datetime, int]] = defaultdict(lambda: defaultdict(int))
+    members: dict[str, set[str]] = defaultdict(set)
+    for user, department, hour, count in counts:
+        if start <= hour < week:
+            per_user[user][hour] += count
+            per_department[department][hour] += count
+            members[department].add(user)
+    learned: dict[str, Baseline] = {}
+    for department, hours in per_department.items():
+        if (b := Baseline.learn(hours.items(), week)) is not None:
+            learned[f"department:{department}"] = b.scaled(1 / len(members[department]))
+    for user, hours in per_user.items():
+        if (b := Baseline.learn(hours.items(), week)) is not None:
+            learned[f"user:{user}"] = b
+    return learned
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from agent.errors import BudgetExceeded, PermissionDenied, RateLimited
 from agent.identity import Caller
 from agent.ledger.database import Database
 from agent.ledger.events import EventLog
+from agent.ledger.users import UserStore
 from agent.money import format_usd
 from agent.policy.model import BudgetRule, Policy
 from agent.policy.model import RateLimit as RateRule
@@ -585,9 +586,8 @@ class BudgetEnforcer:
             "action": status.action,
         }
         user_id = None
-        if status.scope == "user":
-            found = self._db.query("SELECT id FROM users WHERE name = ?", (status.subject,))
-            user_id = int(found[0]["id"]) if found else None
+        if status.scope == "user" and (found := UserStore(self._db).get(status.subject)) is not None:
+            user_id = found.id
         department = status.subject if status.scope == "department" else None
         key = f"budget_forecast:{status.name}:{status.scope}:{status.subject}:{status.period_key}"
         event_id = self._events.add("budget_forecast", body, user_id=user_id, department=department, dedupe_key=key)

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agent.budgets.anomaly import WEEKS, Alarm, Baseline, RateWatch
+from agent.budgets.anomaly import WEEKS, Alarm, Baseline, RateWatch, learn_baselines, week_start
 from agent.errors import RateLimited
 from agent.ledger.database import Database
 from agent.ledger.events import EventLog
+from agent.ledger.users import UserStore
 from agent.policy.model import Policy
 
 log = logging.getLogger(__name__)
@@ -102,29 +103,15 @@ class RunawayWatch:
 
     def refresh(self) -> int:
         """Learn every baseline again from the ledger (the scheduler's job). Returns how many."""
-        now = self._now()
-        week = datetime.combine(now.date() - timedelta(days=now.weekday()), time(0), UTC)
+        week = week_start(self._now())
         since = (week - timedelta(weeks=WEEKS)).isoformat(timespec="microseconds")
         rows = self._db.query(
             "SELECT user_name, department, substr(ts, 1, 13) AS hour, count(*) AS n FROM requests "
             "WHERE ts >= ? AND ts < ? AND route != 'cache' GROUP BY user_name, department, hour",
             (since, week.isoformat(timespec="microseconds")),
         )
-        per_user: dict[str, dict[datetime, int]] = defaultdict(lambda: defaultdict(int))
-        per_department: dict[str, dict[datetime, int]] = defaultdict(lambda: defaultdict(int))
-        members: dict[str, set[str]] = defaultdict(set)
-        for r in rows:
-            hour = datetime.fromisoformat(str(r["hour"]) + ":00").replace(tzinfo=UTC)
-            per_user[str(r["user_name"])][hour] += int(r["n"])
-            per_department[str(r["department"])][hour] += int(r["n"])
-            members[str(r["department"])].add(str(r["user_name"]))
-        learned: dict[str, Baseline] = {}
-        for department, hours in per_department.items():
-            if (b := Baseline.learn(hours.items(), week)) is not None:
-                learned[f"department:{department}"] = b.scaled(1 / max(len(members[department]), 1))
-        for user, hours in per_user.items():
-            if (b := Baseline.learn(hours.items(), week)) is not None:
-                learned[f"user:{user}"] = b
+        learned = learn_baselines(((str(r["user_name"]), str(r["department"]), _hour(str(r["hour"])), int(r["n"]))
+                                   for r in rows), week)  # fmt: skip
         with self._lock:
             self._baselines = learned
         return len(learned)
@@ -147,7 +134,7 @@ class RunawayWatch:
                 "WHERE user_name = ? AND ts >= ? GROUP BY feature, model ORDER BY n DESC LIMIT 1",
                 (user, since),
             )
-            found = self._db.query("SELECT id FROM users WHERE name = ?", (user,))
+            policy = self._policy()
             top: dict[str, Any] = dict(recent[0]) if recent else {"feature": "", "model": "", "n": 0, "spent": 0}
             body = {
                 "subject": alarm.subject,
@@ -160,18 +147,23 @@ class RunawayWatch:
                 "requests_last_10_min": int(top["n"]),
                 "reason": alarm.reason,
                 "at": alarm.at.isoformat(timespec="seconds"),
-                "action": policy.anomaly.action if (policy := self._policy()) is not None else "alert",
+                "action": policy.anomaly.action if policy is not None else "alert",
             }
             key = f"spend_anomaly:{alarm.subject}:{alarm.at.strftime('%Y-%m-%dT%H')}"
-            user_id = int(found[0]["id"]) if found else None
+            found = UserStore(self._db).get(user)
+            user_id = found.id if found is not None else None
             event_id = self._events.add("spend_anomaly", body, user_id=user_id, department=department, dedupe_key=key)
             if event_id is None:
                 return
             log.warning("spend_anomaly: %s", alarm.reason)
-            policy = self._policy()
             if policy is not None and policy.anomaly.action == "throttle":
                 self._throttle(user, alarm, policy.anomaly.throttle_multiple)
             if policy is not None and policy.webhook_url:
                 self._post(policy.webhook_url, {"id": event_id, "kind": "spend_anomaly", **body})
         except Exception:  # a thread of its own: the request it came from is long answered
             log.exception("raising a spend anomaly failed")
+
+
+def _hour(text: str) -> datetime:
+    """The ledger's "YYYY-MM-DDTHH" prefix as the hour it starts (UTC)."""
+    return datetime.fromisoformat(text + ":00").replace(tzinfo=UTC)

@@ -158,11 +158,6 @@ class SemanticCache:
         verifier = self.verifier()
         return verifier.calibration.floor if verifier is not None else FLOOR_WITHOUT_VERIFIER
 
-    def decision_threshold(self) -> float | None:
-        """The verifier score a candidate needs, from cache.min_precision (None: no verifier)."""
-        verifier = self.verifier()
-        return verifier.calibration.threshold_for(self.settings.min_precision) if verifier is not None else None
-
     # -- the request path (called from a worker thread) ----------------------------------------
 
     def lookup(self, key: CacheKey, vector: npt.NDArray[np.float32] | None = None) -> CacheLookup:
