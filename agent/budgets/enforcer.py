@@ -36,8 +36,9 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from agent.budgets.fleet import FleetBudgets, FleetState
 from agent.budgets.forecast import HISTORY_DAYS, Forecast, daily_from_hours, forecast_period
@@ -513,17 +514,27 @@ class BudgetEnforcer:
     # -- internals -------------------------------------------------------------------------
 
     def forecast(self, status: BudgetStatus) -> Forecast:
-        """Where ``status``'s period will end, from the subject's daily spend in the ledger.
+        """Where ``status``'s period will end, from the subject's daily spend.
 
-        Reads the ledger (hourly sums, 57 days at most): call it off the event loop. Never raises:
-        a history that cannot be forecast gives a Forecast that says why.
+        A fleet-wide budget (department, organisation; ``FleetBudgets``) is forecast from the
+        fleet's spend: each day is the other hosts' published spend (Parquet on the share) plus
+        this agent's from its ledger, published or not; what the period has spent is the most of
+        that series, this agent's spend and the fleet's on the budget's lease. With the share
+        unreadable it is forecast from this agent's ledger alone (with the lease's fleet spend).
+
+        Reads the ledger (hourly sums, 57 days at most) and perhaps the share: call it off the
+        event loop. Never raises: a history that cannot be forecast gives a Forecast that says why.
         """
+        return self._forecast(status)[0]
+
+    def _forecast(self, status: BudgetStatus) -> tuple[Forecast, int, str]:
+        """The forecast, the spend it starts from, and what its history is ("fleet", "fleet: ..."
+        with what it lacks, "this agent: ..." where the fleet's could not be read, or "")."""
         policy = self._policy()
         if policy is None:
-            return Forecast.none("no policy")
+            return Forecast.none("no policy"), status.spent_micro_usd, ""
         zone = policy.zone
         now = self._now()
-        _, end = period_bounds(status.period, now, policy.timezone)  # type: ignore[arg-type]
         today = now.astimezone(zone).date()
         first = today - timedelta(days=HISTORY_DAYS)
         column = _SCOPE_COLUMN.get(status.scope)
@@ -531,6 +542,7 @@ class BudgetEnforcer:
         if column is not None:
             where += f" AND {column} = ?"
             params.append(status.subject)
+        spent, basis = _counted_spent(status), ""
         try:
             rows = self._db.query(
                 f"SELECT substr(ts, 1, 13) AS hour, sum(cost_micro_usd) AS spent FROM requests "  # noqa: S608 - fixed columns
@@ -539,42 +551,44 @@ class BudgetEnforcer:
             )
             daily = daily_from_hours(((str(r["hour"]), int(r["spent"])) for r in rows), zone, first, today)
         except (ValueError, TypeError) as e:  # a damaged timestamp: no forecast, and why
-            return Forecast.none(f"the ledger's history cannot be read: {e}")
-        midnight = datetime.combine(today, datetime.min.time(), zone)
-        elapsed = (now - midnight) / (datetime.combine(today + timedelta(days=1), datetime.min.time(), zone) - midnight)
-        last_day = (end - timedelta(microseconds=1)).astimezone(zone).date()
-        # Days before the subject's first spend are not zero spend, just no history.
-        while len(daily) > 1 and daily[0] == 0:
-            daily.pop(0)
-        return forecast_period(
-            daily, today, min(max(elapsed, 0.0), 1.0), last_day, status.amount_micro_usd, status.spent_micro_usd, now
-        )
+            return Forecast.none(f"the ledger's history cannot be read: {e}"), spent, basis
+        history = self._fleet.history if self._fleet is not None and status.fleet is not None else None
+        if history is not None:
+            others = history.daily(status.subject if column is not None else None, first, today, zone)
+            if others.days is None:
+                basis = f"this agent: {others.note}"
+            else:
+                daily = [mine + theirs for mine, theirs in zip(daily, others.days, strict=True)]
+                spent = max(spent, spent_this_period(daily, first, status.period, policy.timezone, now))
+                basis = f"fleet: {others.note}" if others.note else "fleet"
+        return project(daily, status.period, status.amount_micro_usd, spent, policy.timezone, now), spent, basis
 
     def check_forecasts(self) -> int:
         """Raise ``budget_forecast`` for each budget whose forecast, even at the low end of its 80%
         interval, passes the amount before the period ends: once per budget, subject and period.
+        A fleet-wide budget is judged on the fleet's spend (``forecast``).
 
-        Run now and then by the scheduler (it reads the ledger), never on the request path.
-        Returns how many events were new.
+        Run now and then by the scheduler (it reads the ledger, and the share for fleet-wide
+        budgets: once for all of them), never on the request path. Returns how many events were new.
         """
         raised = 0
         for status in self.all_statuses():
-            if status.spent_micro_usd >= status.amount_micro_usd:
+            if _counted_spent(status) >= status.amount_micro_usd:
                 continue  # already past it: budget_exhausted / budget_overrun say so
-            f = self.forecast(status)
+            f, spent, basis = self._forecast(status)
             if f.low_micro_usd is None or f.low_micro_usd < status.amount_micro_usd or f.breach_at is None:
                 continue
-            raised += self._forecast_alert(status, f)
+            raised += self._forecast_alert(status, f, spent, basis)
         return raised
 
-    def _forecast_alert(self, status: BudgetStatus, f: Forecast) -> int:
+    def _forecast_alert(self, status: BudgetStatus, f: Forecast, spent: int, basis: str) -> int:
         forecast, low, high, breach = f.forecast_micro_usd, f.low_micro_usd, f.high_micro_usd, f.breach_at
         assert forecast is not None and low is not None and high is not None and breach is not None  # noqa: S101
         body: dict[str, Any] = {
             "budget": status.name,
             "scope": status.scope,
             "subject": status.subject,
-            "spent_usd": format_usd(status.spent_micro_usd),
+            "spent_usd": format_usd(spent),
             "amount_usd": format_usd(status.amount_micro_usd),
             "forecast_usd": format_usd(forecast),
             "forecast_low_usd": format_usd(low),
@@ -585,6 +599,8 @@ class BudgetEnforcer:
             "resets_at": status.resets_at,
             "action": status.action,
         }
+        if status.fleet is not None:  # a fleet-wide budget: whose spend the forecast is made from
+            body["history"] = basis or "this agent"
         user_id = None
         if status.scope == "user" and (found := UserStore(self._db).get(status.subject)) is not None:
             user_id = found.id
@@ -748,6 +764,34 @@ def _exceeded(
             "resets_at": _iso(charge.end),
         },
     )
+
+
+def project(daily: list[int], period: str, amount: int, spent: int, timezone: str, now: datetime) -> Forecast:
+    """The forecast of the ``period`` containing ``now``, from ``daily`` (spend per local day of
+    ``timezone``, today last and partial) and what the period has ``spent`` so far."""
+    zone = ZoneInfo(timezone)
+    _, end = period_bounds(period, now, timezone)  # type: ignore[arg-type]
+    today = now.astimezone(zone).date()
+    midnight = datetime.combine(today, datetime.min.time(), zone)
+    elapsed = (now - midnight) / (datetime.combine(today + timedelta(days=1), datetime.min.time(), zone) - midnight)
+    last_day = (end - timedelta(microseconds=1)).astimezone(zone).date()
+    days = list(daily)
+    # Days before the subject's first spend are not zero spend, just no history.
+    while len(days) > 1 and days[0] == 0:
+        days.pop(0)
+    return forecast_period(days, today, min(max(elapsed, 0.0), 1.0), last_day, amount, spent, now)
+
+
+def spent_this_period(daily: list[int], first: date, period: str, timezone: str, now: datetime) -> int:
+    """What ``daily`` (from the local day ``first``) spent in the ``period`` containing ``now``."""
+    start, _ = period_bounds(period, now, timezone)  # type: ignore[arg-type]
+    return sum(daily[max((start.astimezone(ZoneInfo(timezone)).date() - first).days, 0) :])
+
+
+def _counted_spent(status: BudgetStatus) -> int:
+    """What a budget has spent: this agent's, or for a fleet-wide one the fleet's where larger."""
+    fleet = status.fleet.fleet_spent_micro_usd if status.fleet is not None else None
+    return max(status.spent_micro_usd, fleet or 0)
 
 
 def _copy(totals: _Totals) -> _Totals:

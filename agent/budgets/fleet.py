@@ -10,6 +10,11 @@ agent gives back what it did not spend (``refresh``), so a busy one can claim it
 With the share unreachable the rule is: spend within the allotment last claimed, never past it
 (a new agent that never claimed spends nothing on fleet-wide budgets until the share answers).
 ``state`` says so, for ``/api/v1/budgets`` and ``doctor``.
+
+A fleet-wide budget is forecast from the fleet's daily spend, not this agent's: ``FleetHistory``
+reads the other hosts' published rows (the Parquet segments on the share, through DuckDB) and the
+enforcer adds this agent's own days from its ledger, so its rows not yet published count too and
+none counts twice. One read of the share serves every budget for a few minutes.
 """
 
 from __future__ import annotations
@@ -18,11 +23,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from fractions import Fraction
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+from zoneinfo import ZoneInfo
 
-from agent.fleet.leases import Lease, LeaseKey
+from agent.budgets.forecast import daily_from_hours
+from agent.fleet.leases import Lease, LeaseBook, LeaseKey
 
 if TYPE_CHECKING:
     from agent.budgets.enforcer import Charge
@@ -32,6 +41,10 @@ log = logging.getLogger(__name__)
 FLEET_SCOPES = frozenset({"department", "organisation"})
 # After the share failed, requests do not try it again for this long (they would all wait on it).
 _RETRY_AFTER_FAILURE_S = 5.0
+# The fleet's spend history is read from the share at most this often (forecasts are checked
+# every few minutes, and each check forecasts every budget); after a failed read, this often.
+HISTORY_MAX_AGE_S = 300.0
+HISTORY_RETRY_S = 60.0
 
 
 class LeaseStore(Protocol):
@@ -62,6 +75,98 @@ class _Allotment:
     written_spent: int = -1
 
 
+@dataclass(frozen=True)
+class FleetDays:
+    """The other hosts' spend per local day for one budget's subject, or why there is none."""
+
+    days: list[int] | None  # one value per day, first to last; None: the share could not be read
+    note: str = ""  # "" or what the series lacks (hosts skipped) or why it is missing
+
+
+@dataclass
+class _Read:
+    since: datetime
+    at: float
+    hours: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # department -> (UTC hour, spend)
+    problem: str = ""  # the share could not be read: why
+    skipped: tuple[str, ...] = ()  # hosts left out of the reports (see agent.fleet.catalog)
+
+
+class FleetHistory:
+    """The other hosts' priced spend per department and UTC hour, from the share's Parquet
+    segments (``agent.fleet.report.hourly_spend``), read at most every ``max_age_s`` seconds.
+    Blocking I/O: call it off the event loop."""
+
+    def __init__(
+        self,
+        share_dir: Path,
+        host_id: str,
+        *,
+        checksum_cache: Path | None = None,
+        max_age_s: float = HISTORY_MAX_AGE_S,
+        retry_s: float = HISTORY_RETRY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.share_dir = share_dir
+        self.host_id = host_id
+        self._checksum_cache = checksum_cache
+        self._max_age_s = max_age_s
+        self._retry_s = retry_s
+        self._clock = clock
+        self._lock = threading.Lock()  # one read of the share at a time; the others wait for it
+        self._last: _Read | None = None
+        self.reads = 0  # how many times the share was read (for tests and doctor)
+
+    def daily(self, department: str | None, first: date, last: date, zone: ZoneInfo) -> FleetDays:
+        """The other hosts' spend per local day of ``zone`` from ``first`` to ``last``, of one
+        department or (None) the whole organisation."""
+        read = self._read(datetime.combine(first, datetime.min.time(), zone))
+        if read.problem:
+            return FleetDays(None, read.problem)
+        if department is None:
+            hours = [h for spend in read.hours.values() for h in spend]
+        else:
+            hours = read.hours.get(department, [])
+        note = f"{len(read.skipped)} host(s) on the share could not be read: {', '.join(read.skipped)}"
+        return FleetDays(daily_from_hours(hours, zone, first, last), note if read.skipped else "")
+
+    def _read(self, since: datetime) -> _Read:
+        with self._lock:
+            last, now = self._last, self._clock()
+            fresh = last is not None and last.since <= since
+            if last is not None and fresh and now - last.at < (self._retry_s if last.problem else self._max_age_s):
+                return last
+            self._last = self._read_share(since, now)
+            return self._last
+
+    def _read_share(self, since: datetime, now: float) -> _Read:
+        import duckdb
+
+        from agent.fleet.catalog import scan
+        from agent.fleet.report import connect, hourly_spend
+
+        self.reads += 1
+        try:
+            if not self.share_dir.is_dir():  # unmounted: not a fleet with no spend
+                raise FileNotFoundError(f"{self.share_dir} is not reachable")
+            catalog = scan(self.share_dir, self._checksum_cache)
+            conn = connect(catalog)
+            try:
+                rows = hourly_spend(conn, since, exclude_host=self.host_id)
+            finally:
+                conn.close()
+        except (OSError, duckdb.Error) as e:
+            problem = f"the fleet's spend on the share cannot be read ({e})"
+            if self._last is None or not self._last.problem:
+                log.warning("fleet budgets: %s: forecasting from this agent's ledger only", problem)
+            return _Read(since, now, problem=problem)
+        hours: dict[str, list[tuple[str, int]]] = {}
+        for department, hour, spent in rows:
+            hours.setdefault(department, []).append((hour, spent))
+        skipped = tuple(s.name for s in catalog.skipped if s.name.split(" ")[0] != self.host_id)
+        return _Read(since, now, hours, skipped=skipped)
+
+
 class FleetBudgets:
     def __init__(
         self,
@@ -70,7 +175,13 @@ class FleetBudgets:
         chunk: Fraction = Fraction(1, 20),
         idle_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
+        history: FleetHistory | None = None,
     ) -> None:
+        """``history``: where the fleet's spend is read for forecasts; by default the share that
+        ``leases`` is on, when it is a ``LeaseBook``."""
+        if history is None and isinstance(leases, LeaseBook):
+            history = FleetHistory(leases.root.parent.parent, leases.host_id)  # <share>/fleet/_leases
+        self.history = history
         self._leases = leases
         self._chunk = chunk
         self._idle_s = idle_s

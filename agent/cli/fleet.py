@@ -14,6 +14,7 @@ from agent.cli.common import _Context, _fail, _Group, main, pass_ctx, table_cons
 
 if TYPE_CHECKING:
     from agent.fleet.catalog import Catalog
+    from agent.policy.model import Policy
 
 
 @main.group(cls=_Group)
@@ -151,6 +152,82 @@ def fleet_report(obj: _Context, by: str, since: str, until: str | None, as_json:
     unpriced = result.total("unpriced_requests")
     if unpriced:
         click.secho(f"{unpriced} request(s) have no known price: totals exclude them.", fg="yellow")
+
+
+@fleet.command("budgets")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False, exists=True),
+              help="A policy file (default: the last policy this box received).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the budgets as JSON.")
+@_SHARE
+@pass_ctx
+def fleet_budgets(obj: _Context, policy_file: str | None, as_json: bool, share: str | None) -> None:
+    """Department and organisation budgets over the whole fleet: spent this period by every
+    host (published rows), and where the period will end at the fleet's pace (80% interval)."""
+    from agent.fleet.report import budget_forecasts
+    from agent.money import format_usd
+
+    policy = _policy(obj, policy_file)
+    catalog = _catalog(obj, share)
+    now = datetime.now(UTC)
+    rows = []
+    for b in budget_forecasts(catalog, policy, now):
+        f = b.forecast
+        rows.append({
+            "name": b.name, "scope": b.scope, "subject": b.subject, "period": b.period, "action": b.action,
+            "amount_usd": format_usd(b.amount_micro_usd), "spent_usd": format_usd(b.spent_micro_usd),
+            "remaining_usd": format_usd(max(b.amount_micro_usd - b.spent_micro_usd, 0)),
+            "forecast_usd": format_usd(f.forecast_micro_usd) if f.forecast_micro_usd is not None else None,
+            "forecast_low_usd": format_usd(f.low_micro_usd) if f.low_micro_usd is not None else None,
+            "forecast_high_usd": format_usd(f.high_micro_usd) if f.high_micro_usd is not None else None,
+            "breach_at": f.breach_at.astimezone(UTC).isoformat(timespec="seconds") if f.breach_at else None,
+            "forecast_note": f.problem,
+        })  # fmt: skip
+    if as_json:
+        skipped = [{"name": s.name, "reason": s.reason} for s in catalog.skipped]
+        body = {"policy_version": policy.version, "hosts": len(catalog.hosts), "skipped_hosts": skipped,
+                "budgets": rows}  # fmt: skip
+        click.echo(json.dumps(body, indent=2))
+        return
+    from rich.table import Table
+
+    title = f"fleet budgets, policy version {policy.version}, {len(catalog.hosts)} host(s)"
+    table = Table("budget", "for", "period", "spent USD", "of USD", "left USD", "forecast USD (80%)", "breaks (UTC)",
+                  title=title)  # fmt: skip
+    for r in rows:
+        forecast = (f"{r['forecast_usd']} ({r['forecast_low_usd']}-{r['forecast_high_usd']})" if r["forecast_usd"]
+                    else f"- ({r['forecast_note']})")  # fmt: skip
+        breaks = str(r["breach_at"])[:16].replace("T", " ") if r["breach_at"] else "-"
+        table.add_row(str(r["name"]), f"{r['scope']} {r['subject']}", str(r["period"]), str(r["spent_usd"]),
+                      str(r["amount_usd"]), str(r["remaining_usd"]), forecast, breaks)  # fmt: skip
+    table_console().print(table)
+    if not rows:
+        click.echo("The policy has no department or organisation budget with spend on the share.")
+    click.echo("Spent: the rows the hosts have published (every fleet.publish_interval_s); each agent's own "
+               "view (aifinops budgets) adds its rows not published yet.")  # fmt: skip
+
+
+def _policy(obj: _Context, policy_file: str | None) -> Policy:
+    from agent.errors import PolicyError
+    from agent.ledger.database import Database
+    from agent.ledger.policies import PolicyStore
+    from agent.policy.model import parse_policy
+
+    if policy_file is not None:
+        try:
+            return parse_policy(Path(policy_file).read_bytes())
+        except (OSError, PolicyError) as e:
+            _fail(f"the policy {policy_file} cannot be used: {e}")
+    ledger = obj.settings().paths.ledger_file
+    if not ledger.is_file():
+        _fail("this box has no ledger, so no policy: pass --policy FILE")
+    db = Database.open(ledger)
+    try:
+        last = PolicyStore(db).last_good()
+    finally:
+        db.close()
+    if last is None:
+        _fail("this box has received no policy yet: pass --policy FILE")
+    return parse_policy(last.body)
 
 
 @fleet.command("export")

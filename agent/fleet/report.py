@@ -9,14 +9,18 @@ or a warehouse table of the same columns (docs/ADMIN.md says how).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
+from zoneinfo import ZoneInfo
 
 from agent.fleet.catalog import Catalog
 from agent.fleet.segments import GPU_SCHEMA, REQUESTS_SCHEMA
 
 if TYPE_CHECKING:
     import duckdb
+
+    from agent.budgets.forecast import Forecast
+    from agent.policy.model import Policy
 
 FleetDimension = Literal["user", "department", "feature", "model", "host", "day"]
 DIMENSIONS: tuple[FleetDimension, ...] = ("user", "department", "feature", "model", "host", "day")
@@ -81,6 +85,114 @@ def connect(catalog: Catalog) -> duckdb.DuckDBPyConnection:
         relation = conn.read_parquet(files) if files else conn.from_arrow(schema.empty_table())
         relation.create_view(name)
     return conn
+
+
+def hourly_spend(
+    conn: duckdb.DuckDBPyConnection, since: datetime, *, exclude_host: str | None = None
+) -> list[tuple[str, str, int]]:
+    """The fleet's priced spend per department and UTC hour from ``since`` on: (department,
+    "YYYY-MM-DDTHH", micro-USD), as the ledger's timestamps start. ``exclude_host``: leave one
+    host's rows out (an agent adds its own from its ledger, published or not)."""
+    where = "ts >= ? AND cost_micro_usd IS NOT NULL"
+    params: list[Any] = [since]
+    if exclude_host is not None:
+        where += " AND host_id <> ?"
+        params.append(exclude_host)
+    rows = conn.execute(
+        "SELECT department, epoch_us(ts) // 3600000000 AS hour, sum(cost_micro_usd)"  # noqa: S608 - fixed columns
+        f" FROM requests WHERE {where} GROUP BY 1, 2",
+        params,
+    ).fetchall()
+    return [(str(department), _utc_hour(int(hour)), int(spent)) for department, hour, spent in rows]
+
+
+def daily_spend(
+    source: Catalog | duckdb.DuckDBPyConnection,
+    department: str | None,
+    first: date,
+    last: date,
+    zone: ZoneInfo,
+    *,
+    exclude_host: str | None = None,
+) -> list[int]:
+    """The fleet's spend (micro-USD) per local day of ``zone`` from ``first`` to ``last``
+    (inclusive), of one department or (None) the whole organisation: the series a fleet-wide
+    budget's forecast is made from (``agent.budgets.forecast``). Users are left out on purpose:
+    the share may hold them only as pseudonyms."""
+    from agent.budgets.forecast import daily_from_hours
+
+    since = datetime.combine(first, datetime.min.time(), zone)
+    conn = connect(source) if isinstance(source, Catalog) else source
+    try:
+        hours = hourly_spend(conn, since, exclude_host=exclude_host)
+    finally:
+        if conn is not source:
+            conn.close()
+    chosen = ((hour, spent) for d, hour, spent in hours if department is None or d == department)
+    return daily_from_hours(chosen, zone, first, last)
+
+
+@dataclass(frozen=True)
+class FleetBudgetForecast:
+    """One department or organisation budget over the whole fleet: what the published rows say
+    it spent this period, and where the period will end at the fleet's pace."""
+
+    name: str
+    scope: str
+    subject: str  # the department; "*" for the organisation
+    period: str
+    action: str
+    amount_micro_usd: int
+    spent_micro_usd: int
+    forecast: Forecast
+
+
+def budget_forecasts(
+    source: Catalog | duckdb.DuckDBPyConnection, policy: Policy, now: datetime
+) -> list[FleetBudgetForecast]:
+    """Every fleet-wide budget of ``policy`` (department and organisation scopes; a department
+    budget matching "*" once per department with spend on the share), forecast from the fleet's
+    published daily spend. One read of the share for all of them."""
+    from agent.budgets.enforcer import project, spent_this_period
+    from agent.budgets.fleet import FLEET_SCOPES
+    from agent.budgets.forecast import HISTORY_DAYS, daily_from_hours
+    from agent.policy.model import ANY
+
+    zone = policy.zone
+    today = now.astimezone(zone).date()
+    first = today - timedelta(days=HISTORY_DAYS)
+    conn = connect(source) if isinstance(source, Catalog) else source
+    try:
+        hours = hourly_spend(conn, datetime.combine(first, datetime.min.time(), zone))
+    finally:
+        if conn is not source:
+            conn.close()
+    by_department: dict[str, list[tuple[str, int]]] = {}
+    for department, hour, spent in hours:
+        by_department.setdefault(department, []).append((hour, spent))
+    out = []
+    for rule in policy.budgets:
+        if rule.scope not in FLEET_SCOPES:
+            continue
+        if rule.scope == "organisation":
+            subjects = {ANY: [h for spend in by_department.values() for h in spend]}
+        elif rule.match == ANY:
+            subjects = {d: spend for d, spend in sorted(by_department.items()) if d}
+        else:
+            subjects = {rule.match: by_department.get(rule.match, [])}
+        for subject, subject_hours in subjects.items():
+            daily = daily_from_hours(subject_hours, zone, first, today)
+            spent = spent_this_period(daily, first, rule.period, policy.timezone, now)
+            amount = rule.amount_micro_usd
+            forecast = project(daily, rule.period, amount, spent, policy.timezone, now)
+            out.append(FleetBudgetForecast(rule.name, rule.scope, subject, rule.period, rule.action, amount, spent,
+                                           forecast))  # fmt: skip
+    return out
+
+
+def _utc_hour(index: int) -> str:
+    """Hours since the epoch -> "YYYY-MM-DDTHH" (UTC)."""
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(hours=index)).strftime("%Y-%m-%dT%H")
 
 
 def report(

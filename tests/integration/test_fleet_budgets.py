@@ -133,3 +133,7 @@ def test_three_agents_sharing_a_department_budget_never_overspend_it(
         assert budget["spent_micro_usd"] == spent(agent)
         assert budget["fleet"]["allotted_micro_usd"] >= spent(agent)
         assert budget["fleet"]["hosts"] == 3 and budget["fleet"]["problem"] == ""
+        # Its forecast is made from the fleet's spend on the same share (tests/integration/test_fleet_forecast.py).
+        fleet_budgets = agent.services.enforcer.fleet
+        assert fleet_budgets is not None and fleet_budgets.history is not None
+        assert fleet_budgets.history.share_dir == tmp_path / "share"
