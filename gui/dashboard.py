@@ -6,7 +6,8 @@ import logging
 from datetime import datetime
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QPoint, QRect, Qt, Signal
+from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPen, QPolygon
 from PySide6.QtWidgets import (
     QGridLayout,
     QGroupBox,
@@ -15,6 +16,8 @@ from PySide6.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QStyle,
+    QStyleOptionProgressBar,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -24,7 +27,7 @@ from PySide6.QtWidgets import (
 from agent.api.schemas import BudgetEntry
 from gui.client import AgentClient, Reply
 from gui.errors import AgentError, plain_words
-from gui.figures import Figures, Slice, counted_spend, usd
+from gui.figures import Figures, Slice, counted_spend, micro_usd_of, usd
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,13 @@ def budget_caption(budget: BudgetEntry) -> str:
     if budget.forecast_micro_usd is not None:
         caption += f"; forecast {usd(budget.forecast_micro_usd)}"
         if budget.breach_at:
-            caption += f", runs out about {budget.breach_at[:16].replace('T', ' ')} UTC"
+            caption += f", runs out about {breach_text(budget.breach_at)}"
     return caption
+
+
+def breach_text(breach_at: str) -> str:
+    """The API's ISO time ("2026-12-17T08:55:00+00:00", UTC) to the minute: "2026-12-17 08:55 UTC"."""
+    return f"{breach_at[:16].replace('T', ' ')} UTC"
 
 
 def fleet_caption(budget: BudgetEntry) -> str:
@@ -61,6 +69,133 @@ def budget_percent(budget: BudgetEntry) -> int:
     if budget.amount_micro_usd <= 0:
         return 0
     return min(100, counted_spend(budget) * 100 // budget.amount_micro_usd)
+
+
+def forecast_fraction(budget: BudgetEntry) -> float | None:
+    """Where the period's forecast lands on the budget's bar: forecast / amount (0.5: half the
+    amount, 1.0 or more: it runs out); None without a forecast (too little history) or amount."""
+    if budget.forecast_micro_usd is None or budget.amount_micro_usd <= 0:
+        return None
+    return max(0.0, budget.forecast_micro_usd / budget.amount_micro_usd)
+
+
+def forecast_interval(budget: BudgetEntry) -> tuple[float, float] | None:
+    """The forecast's 80% interval as fractions of the amount, like `forecast_fraction`; None
+    without one. The API sends it as decimal USD strings only."""
+    low, high = micro_usd_of(budget.forecast_low_usd), micro_usd_of(budget.forecast_high_usd)
+    if low is None or high is None or budget.forecast_micro_usd is None or budget.amount_micro_usd <= 0:
+        return None
+    amount = budget.amount_micro_usd
+    return max(0.0, min(low, high) / amount), max(0.0, max(low, high) / amount)
+
+
+def budget_tooltip(budget: BudgetEntry) -> str:
+    """The bar's tooltip: the forecast in full, or why there is none."""
+    lines = [
+        f"{budget.name}: {usd(counted_spend(budget))} of {usd(budget.amount_micro_usd)} spent "
+        f"({budget_percent(budget)} %), {usd(budget.remaining_micro_usd)} left this {budget.period}."
+    ]
+    fraction = forecast_fraction(budget)
+    if budget.forecast_micro_usd is None or fraction is None:
+        note = budget.forecast_note.strip().rstrip(".")
+        lines.append(f"No forecast yet: {note}." if note else "No forecast yet.")
+        return "\n".join(lines)
+    forecast = f"Forecast for the end of the {budget.period}: {usd(budget.forecast_micro_usd)}"
+    low, high = micro_usd_of(budget.forecast_low_usd), micro_usd_of(budget.forecast_high_usd)
+    if low is not None and high is not None:
+        forecast += f" (80% interval: {usd(low)} to {usd(high)})"
+    lines.append(f"{forecast}, {round(fraction * 100)} % of the budget.")
+    if budget.breach_at:
+        lines.append(f"At this pace it runs out about {breach_text(budget.breach_at)}.")
+    else:
+        lines.append(f"Not expected to run out this {budget.period}.")
+    legend = "The mark on the bar is the forecast"
+    if low is not None and high is not None:
+        legend += ", the lighter band its 80% interval"
+    if fraction >= 1.0:
+        legend += "; red with an arrow: past the end of the budget"
+    lines.append(f"{legend}.")
+    return "\n".join(lines)
+
+
+FORECAST_COLOUR = QColor("#5b21b6")  # violet: the forecast lands inside the amount
+OVERRUN_COLOUR = QColor("#b91c1c")  # red: the forecast runs past the amount
+HALO_COLOUR = QColor("#ffffff")  # around the mark, so it shows on any chunk colour
+
+
+class BudgetBar(QProgressBar):
+    """A budget's bar: what is spent, a mark where the period's forecast lands and a lighter band
+    for its 80% interval. A forecast at or past the amount is marked red at the right edge, with an
+    arrow pointing out of the bar."""
+
+    def __init__(self, budget: BudgetEntry, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.budget = budget
+        self.forecast = forecast_fraction(budget)
+        self.interval = forecast_interval(budget)
+        percent = budget_percent(budget)
+        self.setRange(0, 100)
+        self.setValue(percent)
+        self.setFormat(budget_caption(budget))
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setToolTip(budget_tooltip(budget))
+        if percent >= 100:
+            self.setStyleSheet("QProgressBar::chunk { background: #d0392b; }")
+        elif percent >= 80:
+            self.setStyleSheet("QProgressBar::chunk { background: #e0a21b; }")
+
+    @property
+    def overrun(self) -> bool:
+        """The forecast reaches the amount: the budget runs out this period."""
+        return self.forecast is not None and self.forecast >= 1.0
+
+    def track(self) -> QRect:
+        """The inside of the bar: 0 at its left edge, the whole amount at its right."""
+        option = QStyleOptionProgressBar()
+        self.initStyleOption(option)
+        rect = self.style().subElementRect(QStyle.SubElement.SE_ProgressBarContents, option, self)
+        inside = rect.adjusted(1, 1, -1, -1)  # within the groove's frame
+        return inside if inside.width() > 4 and inside.height() > 2 else self.rect()
+
+    def x_of(self, fraction: float) -> int:
+        track = self.track()
+        return track.left() + round(min(max(fraction, 0.0), 1.0) * (track.width() - 1))
+
+    def marker_x(self) -> int | None:
+        """The column at the middle of the forecast's mark (3 pixels wide); None without a forecast."""
+        if self.forecast is None:
+            return None
+        track = self.track()
+        return min(max(self.x_of(self.forecast), track.left() + 1), track.right() - 1)
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        super().paintEvent(event)
+        x = self.marker_x()
+        if x is None:
+            return
+        track = self.track()
+        colour = OVERRUN_COLOUR if self.overrun else FORECAST_COLOUR
+        painter = QPainter(self)
+        try:
+            painter.setClipRect(track)
+            if self.interval is not None:
+                low, high = (self.x_of(f) for f in self.interval)
+                band = QColor(colour)
+                band.setAlpha(60)
+                painter.fillRect(QRect(low, track.top(), max(1, high - low + 1), track.height()), band)
+            if self.overrun:  # "▶|" on white: the forecast runs out of the bar
+                size = max(3, (track.height() - 4) // 2)
+                tip, middle = x - 3, track.center().y()
+                painter.fillRect(QRect(tip - size - 3, track.top(), size + 6, track.height()), HALO_COLOUR)
+                corners = ((tip - size, middle - size), (tip, middle), (tip - size, middle + size))
+                arrow = QPolygon([QPoint(px, py) for px, py in corners])
+                painter.setPen(QPen(colour, 1))
+                painter.setBrush(colour)
+                painter.drawPolygon(arrow)
+            painter.fillRect(QRect(x - 2, track.top(), 5, track.height()), HALO_COLOUR)
+            painter.fillRect(QRect(x - 1, track.top(), 3, track.height()), colour)
+        finally:
+            painter.end()
 
 
 class DashboardWindow(QWidget):
@@ -181,16 +316,7 @@ class DashboardWindow(QWidget):
             self.budget_layout.addWidget(QLabel(none))
             return
         for budget in figures.budgets:
-            bar = QProgressBar()
-            bar.setRange(0, 100)
-            bar.setValue(budget_percent(budget))
-            bar.setFormat(budget_caption(budget))
-            bar.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            if budget_percent(budget) >= 100:
-                bar.setStyleSheet("QProgressBar::chunk { background: #d0392b; }")
-            elif budget_percent(budget) >= 80:
-                bar.setStyleSheet("QProgressBar::chunk { background: #e0a21b; }")
-            self.budget_layout.addWidget(bar)
+            self.budget_layout.addWidget(BudgetBar(budget))
             if budget.fleet is not None:
                 self.budget_layout.addWidget(QLabel(fleet_caption(budget)))
 

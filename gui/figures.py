@@ -65,16 +65,25 @@ def usd(micro_usd: int) -> str:
     return f"{sign}${whole:,}.{frac:02d}"
 
 
-def usd_text(amount: Any) -> str:
-    """An API's decimal USD string ("0.420106") as ``usd`` shows it ("$0.42"); "?" when absent or
-    not a number (an event's body is someone else's JSON)."""
+def micro_usd_of(amount: Any) -> int | None:
+    """An API's decimal USD string ("0.420106") in micro-USD (420106), rounded half up; None when
+    absent or not a number (an event's body is someone else's JSON)."""
+    if amount is None:
+        return None
     try:
         micro = Decimal(str(amount)) * MICRO
     except (InvalidOperation, ValueError):
-        return "?"
+        return None
     if not micro.is_finite():
-        return "?"
-    return usd(int(micro.to_integral_value(rounding=ROUND_HALF_UP)))
+        return None
+    return int(micro.to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def usd_text(amount: Any) -> str:
+    """An API's decimal USD string ("0.420106") as ``usd`` shows it ("$0.42"); "?" when absent or
+    not a number."""
+    micro = micro_usd_of(amount)
+    return "?" if micro is None else usd(micro)
 
 
 def _slices(rows: Any) -> tuple[Slice, ...]:
