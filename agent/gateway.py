@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -691,7 +691,7 @@ class Gateway:
         self._settle(flight, price.cost_micro_usd, usage.input_tokens + usage.output_tokens)
         self._requests.record(row)
         if self._runaway is not None:
-            self._runaway.observe(row.user_name, row.department, datetime.now(UTC))
+            self._runaway.observe(row.user_name, row.department, row.feature, row.model)
         self._telemetry.recorded(flight.trace, row, cache_status=flight.cache.status,
                                  routed=flight.call.requested_model == "auto",
                                  provider_id=flight.route.provider.price_provider_id)  # fmt: skip

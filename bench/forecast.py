@@ -34,8 +34,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     anomaly_lines = [
-        "| seed | runaways >= 10x | recall | within 5 min | median delay (s) | false alarms | per subject-month |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | runaways >= 10x | recall | median delay (s) | within 5 min | false alarms | per subject-month "
+        "| detectable at all | recall of those | detectable in 5 min | caught in 5 min of those |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "AIFINOPS_HOME": tmp}
@@ -52,8 +53,11 @@ def main() -> None:
             lines.append(f"| {seed} | {args.users} | {args.days} | {f['subject_months']} | {m['5']} | {n['5']} "
                          f"| {m['10']} | {n['10']} | {m['20']} | {n['20']} |")  # fmt: skip
             print(lines[-1], flush=True)
-            anomaly_lines.append(f"| {seed} | {a['incidents_10x']} | {a['recall_10x']} | {a['recall_10x_within_5_min']} "
-                                 f"| {a['median_delay_s']} | {a['false_alarms']} | {a['false_alarms_per_subject_month']} |")  # fmt: skip
+            anomaly_lines.append(f"| {seed} | {a['incidents_10x']} | {a['recall_10x']} | {a['median_delay_s']} "
+                                 f"| {a['recall_10x_within_5_min']} | {a['false_alarms']} "
+                                 f"| {a['false_alarms_per_subject_month']} | {a['detectable_10x']} "
+                                 f"| {a['recall_10x_detectable']} | {a['detectable_10x_in_5_min']} "
+                                 f"| {a['recall_10x_within_5_min_detectable']} |")  # fmt: skip
             print(anomaly_lines[-1], flush=True)
     body = "\n".join(lines) + (
         "\n\nHistories from `bench/spend_history.py` (users in 5 departments; weekday and hour seasonality, monthly "
@@ -61,12 +65,22 @@ def main() -> None:
         "users and departments; months with at least 14 days of history before them. Goals (issue 19): MAPE at "
         "day 10 <= 0.10 and <= 0.7x the naive run-rate's: not met yet.\n\n"
         "Runaway detection (agent/budgets/anomaly.py: a CUSUM on each user's request arrivals against their "
-        "hour-of-week baseline, relearned every Monday from the 4 weeks before; replayed from the third week):\n\n"
+        "hour-of-week baseline, relearned every Monday from the 4 weeks before, raised up to 3x on a day running "
+        "busy; replayed from the third week; tuned on seeds 11-13, never these):\n\n"
         + "\n".join(anomaly_lines)
-        + "\n\nAn alarm counts as a detection from the incident's start to 5 minutes after its end. Goals (issue "
-        "19): recall >= 0.95 for 10x and more within 5 minutes, <= 0.1 false alarms per subject-month. Not met "
-        "yet: loops at night are missed (the baseline's floor, a quarter of a busy hour, is far above the real "
-        "night rate), and at a request a minute the test needs about 6 minutes."
+        + "\n\nAn alarm counts as a detection from the incident's start to 5 minutes after its end; any other "
+        "alarm is false (busy days included). Goals (issue 19): recall >= 0.95 for 10x and more with a median "
+        "delay <= 5 min, <= 0.1 false alarms per subject-month. The false alarms are met by far; recall and "
+        "delay are not, and cannot be on these histories, by any detector. The generator makes a loop 10x the "
+        "user's rate *for that hour*, at any hour: at night that is a few requests an hour (a median user makes "
+        "about 0.5 an hour at 03:00), so many loops make under 10 requests in all and none in their first 5 "
+        "minutes. *Detectable* is an oracle's test, generous to any detector: it knows the incident's window "
+        "and the baseline, and flags the window when its request count is improbable for a legitimate day at 3x "
+        "the baseline (Poisson tail <= 0.1 false alarms a subject-month spread over every window of that length "
+        "in a month). The detector catches almost every incident that oracle can flag over its whole length; "
+        "in the first 5 minutes the oracle itself can flag only the loops of the busiest hours (it needs about "
+        "50 requests an hour of baseline to flag 95% of 10x loops, see agent/benchmarks/forecast.py), "
+        "and the detector, which does not know when a loop starts, catches most of those."
     )
     command = ".venv/bin/python bench/forecast.py   # aifinops bench forecast --history FILE --json, per seed"
     update_section("forecast", "Budget forecasts: month-end MAPE against the naive run-rate", command, body)

@@ -4,13 +4,15 @@ A small, documented model over a subject's daily spend (integer micro-USD, one v
 day, oldest first, today last and partial):
 
 1. **Weekday seasonality.** Each weekday's factor is its median spend over the full weeks of
-   history (8 at most), the seven scaled to average 1, then shrunk towards 1 by
-   ``weeks / (weeks + 0.5)``. Medians: one runaway Tuesday does not make every Tuesday dear.
-   No full week: every factor is 1.
+   history (8 at most), the seven scaled to average 1. Medians: one runaway Tuesday does not make
+   every Tuesday dear. No full week: every factor is 1. (Shrinking the factors towards 1, as an
+   earlier version did, biased month-ends low by 5%: weekends came out dearer than they are.)
 2. **Level and trend.** The deseasonalised days (spend / factor) of the last 56 at most, each
    capped at the median plus 3 robust standard deviations (a loop's day is not the new normal),
    are fitted with a weighted straight line, weights halving every ``HALF_LIFE_DAYS`` days
-   back. The slope is kept only when it is twice its own standard error, and damped (each
+   back; then level and slope are scaled by what the caps took off (weighted): the spikes do not
+   set the level, but they recur about as often as history shows, and their spend is real.
+   The slope is kept only when it is twice its own standard error, and damped (each
    further day adds ``DAMPING`` times the previous day's growth) so that a few rising days do
    not extrapolate to the moon.
 3. **Projection.** Each remaining day of the period is its level times its weekday's factor;
@@ -117,16 +119,15 @@ def weekday_factors(history: np.ndarray, weekdays: np.ndarray) -> np.ndarray:
     if factors.mean() <= 0:
         return np.ones(7)
     factors /= factors.mean()
-    shrink = weeks / (weeks + 0.5)
-    shrunk: np.ndarray = np.maximum(1 + shrink * (factors - 1), 0.05)
-    return shrunk
+    floored: np.ndarray = np.maximum(factors, 0.05)
+    return floored
 
 
 def _fit(history: np.ndarray, weekdays: np.ndarray, factors: np.ndarray) -> tuple[float, float, float, float]:
     """Level at the last full day, slope per day, the day's residual sigma, the slope's sigma."""
-    y = history[-WINDOW_DAYS:] / factors[weekdays[-WINDOW_DAYS:]]
-    median = float(np.median(y))
-    y = np.minimum(y, median + 3 * 1.4826 * float(np.median(np.abs(y - median))))
+    raw = history[-WINDOW_DAYS:] / factors[weekdays[-WINDOW_DAYS:]]
+    median = float(np.median(raw))
+    y = np.minimum(raw, median + 3 * 1.4826 * float(np.median(np.abs(raw - median))))
     x = np.arange(len(y), dtype=np.float64) - (len(y) - 1)  # 0 at the last full day
     w = 0.5 ** (-x / HALF_LIFE_DAYS)
     xm, ym = np.average(x, weights=w), np.average(y, weights=w)
@@ -139,7 +140,9 @@ def _fit(history: np.ndarray, weekdays: np.ndarray, factors: np.ndarray) -> tupl
     slope_sigma = sigma / math.sqrt(sxx / np.sum(w) * len(y)) if sxx > 0 else 0.0
     if abs(slope) < 2 * slope_sigma:  # no trend told apart from the noise: the level alone
         level, slope = float(np.average(y, weights=w)), 0.0
-    return level, slope, sigma, slope_sigma
+    capped = float(np.average(y, weights=w))
+    spikes = float(np.average(raw, weights=w)) / capped if capped > 0 else 1.0
+    return level * spikes, slope * spikes, sigma, slope_sigma
 
 
 def _breach_time(

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agent.budgets.anomaly import WEEKS, Alarm, Baseline, RateWatch, learn_baselines, week_start
+from agent.budgets.anomaly import WEEKS, Alarm, Baseline, RateWatch, learn_baselines, learn_totals, week_start
 from agent.errors import RateLimited
 from agent.ledger.database import Database
 from agent.ledger.events import EventLog
@@ -43,7 +43,7 @@ class RunawayWatch:
         self._events = events
         self._policy = policy
         self._post = post  # the webhook poster the budget events use
-        self._now = now
+        self.clock = now  # the watch's time: tests replay a loop in simulated minutes
         self._watch = RateWatch()
         self._baselines: dict[str, Baseline] = {}
         self._throttles: dict[str, tuple[float, str]] = {}  # user -> (requests an hour, why)
@@ -62,7 +62,7 @@ class RunawayWatch:
             if throttle is None:
                 return
             limit, why = throttle
-            now = self._now().timestamp()
+            now = self.clock().timestamp()
             times = self._recent.setdefault(user, deque())
             while times and times[0] <= now - 3600:
                 times.popleft()
@@ -103,60 +103,98 @@ class RunawayWatch:
 
     def refresh(self) -> int:
         """Learn every baseline again from the ledger (the scheduler's job). Returns how many."""
-        week = week_start(self._now())
+        week = week_start(self.clock())
         since = (week - timedelta(weeks=WEEKS)).isoformat(timespec="microseconds")
         rows = self._db.query(
-            "SELECT user_name, department, substr(ts, 1, 13) AS hour, count(*) AS n FROM requests "
-            "WHERE ts >= ? AND ts < ? AND route != 'cache' GROUP BY user_name, department, hour",
+            "SELECT user_name, department, feature, model, substr(ts, 1, 13) AS hour, count(*) AS n FROM requests "
+            "WHERE ts >= ? AND ts < ? AND route != 'cache' GROUP BY user_name, department, feature, model, hour",
             (since, week.isoformat(timespec="microseconds")),
         )
-        learned = learn_baselines(((str(r["user_name"]), str(r["department"]), _hour(str(r["hour"])), int(r["n"]))
-                                   for r in rows), week)  # fmt: skip
+        users: list[tuple[str, str, datetime, int]] = []
+        totals: list[tuple[str, datetime, int]] = []
+        for r in rows:
+            hour, n = _hour(str(r["hour"])), int(r["n"])
+            users.append((str(r["user_name"]), str(r["department"]), hour, n))
+            totals.append((f"department:{r['department']}", hour, n))
+            totals.append((f"model:{r['model']}", hour, n))
+            if r["feature"]:
+                totals.append((f"feature:{r['feature']}", hour, n))
+        learned = learn_baselines(users, week) | learn_totals(totals, week)
         with self._lock:
             self._baselines = learned
         return len(learned)
 
-    def observe(self, user: str, department: str, moment: datetime) -> None:
-        """A paid request of ``user`` at ``moment``: O(1); an alarm is raised in a thread."""
+    def observe(self, user: str, department: str, feature: str = "", model: str = "",
+                moment: datetime | None = None) -> None:  # fmt: skip
+        """A paid request at ``moment`` (now by default): it counts for its user (judged against
+        the department's per-member baseline until the user has a week of history), department,
+        feature and model. O(1); an alarm is raised in a thread."""
+        moment = self.clock() if moment is None else moment
         with self._lock:
-            baseline = self._baselines.get(f"user:{user}") or self._baselines.get(f"department:{department}")
-            if baseline is None:
-                return  # nobody on this box has a week of history yet
-            alarm = self._watch.observe(f"user:{user}", moment, baseline)
-        if alarm is not None:
+            baselines = self._baselines
+            watched = []
+            if (mine := baselines.get(f"user:{user}") or baselines.get(f"member:{department}")) is not None:
+                watched.append((f"user:{user}", mine))
+            for subject in (f"department:{department}", f"feature:{feature}" if feature else "", f"model:{model}"):
+                if (baseline := baselines.get(subject)) is not None:
+                    watched.append((subject, baseline))
+            alarms = self._watch.observe_many(watched, moment) if watched else []
+        for alarm in alarms:
             threading.Thread(target=self._raise, args=(alarm, user, department), daemon=True).start()
 
     def _raise(self, alarm: Alarm, user: str, department: str) -> None:
+        """One ``spend_anomaly`` event: what ran away, the top user, feature and model of its last
+        10 minutes. A user's own runaway is theirs to see (and to be throttled for, with the
+        policy's "throttle"); a department's, feature's or model's names whoever drove it, so it
+        is for admins (and the webhook) only."""
+        kind, name = alarm.subject.split(":", 1)
+        column = {"user": "user_name", "department": "department", "feature": "feature", "model": "model"}[kind]
         try:
             since = (alarm.at - timedelta(minutes=10)).isoformat(timespec="microseconds")
-            recent = self._db.query(
-                "SELECT feature, model, count(*) AS n, coalesce(sum(cost_micro_usd), 0) AS spent FROM requests "
-                "WHERE user_name = ? AND ts >= ? GROUP BY feature, model ORDER BY n DESC LIMIT 1",
-                (user, since),
-            )
+            recent = [dict(r) for r in self._db.query(
+                "SELECT user_name, feature, model, count(*) AS n, coalesce(sum(cost_micro_usd), 0) AS spent "  # noqa: S608 - fixed columns
+                f"FROM requests WHERE {column} = ? AND ts >= ? AND route != 'cache' "
+                "GROUP BY user_name, feature, model ORDER BY n DESC",
+                (name, since),
+            )]  # fmt: skip
             policy = self._policy()
-            top: dict[str, Any] = dict(recent[0]) if recent else {"feature": "", "model": "", "n": 0, "spent": 0}
+            top: dict[str, Any] = recent[0] if recent else {"user_name": user, "feature": "", "model": "", "n": 0}
+            last_10_min = sum(int(r["n"]) for r in recent)
+            rate = last_10_min * 6.0
+            reason = alarm.reason
+            if rate > 0 and alarm.baseline_per_hour > 0:
+                who = f"{kind} {name}" if kind != "user" else name
+                where = f" (mostly {top['feature'] or 'no feature'} on {top['model']})" if top["model"] else ""
+                if kind != "user":
+                    where = f" (mostly {top['user_name']}, {top['feature'] or 'no feature'} on {top['model']})"
+                times = rate / alarm.baseline_per_hour
+                reason = (f"{who} made {last_10_min} requests in 10 minutes{where}: "
+                          f"{times:.0f}x the usual {alarm.baseline_per_hour:.1f} an hour")  # fmt: skip
             body = {
                 "subject": alarm.subject,
-                "user": user,
-                "department": department,
-                "rate_per_hour": round(alarm.rate_per_hour, 1),
+                "user": user if kind == "user" else str(top["user_name"]),
+                "department": department if kind in ("user", "department") else "",
+                "top_user": str(top["user_name"]),
+                "rate_per_hour": round(rate, 1),
                 "baseline_per_hour": round(alarm.baseline_per_hour, 2),
                 "top_feature": str(top["feature"]),
                 "top_model": str(top["model"]),
-                "requests_last_10_min": int(top["n"]),
-                "reason": alarm.reason,
+                "requests_last_10_min": last_10_min,
+                "spent_last_10_min_micro_usd": sum(int(r["spent"]) for r in recent),
+                "reason": reason,
                 "at": alarm.at.isoformat(timespec="seconds"),
                 "action": policy.anomaly.action if policy is not None else "alert",
             }
             key = f"spend_anomaly:{alarm.subject}:{alarm.at.strftime('%Y-%m-%dT%H')}"
-            found = UserStore(self._db).get(user)
-            user_id = found.id if found is not None else None
-            event_id = self._events.add("spend_anomaly", body, user_id=user_id, department=department, dedupe_key=key)
+            user_id, seen_by = None, None  # admins only
+            if kind == "user":
+                found = UserStore(self._db).get(user)
+                user_id, seen_by = (found.id if found is not None else None), department
+            event_id = self._events.add("spend_anomaly", body, user_id=user_id, department=seen_by, dedupe_key=key)
             if event_id is None:
                 return
-            log.warning("spend_anomaly: %s", alarm.reason)
-            if policy is not None and policy.anomaly.action == "throttle":
+            log.warning("spend_anomaly: %s", reason)
+            if kind == "user" and policy is not None and policy.anomaly.action == "throttle":
                 self._throttle(user, alarm, policy.anomaly.throttle_multiple)
             if policy is not None and policy.webhook_url:
                 self._post(policy.webhook_url, {"id": event_id, "kind": "spend_anomaly", **body})

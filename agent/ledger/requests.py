@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -90,6 +91,11 @@ class RequestLog:
         """Insert one row, atomically."""
         with self._db.transaction() as conn:
             conn.execute(_INSERT, asdict(record))
+
+    def record_many(self, records: Iterable[RequestRecord]) -> None:
+        """Insert rows in one transaction (imports, history replays): all or none."""
+        with self._db.transaction() as conn:
+            conn.executemany(_INSERT, (asdict(r) for r in records))
 
     def summary(
         self, since_day: str, user_id: int | None = None, dimensions: tuple[SpendDimension, ...] = ()

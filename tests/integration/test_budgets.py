@@ -497,15 +497,71 @@ def test_a_loop_far_above_the_users_usual_rate_raises_one_spend_anomaly(governed
         for _ in range(15):  # a script in a loop: fifteen calls in a few seconds, against one an hour
             assert g.ask(http).status_code == 200
         deadline, found = time.monotonic() + 15, []
-        while not found and time.monotonic() < deadline:
+        while len(found) < 3 and time.monotonic() < deadline:
             events = http.get("/api/v1/events", params={"since": before}).json()["events"]
             found = [e for e in events if e["kind"] == "spend_anomaly"]
             time.sleep(0.2)
-    [anomaly] = found  # one, not one per request
+    # The user, and (here the user is all of them) the department and the model ran away too.
+    by_subject = {e["body"]["subject"]: e for e in found}
+    assert len(by_subject) == len(found) == 3, found  # one each, not one per request
+    anomaly = by_subject.pop(f"user:{me.user_name}")
+    assert set(by_subject) == {f"department:{me.department}", f"model:{MODEL}"}
+    for other in by_subject.values():  # they name whoever drove them: for admins only
+        assert (other["user_id"], other["department"], other["body"]["top_user"]) == (None, None, me.user_name)
     body = anomaly["body"]
     assert (body["user"], body["subject"], anomaly["user_id"]) == (me.user_name, f"user:{me.user_name}", me.user_id)
-    assert body["baseline_per_hour"] == 1.0 and body["top_model"] == MODEL and body["requests_last_10_min"] >= 9
-    assert "usual rate" in body["reason"]
+    assert body["baseline_per_hour"] == 1.0 and body["top_model"] == MODEL and body["requests_last_10_min"] >= 6
+    assert f"{me.user_name} made {body['requests_last_10_min']} requests in 10 minutes" in body["reason"]
+    assert "the usual 1.0 an hour" in body["reason"]
+
+
+def test_a_loop_at_10x_is_caught_within_5_simulated_minutes_and_throttled(governed: Callable[..., Governed]) -> None:
+    """The issue's case on the agent's own clock: a user who makes a request a minute, every
+    minute for four weeks, starts a script at ten a minute. The watch runs on a simulated clock
+    that moves 6 s per request, so the alarm's time is the loop's, not the test machine's."""
+    g = governed(policy_text(1, "100", extra='[anomaly]\naction = "throttle"\nthrottle_multiple = 0.1'))
+    bob_token = g.agent.add_user("bob", "eng")
+    with g.agent.http() as http:
+        assert g.ask(http).status_code == 200
+    me = g.agent.rows()[-1]
+    services = g.agent.thread.services
+    start = datetime.now(UTC)
+    week = (start - timedelta(days=start.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+    services.requests.record_many(
+        replace(me, id=f"usual-{m}", ts=(week - timedelta(minutes=m + 1)).isoformat(timespec="microseconds"))
+        for m in range(4 * 7 * 24 * 60)
+    )
+    runaway = services.runaway
+    assert runaway is not None and runaway.refresh() >= 1
+    simulated = [start]
+    runaway.clock = lambda: simulated[0]
+    found: list[dict[str, Any]] = []
+    with g.agent.http() as http:
+        before = http.get("/api/v1/events").json()["last_id"]
+        while not found and simulated[0] - start <= timedelta(minutes=10):
+            simulated[0] += timedelta(seconds=6)  # ten requests a simulated minute
+            assert g.ask(http).status_code == 200
+            deadline = time.monotonic() + 0.5  # the alarm is raised off the request path
+            while not found and time.monotonic() < deadline:
+                events = http.get("/api/v1/events", params={"since": before}).json()["events"]
+                found = [e for e in events if e["kind"] == "spend_anomaly" and e["body"]["subject"].startswith("user:")]
+                time.sleep(0.02)
+        [anomaly] = found
+        caught = datetime.fromisoformat(anomaly["body"]["at"])
+        assert caught - start <= timedelta(minutes=5), caught - start
+        assert anomaly["body"]["baseline_per_hour"] == 60.0
+        # Throttled to a tenth of the usual: 6 more requests this simulated hour, then 429s.
+        statuses = []
+        for _ in range(12):
+            simulated[0] += timedelta(seconds=6)
+            statuses.append(g.ask(http).status_code)
+        assert statuses.count(200) <= 6 and statuses[-1] == 429, statuses
+        with g.agent.http(bob_token) as bob:  # another user, new here (his department's baseline): untouched
+            for _ in range(5):
+                simulated[0] += timedelta(seconds=6)
+                assert g.ask(bob).status_code == 200
+        [throttle] = http.get("/api/v1/anomalies").json()["throttled"]
+        assert (throttle["user"], throttle["limit_per_hour"]) == (me.user_name, 6.0)
 
 
 def test_with_throttle_a_runaway_user_gets_429s_until_an_admin_lifts_it(governed: Callable[..., Governed]) -> None:

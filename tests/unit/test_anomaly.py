@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from agent.budgets.anomaly import Baseline, RateWatch
+from agent.budgets.anomaly import MIN_PER_HOUR, Baseline, RateWatch
 
 MONDAY = datetime(2026, 3, 2, tzinfo=UTC)
 
@@ -26,9 +26,10 @@ def test_a_loop_at_ten_times_the_rate_alarms_within_minutes_once_per_hour() -> N
     loop = arrivals(MONDAY + timedelta(hours=2), 600, 60)  # ten a minute, for an hour
     alarms = [(t, a) for t in loop if (a := watch.observe("user:ann", t, baseline)) is not None]
     [(when, alarm)] = alarms  # one alarm for the hour, not one per request
-    # 30 nats at 10 ln 30 - 29 = 5 nats a minute (the baseline's gap between requests): 6 minutes.
-    assert timedelta(minutes=5) < when - loop[0] < timedelta(minutes=6)
+    # 20 nats at 10 ln 30 - 29 = 5 nats a minute (the baseline's gap between requests): 4 minutes.
+    assert timedelta(minutes=3) < when - loop[0] <= timedelta(minutes=5)
     assert alarm.subject == "user:ann" and alarm.baseline_per_hour == 60 and "ann" in alarm.reason
+    assert alarm.busy_factor == 1.0
 
 
 def test_a_busy_day_at_three_times_the_rate_never_alarms() -> None:
@@ -47,11 +48,29 @@ def test_evidence_does_not_outlast_the_loop() -> None:
     assert all(watch.observe("user:cy", t, baseline) is None for t in after)
 
 
-def test_a_baseline_needs_a_week_of_history_and_has_a_floor() -> None:
-    hours = [(MONDAY + timedelta(hours=h), 10 if 8 <= h % 24 < 18 else 0) for h in range(3 * 168)]
+def test_a_loop_on_a_busy_day_is_judged_against_the_days_pace() -> None:
+    watch, baseline = RateWatch(), steady(60)
+    morning = arrivals(MONDAY, 120, 10 * 60)  # twice the usual since midnight: no alarm
+    assert all(watch.observe("user:dee", t, baseline) is None for t in morning)
+    loop = arrivals(MONDAY + timedelta(hours=10), 1800, 30)  # then thirty a minute
+    [alarm] = [a for t in loop if (a := watch.observe("user:dee", t, baseline)) is not None]
+    # The day ran 2x up to 09:00 (the hour before this one): the usual for now is 120 an hour.
+    assert alarm.busy_factor == 2.0 and alarm.baseline_per_hour == 120 and "2.0x busy" in alarm.reason
+
+
+def test_a_baseline_is_each_weekdays_usual_day_in_the_usual_shape() -> None:
+    workday = [0] * 8 + [10] * 10 + [0] * 6  # ten an hour from 08:00 to 18:00
+    hours = [(MONDAY + timedelta(hours=h), workday[h % 24]) for h in range(3 * 168)]
     now = MONDAY + timedelta(weeks=3)
     learned = Baseline.learn(hours, now)
     assert learned is not None
     assert learned.per_hour[9] == 10  # Monday 09:00: ten an hour
-    assert learned.per_hour[3] == 2.5  # Monday 03:00: silent, floored at a quarter of a busy hour
+    assert learned.per_hour[3] == MIN_PER_HOUR  # Monday 03:00: silent, floored
+    assert learned.expected_before(0, 12) == 40 + 8 * MIN_PER_HOUR  # Monday before noon: 08:00-12:00, and the night
+    # A day off (a holiday) is not the usual Monday: left out, not averaged in.
+    holiday = [(t, 0 if t.date() == (MONDAY + timedelta(weeks=1)).date() else n) for t, n in hours]
+    assert (learned_off := Baseline.learn(holiday, now)) is not None and learned_off.per_hour[9] == 10
+    # A subject first seen on a Wednesday: the Monday and Tuesday before are no history, not silence.
+    late = [(t, n) for t, n in hours if t >= MONDAY + timedelta(days=2)]
+    assert (learned_late := Baseline.learn(late, now)) is not None and learned_late.per_hour[9] == 10
     assert Baseline.learn(hours[:100], MONDAY + timedelta(hours=100)) is None  # four days only
