@@ -359,14 +359,18 @@ def _fleet_budgets(settings: Settings) -> FleetBudgets | None:
     """Department and organisation budgets across the fleet, through allotments on the share."""
     if settings.share_dir is None or not settings.fleet.budgets:
         return None
+    from agent.budgets.fleet import FleetHistory
     from agent.fleet.files import host_id
     from agent.fleet.leases import LeaseBook
 
-    fleet = settings.fleet
+    fleet, me = settings.fleet, host_id(settings.paths.data_dir)
+    # The fleet's spend history for forecasts; the segments' checksums are cached as the CLI's are.
+    history = FleetHistory(settings.share_dir, me, checksum_cache=settings.paths.cache_dir / "fleet-checksums.json")
     return FleetBudgets(
-        LeaseBook(settings.share_dir, host_id(settings.paths.data_dir)),
+        LeaseBook(settings.share_dir, me),
         chunk=Fraction(fleet.allotment_percent, 100),
         idle_s=fleet.allotment_idle_s,
+        history=history,
     )
 
 
