@@ -226,6 +226,7 @@ class DashboardWindow(QWidget):
         self.chart = pg.PlotWidget(background="w")
         self.chart.setMinimumHeight(200)
         self.chart.setLabel("left", "USD")
+        self.chart.getAxis("left").enableAutoSIPrefix(False)  # "USD (x0.001)" reads as nonsense
         self.chart.showGrid(x=False, y=True, alpha=0.3)
         self.chart_note = QLabel()
         self.chart_note.setStyleSheet("color: #6b7280;")

@@ -550,6 +550,10 @@ class BudgetEnforcer:
                 tuple(params),
             )
             daily = daily_from_hours(((str(r["hour"]), int(r["spent"])) for r in rows), zone, first, today)
+            latest = max((str(r["hour"]) for r in rows), default="")
+            if latest and datetime.fromisoformat(latest + ":00").replace(tzinfo=UTC) > now + timedelta(hours=1):
+                return Forecast.none(f"the ledger holds spend dated {latest}:00 UTC, after now: the clock was "
+                                     "set back; forecasts resume once that time has passed"), spent, basis  # fmt: skip
         except (ValueError, TypeError) as e:  # a damaged timestamp: no forecast, and why
             return Forecast.none(f"the ledger's history cannot be read: {e}"), spent, basis
         history = self._fleet.history if self._fleet is not None and status.fleet is not None else None

@@ -35,6 +35,9 @@ def test_month_end_forecasts_are_scored_against_the_naive_run_rate(tmp_path: Pat
     # The detector was scored against the incidents that start once it has a baseline.
     assert anomaly["incidents"] <= len(labels) and anomaly["alarms"] >= anomaly["false_alarms"] >= 0
     assert anomaly["false_alarms_per_subject_month"] >= 0
+    # What an oracle could flag at all, and in the first 5 minutes, is among the 10x incidents.
+    assert 0 <= anomaly["detectable_10x"] <= anomaly["incidents_10x"] <= anomaly["incidents"]
+    assert 0 <= anomaly["detectable_10x_in_5_min"] <= anomaly["incidents_10x"]
     # 4 users in 4 departments; February (from 31 days of history) is the one whole month.
     assert forecast["subjects"] == 8 and forecast["subject_months"] == 8
     for day in ("5", "10", "20"):

@@ -477,6 +477,13 @@ def test_a_budget_shows_its_forecast_and_breach_time_once_there_is_history(
     assert (event["body"]["budget"], event["body"]["subject"], event["user_id"]) == ("user-daily", me.user_name, me.user_id)
     assert Decimal(event["body"]["forecast_low_usd"]) >= Decimal(event["body"]["amount_usd"]) == Decimal("5")
     assert event["body"]["breach_at"][:10] == budget["breach_at"][:10]
+    # The clock was set back: a row dated two days ahead. No forecast, a reason, and requests go on.
+    ahead = (datetime.now(UTC) + timedelta(days=2)).isoformat(timespec="microseconds")
+    g.agent.thread.services.requests.record(replace(me, id="from-the-future", ts=ahead, cost_micro_usd=1))
+    with g.agent.http() as http:
+        [jumped] = http.get("/api/v1/budgets").json()["budgets"]
+        assert jumped["forecast_usd"] is None and "clock was set back" in jumped["forecast_note"]
+        assert g.ask(http).status_code == 200
 
 
 def test_a_loop_far_above_the_users_usual_rate_raises_one_spend_anomaly(governed: Callable[..., Governed]) -> None:

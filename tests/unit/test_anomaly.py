@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from agent.benchmarks.forecast import oracle_detectable, poisson_sf
 from agent.budgets.anomaly import MIN_PER_HOUR, Baseline, RateWatch
 
 MONDAY = datetime(2026, 3, 2, tzinfo=UTC)
@@ -74,3 +75,15 @@ def test_a_baseline_is_each_weekdays_usual_day_in_the_usual_shape() -> None:
     late = [(t, n) for t, n in hours if t >= MONDAY + timedelta(days=2)]
     assert (learned_late := Baseline.learn(late, now)) is not None and learned_late.per_hour[9] == 10
     assert Baseline.learn(hours[:100], MONDAY + timedelta(hours=100)) is None  # four days only
+
+
+def test_the_benchmarks_oracle_flags_only_what_chance_cannot_explain() -> None:
+    assert poisson_sf(0, 3.0) == 1.0
+    assert abs(poisson_sf(3, 2.0) - (1 - np.exp(-2) * (1 + 2 + 2))) < 1e-12
+    assert poisson_sf(500, 1.0) == 0.0  # far in the tail: underflows to 0, and returns
+    # Five minutes at a request a minute: a busy day (3x) makes 15; a 10x loop 50.
+    start = MONDAY + timedelta(hours=10)
+    assert oracle_detectable(50, steady(60), start, start + timedelta(minutes=5))
+    assert not oracle_detectable(16, steady(60), start, start + timedelta(minutes=5))
+    # At night, a loop of a few requests is chance for anyone.
+    assert not oracle_detectable(3, steady(0.5), start, start + timedelta(minutes=5))

@@ -28,7 +28,7 @@ def test_weekday_seasonality_is_learned_from_full_weeks() -> None:
     days = [first + timedelta(days=i) for i in range(28)]
     history = np.array([0.2e6 if d.weekday() >= 5 else 1.0e6 for d in days])
     factors = weekday_factors(history, np.array([d.weekday() for d in days]))
-    assert factors[5] < 0.6 < 1 < factors[0] < 1.3  # weekends low, weekdays high (shrunk towards 1)
+    assert factors[5] < 0.6 < 1 < factors[0] < 1.3  # weekends low, weekdays high
     flat = weekday_factors(history[:6], np.array([d.weekday() for d in days[:6]]))
     assert np.all(flat == 1)  # no full week: no seasonality
 
