@@ -42,12 +42,14 @@ class User:
     features: tuple[str, ...]
 
 
-def generate(
-    seed: int, users: int, days: int, start: datetime, mean_request_micro_usd: int = MEAN_REQUEST_MICRO_USD
-) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    """(request rows sorted by time, incident labels) for ``days`` days from ``start`` (UTC midnight)."""
-    rng = np.random.default_rng(seed)
-    people = [
+BUSY_DAY_SHARE = 1 / 20  # of a user's days, at 1.5x-3x
+DAY_NOISE_SIGMA = 0.25  # log-normal, per user and day
+HOLIDAY_EVERY_DAYS = 45  # company holidays (5% of a day's spend)
+
+
+def draw_users(rng: np.random.Generator, users: int) -> list[User]:
+    """The users, drawn first from the seed's generator (``bench/forecast_oracle.py`` redraws them)."""
+    return [
         User(
             name=f"user{i:03d}",
             department=DEPARTMENTS[i % len(DEPARTMENTS)],
@@ -57,16 +59,24 @@ def generate(
         )
         for i in range(users)
     ]
-    holidays = {int(d) for d in rng.choice(days, size=max(1, days // 45), replace=False)}
+
+
+def generate(
+    seed: int, users: int, days: int, start: datetime, mean_request_micro_usd: int = MEAN_REQUEST_MICRO_USD
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """(request rows sorted by time, incident labels) for ``days`` days from ``start`` (UTC midnight)."""
+    rng = np.random.default_rng(seed)
+    people = draw_users(rng, users)
+    holidays = {int(d) for d in rng.choice(days, size=max(1, days // HOLIDAY_EVERY_DAYS), replace=False)}
     rows: list[dict[str, object]] = []
     labels: list[dict[str, object]] = []
     hour_share = HOUR_PROFILE / HOUR_PROFILE.sum()
     for user in people:
-        busy_days = {int(d) for d in rng.choice(days, size=max(1, days // 20), replace=False)}
+        busy_days = {int(d) for d in rng.choice(days, size=max(1, int(days * BUSY_DAY_SHARE)), replace=False)}
         for day in range(days):
             when = start + timedelta(days=day)
             spend = user.daily_micro_usd * WEEKDAY_PROFILE[when.weekday()]
-            spend *= (1 + user.growth_per_month) ** (day / 30) * rng.lognormal(0, 0.25)
+            spend *= (1 + user.growth_per_month) ** (day / 30) * rng.lognormal(0, DAY_NOISE_SIGMA)
             if day in holidays:
                 spend *= 0.05
             if day in busy_days:

@@ -12,7 +12,7 @@ day, oldest first, today last and partial):
    are fitted with a weighted straight line, weights halving every ``HALF_LIFE_DAYS`` days
    back; then level and slope are scaled by what the caps took off (weighted): the spikes do not
    set the level, but they recur about as often as history shows, and their spend is real.
-   The slope is kept only when it is twice its own standard error, and damped (each
+   The slope is shrunk by how far it stands out from its own standard error, and damped (each
    further day adds ``DAMPING`` times the previous day's growth) so that a few rising days do
    not extrapolate to the moon.
 3. **Projection.** Each remaining day of the period is its level times its weekday's factor;
@@ -138,8 +138,12 @@ def _fit(history: np.ndarray, weekdays: np.ndarray, factors: np.ndarray) -> tupl
     dof = max(len(y) - 2, 1)
     sigma = math.sqrt(float(np.sum(w * residuals**2) / np.sum(w)) * len(y) / dof)
     slope_sigma = sigma / math.sqrt(sxx / np.sum(w) * len(y)) if sxx > 0 else 0.0
-    if abs(slope) < 2 * slope_sigma:  # no trend told apart from the noise: the level alone
-        level, slope = float(np.average(y, weights=w)), 0.0
+    # The trend counts as far as it stands out from the noise: a share t^2 / (t^2 + 9) of it, t the
+    # slope over its standard error (t = 3: half; a slope lost in the noise: the weighted level alone).
+    t2 = (slope / slope_sigma) ** 2 if slope_sigma > 0 else 0.0
+    keep = t2 / (t2 + 9.0)
+    mean = float(np.average(y, weights=w))
+    level, slope = mean + keep * (level - mean), keep * slope
     capped = float(np.average(y, weights=w))
     spikes = float(np.average(raw, weights=w)) / capped if capped > 0 else 1.0
     return level * spikes, slope * spikes, sigma, slope_sigma
