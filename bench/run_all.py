@@ -15,6 +15,8 @@ for script in (
     "cache_lookup.py",
     "cache_quality.py",
     "fleet.py",
+    "forecast.py",
+    "runaway_overhead.py",
 ):
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)

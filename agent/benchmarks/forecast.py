@@ -179,6 +179,7 @@ def evaluate_anomalies(
 
     whole = [i for i in big if seeable(i, None)]
     first_5 = [i for i in big if seeable(i, 5)]
+    caught = [detected[i] for i in whole if i in detected]
     return {
         "recall_10x": round(len(delays) / len(big), 4) if big else None,
         "median_delay_s": round(float(np.median(delays)), 1) if delays else None,
@@ -186,6 +187,7 @@ def evaluate_anomalies(
         "recall_10x_within_5_min": round(len(within) / len(big), 4) if big else None,
         "detectable_10x": len(whole),
         "recall_10x_detectable": round(sum(1 for i in whole if i in detected) / len(whole), 4) if whole else None,
+        "median_delay_detectable_s": round(float(np.median(caught)), 1) if caught else None,
         "detectable_10x_in_5_min": len(first_5),
         "recall_10x_within_5_min_detectable": (
             round(sum(1 for i in first_5 if detected.get(i, math.inf) <= 300) / len(first_5), 4) if first_5 else None
