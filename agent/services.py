@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent import __version__
+from agent.alerts.outbox import Outbox
 from agent.budgets.calibration import InputCalibration
-from agent.budgets.enforcer import BudgetEnforcer, post_webhook
+from agent.budgets.enforcer import BudgetEnforcer
 from agent.budgets.fleet import FleetBudgets
 from agent.budgets.runaway import RunawayWatch
 from agent.bundle import direct_numba_cache
@@ -90,6 +91,7 @@ class Services:
     publisher: FleetPublisher | None = None
     telemetry: Telemetry = OFF
     runaway: RunawayWatch | None = None
+    outbox: Outbox | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -119,7 +121,9 @@ class Services:
             PolicyStore(db), settings.share_dir, share.public_keys, events, timeout_s=share.read_timeout_s
         )
         enforcer = BudgetEnforcer(db, lambda: policy.current, events, fleet=_fleet_budgets(settings))
-        runaway = RunawayWatch(db, events, lambda: policy.current, post_webhook)
+        runaway = RunawayWatch(db, events, lambda: policy.current)
+        outbox = Outbox(db, lambda: policy.current)
+        events.on_delivery = outbox.wake
         activity = ActivityLog()
         preferences = Preferences(db)
         calibration = InputCalibration.from_ledger(db)
@@ -179,6 +183,7 @@ class Services:
             publisher=_fleet_publisher(settings, db, policy, enforcer),
             telemetry=telemetry,
             runaway=runaway,
+            outbox=outbox,
         )
 
     def provision(self) -> None:
@@ -232,6 +237,8 @@ class Services:
             self.scheduler.add_job(self._logged(self.runaway.refresh, "learning the runaway baselines"), "interval",
                                    seconds=3600, id="runaway-baselines", next_run_time=datetime.now(UTC))  # fmt: skip
         self.scheduler.start()
+        if self.outbox is not None:  # alerts still pending from before a restart go out now
+            self.outbox.start()
         if self.cache is not None:
             self.cache.load()
             # Load the embedder and compile the similarity kernels now, not on the first request.
@@ -301,6 +308,8 @@ class Services:
             self.events.add("model_unloaded", body)
 
     async def stop(self) -> None:
+        if self.outbox is not None:
+            await asyncio.to_thread(self.outbox.stop)  # what is pending stays in the ledger for the next start
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         if self.gpu_sampler is not None:

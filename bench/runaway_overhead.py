@@ -35,7 +35,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         db = Database.open(Path(tmp) / "bench.db")
-        watch = RunawayWatch(db, EventLog(db), lambda: None, lambda url, body: None)
+        watch = RunawayWatch(db, EventLog(db), lambda: None)
         # 500 users with a baseline of 30 requests an hour (the test then never alarms at 10/s spread over them).
         watch._baselines = {f"user:u{i}": Baseline(np.full(168, 30.0)) for i in range(500)}
         busy = Baseline(np.full(168, 15_000.0))  # the 500 together

@@ -29,11 +29,9 @@ period and threshold, and posts it to the policy's webhook if it names one.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -64,7 +62,6 @@ _SCOPE_COLUMN: dict[str, str | None] = {
 }
 # A reservation nobody settled (a request lost between prepare and delivery) expires after this.
 _RESERVATION_MAX_AGE_S = 900.0
-_WEBHOOK_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -610,17 +607,19 @@ class BudgetEnforcer:
             user_id = found.id
         department = status.subject if status.scope == "department" else None
         key = f"budget_forecast:{status.name}:{status.scope}:{status.subject}:{status.period_key}"
-        event_id = self._events.add("budget_forecast", body, user_id=user_id, department=department, dedupe_key=key)
+        event_id = self._events.add("budget_forecast", body, user_id=user_id, department=department, dedupe_key=key,
+                                    deliver=self._channels())  # fmt: skip
         if event_id is None:
             return 0
         log.warning("budget_forecast: budget %s (%s %s) is projected to pass %s USD at %s (forecast %s, 80%% %s-%s)",
                     status.name, status.scope, status.subject, body["amount_usd"], body["breach_at"],
                     body["forecast_usd"], body["forecast_low_usd"], body["forecast_high_usd"])  # fmt: skip
-        policy = self._policy()
-        if policy is not None and policy.webhook_url:
-            url = policy.webhook_url
-            threading.Thread(target=post_webhook, args=(url, {"id": event_id, **body}), daemon=True).start()
         return 1
+
+    def _channels(self) -> tuple[str, ...]:
+        """The alert channels of the policy in force (the outbox delivers to them)."""
+        policy = self._policy()
+        return ("webhook",) if policy is not None and policy.webhook_url else ()
 
     def _status(self, charge: Charge) -> BudgetStatus:
         with self._lock:
@@ -708,27 +707,12 @@ class BudgetEnforcer:
         user_id = caller.user_id if rule.scope == "user" else None
         department = charge.subject if rule.scope == "department" else None
         key = f"{kind}:{rule.name}:{rule.scope}:{charge.subject}:{charge.period_key}:{threshold or ''}"
-        event_id = self._events.add(kind, body, user_id=user_id, department=department, dedupe_key=key)
+        event_id = self._events.add(kind, body, user_id=user_id, department=department, dedupe_key=key,
+                                    deliver=self._channels())  # fmt: skip
         if event_id is not None:  # the first time only: one line per budget, subject, period and threshold
             at = f" at {threshold}%" if threshold is not None else ""
             log.warning("%s%s: budget %s (%s %s) spent %s of %s USD this %s", kind, at, rule.name, rule.scope,
                         charge.subject, body["spent_usd"], body["amount_usd"], rule.period)  # fmt: skip
-        policy = self._policy()
-        if event_id is not None and policy is not None and policy.webhook_url:
-            url = policy.webhook_url
-            threading.Thread(target=post_webhook, args=(url, {"id": event_id, **body}), daemon=True).start()
-
-
-def post_webhook(url: str, body: dict[str, Any]) -> None:
-    """Best effort, off the request path: a failing webhook is logged, never retried inline."""
-    request = urllib.request.Request(  # noqa: S310 - the policy allows only http(s) URLs
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=_WEBHOOK_TIMEOUT_S):  # noqa: S310
-            pass
-    except Exception as e:  # noqa: BLE001 - any failure of someone else's server is only logged
-        log.warning("alert webhook failed: %s", e)
 
 
 def _exceeded(

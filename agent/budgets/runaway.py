@@ -36,13 +36,11 @@ class RunawayWatch:
         db: Database,
         events: EventLog,
         policy: Callable[[], Policy | None],
-        post: Callable[[str, dict[str, Any]], None],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._db = db
         self._events = events
         self._policy = policy
-        self._post = post  # the webhook poster the budget events use
         self.clock = now  # the watch's time: tests replay a loop in simulated minutes
         self._watch = RateWatch()
         self._baselines: dict[str, Baseline] = {}
@@ -190,14 +188,14 @@ class RunawayWatch:
             if kind == "user":
                 found = UserStore(self._db).get(user)
                 user_id, seen_by = (found.id if found is not None else None), department
-            event_id = self._events.add("spend_anomaly", body, user_id=user_id, department=seen_by, dedupe_key=key)
+            channels = ("webhook",) if policy is not None and policy.webhook_url else ()
+            event_id = self._events.add("spend_anomaly", body, user_id=user_id, department=seen_by, dedupe_key=key,
+                                        deliver=channels)  # fmt: skip
             if event_id is None:
                 return
             log.warning("spend_anomaly: %s", reason)
             if kind == "user" and policy is not None and policy.anomaly.action == "throttle":
                 self._throttle(user, alarm, policy.anomaly.throttle_multiple)
-            if policy is not None and policy.webhook_url:
-                self._post(policy.webhook_url, {"id": event_id, "kind": "spend_anomaly", **body})
         except Exception:  # a thread of its own: the request it came from is long answered
             log.exception("raising a spend anomaly failed")
 

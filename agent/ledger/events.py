@@ -8,6 +8,7 @@ threshold), also across agent restarts and concurrent requests.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ class Event:
 class EventLog:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.on_delivery: Callable[[], None] | None = None  # wakes the alert outbox's sender
 
     def add(
         self,
@@ -36,15 +38,30 @@ class EventLog:
         user_id: int | None = None,
         department: str | None = None,
         dedupe_key: str | None = None,
+        deliver: Sequence[str] = (),
     ) -> int | None:
-        """Store an event; None when one with the same ``dedupe_key`` already exists."""
+        """Store an event; None when one with the same ``dedupe_key`` already exists.
+
+        ``deliver`` names the alert channels to post it to: their rows in the outbox
+        (``agent.alerts.outbox``) are written in the same transaction, and the sender is woken.
+        """
+        now = utc_now_iso()
         with self._db.transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO events (ts, kind, user_id, department, dedupe_key, body) VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(dedupe_key) DO NOTHING",
-                (utc_now_iso(), kind, user_id, department, dedupe_key, json.dumps(body, sort_keys=True)),
+                (now, kind, user_id, department, dedupe_key, json.dumps(body, sort_keys=True)),
             )
-            return cursor.lastrowid if cursor.rowcount == 1 else None  # 0 rows: it already happened
+            if cursor.rowcount != 1:
+                return None  # it already happened
+            event_id = cursor.lastrowid
+            conn.executemany(
+                "INSERT INTO deliveries (event_id, channel, state, next_at) VALUES (?, ?, 'pending', ?)",
+                [(event_id, channel, now) for channel in deliver],
+            )
+        if deliver and self.on_delivery is not None:
+            self.on_delivery()
+        return event_id
 
     def since(self, after_id: int, *, user_id: int | None, department: str | None, limit: int = 100) -> list[Event]:
         """Events after ``after_id`` that this reader may see; ``user_id=None``: an admin, all."""

@@ -220,6 +220,23 @@ CREATE TABLE throttles (
 )
 """
 
+# The alert outbox (agent.alerts.outbox): one row per alert event and channel, written with the
+# event, until the receiver took it or it failed for good. No URL: channels resolve when posting.
+M010_DELIVERIES = """
+CREATE TABLE deliveries (
+    id           INTEGER PRIMARY KEY,
+    event_id     INTEGER NOT NULL REFERENCES events(id),
+    channel      TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_at      TEXT NOT NULL,
+    last_error   TEXT NOT NULL DEFAULT '',
+    finished_at  TEXT,
+    UNIQUE (event_id, channel)
+);
+CREATE INDEX deliveries_pending ON deliveries(state, next_at)
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_cache", M002_CACHE),
@@ -230,4 +247,5 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m007_spend_daily", M007_SPEND_DAILY),
     ("m008_holds_and_fleet", M008_HOLDS_AND_FLEET),
     ("m009_throttles", M009_THROTTLES),
+    ("m010_deliveries", M010_DELIVERIES),
 )

@@ -383,11 +383,17 @@ def test_a_departments_cache_scope_lets_colleagues_share_answers(
 class _Hook(http.server.BaseHTTPRequestHandler):
     received: ClassVar[list[dict[str, Any]]] = []
     status: ClassVar[int] = 200
+    down_until: ClassVar[float] = 0.0  # time.monotonic() before which it answers 503
+    answers: ClassVar[list[tuple[int, int, str]]] = []  # (event id, status, Idempotency-Key)
 
     def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
-        type(self).received.append(json.loads(self.rfile.read(length)))
-        self.send_response(type(self).status)
+        body = json.loads(self.rfile.read(length))
+        status = 503 if time.monotonic() < type(self).down_until else type(self).status
+        type(self).answers.append((body["id"], status, self.headers.get("Idempotency-Key", "")))
+        if status < 300:
+            type(self).received.append(body)
+        self.send_response(status)
         self.end_headers()
 
     def log_message(self, *_args: Any) -> None:
@@ -398,7 +404,7 @@ class _Hook(http.server.BaseHTTPRequestHandler):
 def test_alerts_are_posted_to_the_webhook_and_a_failing_one_blocks_nothing(
     status: int, governed: Callable[..., Governed]
 ) -> None:
-    _Hook.received, _Hook.status = [], status
+    _Hook.received, _Hook.status, _Hook.answers, _Hook.down_until = [], status, [], 0.0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -411,11 +417,78 @@ def test_alerts_are_posted_to_the_webhook_and_a_failing_one_blocks_nothing(
             assert g.ask(client).status_code == 200
             assert g.ask(client).status_code == 200  # crosses 50%: an alert, posted off the request path
         deadline = time.monotonic() + 10
-        while not _Hook.received:
+        while not _Hook.answers:
             assert time.monotonic() < deadline, "the webhook got nothing"
             time.sleep(0.05)
-        [posted] = _Hook.received
-        assert posted["budget"] == "user-daily" and posted["threshold_percent"] == 50 and posted["id"] >= 1
+        event_id, answered, key = _Hook.answers[0]
+        assert answered == status and key == f"aifinops-event-{event_id}"
+        if status == 200:
+            [posted] = _Hook.received
+            assert posted["budget"] == "user-daily" and posted["threshold_percent"] == 50 and posted["id"] == event_id
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _webhook_policy(url: str, amount_micro_usd: int) -> bytes:
+    body = policy_text(1, f"{amount_micro_usd / 1_000_000:.6f}")
+    return body.replace(b'default_department = "general"\n',
+                        f'default_department = "general"\nwebhook_url = "{url}"\n'.encode())  # fmt: skip
+
+
+def _deliveries(g: Governed) -> list[dict[str, Any]]:
+    rows = g.agent.thread.services.db.query("SELECT event_id, state, attempts, last_error FROM deliveries ORDER BY id")
+    return [dict(r) for r in rows]
+
+
+def test_alerts_wait_in_the_outbox_while_the_receiver_is_down_and_arrive_once(
+    governed: Callable[..., Governed],
+) -> None:
+    _Hook.received, _Hook.status, _Hook.answers = [], 200, []
+    _Hook.down_until = time.monotonic() + 4  # a chat service's blip: 503 for its first seconds
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        g = governed(_webhook_policy(f"http://127.0.0.1:{server.server_address[1]}/hook", 3 * ANSWER_MICRO_USD))
+        with g.agent.http() as client:
+            for _ in range(4):  # past 50%, then past 100%
+                g.ask(client)
+            alerts = {e["id"] for e in client.get("/api/v1/events").json()["events"] if e["kind"].startswith("budget_")}
+        assert len(alerts) >= 2
+        deadline = time.monotonic() + 40
+        while {body["id"] for body in _Hook.received} != alerts:
+            assert time.monotonic() < deadline, (_Hook.answers, _deliveries(g))
+            time.sleep(0.1)
+        time.sleep(1)  # nothing more comes
+        delivered = [event_id for event_id, status, _ in _Hook.answers if status == 200]
+        assert sorted(delivered) == sorted(alerts)  # each alert once, none twice
+        assert any(status == 503 for _, status, _ in _Hook.answers)  # it was tried while down
+        assert all(key == f"aifinops-event-{event_id}" for event_id, _, key in _Hook.answers)
+        assert {(d["event_id"], d["state"]) for d in _deliveries(g)} == {(a, "delivered") for a in alerts}
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_receiver_that_refuses_an_alert_gets_it_once_and_the_refusal_is_kept(
+    governed: Callable[..., Governed],
+) -> None:
+    _Hook.received, _Hook.status, _Hook.answers, _Hook.down_until = [], 404, [], 0.0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        g = governed(_webhook_policy(f"http://127.0.0.1:{server.server_address[1]}/gone", 3 * ANSWER_MICRO_USD))
+        with g.agent.http() as client:
+            assert g.ask(client).status_code == 200
+            assert g.ask(client).status_code == 200  # past 50%: one alert
+        deadline = time.monotonic() + 10
+        while not _deliveries(g) or _deliveries(g)[0]["state"] == "pending":
+            assert time.monotonic() < deadline, _deliveries(g)
+            time.sleep(0.1)
+        time.sleep(3)  # a retry would come within 2-4 s
+        [delivery] = _deliveries(g)
+        assert (delivery["state"], delivery["attempts"]) == ("failed", 1) and "404" in delivery["last_error"]
+        assert [status for _, status, _ in _Hook.answers] == [404]  # one post, no retry storm
     finally:
         server.shutdown()
         server.server_close()
