@@ -377,7 +377,9 @@ class _Handlers:
             if found or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.25)
-        out = [schemas.EventOut(id=e.id, ts=e.ts, kind=e.kind, user_id=e.user_id, department=e.department, body=e.body)
+        deliveries = self.s.events.deliveries([e.id for e in found])
+        out = [schemas.EventOut(id=e.id, ts=e.ts, kind=e.kind, user_id=e.user_id, department=e.department, body=e.body,
+                                deliveries=[schemas.DeliveryOut(**d) for d in deliveries.get(e.id, [])])
                for e in found]  # fmt: skip
         return _json(schemas.EventList(events=out, last_id=found[-1].id if found else after))
 

@@ -449,6 +449,16 @@ class BudgetReport(BaseModel):
     budgets: list[BudgetEntry]
 
 
+class DeliveryOut(BaseModel):
+    """An alert's delivery to one channel (agent.alerts.outbox)."""
+
+    channel: str
+    state: str  # pending, delivered, failed
+    attempts: int
+    last_error: str
+    next_at: str | None  # when it is tried again (pending only)
+
+
 class EventOut(BaseModel):
     id: int
     ts: str
@@ -456,6 +466,7 @@ class EventOut(BaseModel):
     user_id: int | None
     department: str | None
     body: dict[str, Any]
+    deliveries: list[DeliveryOut] = []
 
 
 class EventList(BaseModel):

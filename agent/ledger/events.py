@@ -63,6 +63,23 @@ class EventLog:
             self.on_delivery()
         return event_id
 
+    def deliveries(self, event_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """Each event's alert deliveries (channel, state, attempts, last_error, next_at)."""
+        if not event_ids:
+            return {}
+        marks = ",".join("?" * len(event_ids))
+        rows = self._db.query(
+            "SELECT event_id, channel, state, attempts, last_error, next_at FROM deliveries "  # noqa: S608 - placeholders
+            f"WHERE event_id IN ({marks}) ORDER BY id",
+            tuple(event_ids),
+        )
+        out: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            entry = {k: r[k] for k in ("channel", "state", "attempts", "last_error")}
+            entry["next_at"] = r["next_at"] if r["state"] == "pending" else None
+            out.setdefault(int(r["event_id"]), []).append(entry)
+        return out
+
     def since(self, after_id: int, *, user_id: int | None, department: str | None, limit: int = 100) -> list[Event]:
         """Events after ``after_id`` that this reader may see; ``user_id=None``: an admin, all."""
         params: list[int | str | None]

@@ -465,6 +465,10 @@ def test_alerts_wait_in_the_outbox_while_the_receiver_is_down_and_arrive_once(
         assert any(status == 503 for _, status, _ in _Hook.answers)  # it was tried while down
         assert all(key == f"aifinops-event-{event_id}" for event_id, _, key in _Hook.answers)
         assert {(d["event_id"], d["state"]) for d in _deliveries(g)} == {(a, "delivered") for a in alerts}
+        with g.agent.http() as client:  # the events say so too
+            shown = {e["id"]: e["deliveries"] for e in client.get("/api/v1/events").json()["events"]}
+        assert all([(d["channel"], d["state"], d["next_at"]) for d in shown[a]] == [("webhook", "delivered", None)]
+                   for a in alerts)  # fmt: skip
     finally:
         server.shutdown()
         server.server_close()
@@ -489,6 +493,10 @@ def test_a_receiver_that_refuses_an_alert_gets_it_once_and_the_refusal_is_kept(
         [delivery] = _deliveries(g)
         assert (delivery["state"], delivery["attempts"]) == ("failed", 1) and "404" in delivery["last_error"]
         assert [status for _, status, _ in _Hook.answers] == [404]  # one post, no retry storm
+        with g.agent.http() as client:
+            [alert] = [e for e in client.get("/api/v1/events").json()["events"] if e["kind"].startswith("budget_")]
+        [shown] = alert["deliveries"]
+        assert (shown["state"], shown["attempts"]) == ("failed", 1) and "404" in shown["last_error"]
     finally:
         server.shutdown()
         server.server_close()
