@@ -9,7 +9,16 @@ from urllib.parse import quote
 import httpx
 import openai
 
-from agent.api.schemas import BudgetReport, CacheCleared, CacheStats, Info, Me, SpendReport, ThrottleList
+from agent.api.schemas import (
+    BudgetReport,
+    CacheCleared,
+    CacheStats,
+    EventList,
+    Info,
+    Me,
+    SpendReport,
+    ThrottleList,
+)
 from agent.errors import AgentApiError, AgentUnreachable, AuthError
 from agent.identity import read_token_file
 from agent.settings import Settings
@@ -75,6 +84,9 @@ class AgentClient:
 
     def cache_stats(self, everything: bool) -> CacheStats:
         return CacheStats.model_validate(self._get("/api/v1/cache", {"all": "true"} if everything else None))
+
+    def events(self, since: int = 0) -> EventList:
+        return EventList.model_validate(self._call("GET", "/api/v1/events", {"since": str(since)}))
 
     def throttles(self) -> ThrottleList:
         return ThrottleList.model_validate(self._call("GET", "/api/v1/anomalies"))

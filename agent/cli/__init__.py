@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from agent.cli import (  # noqa: F401 - imported for the commands they register
     agent_run,
+    alerts,
     anomalies,
     bench,
     cache,

@@ -497,6 +497,12 @@ def test_a_receiver_that_refuses_an_alert_gets_it_once_and_the_refusal_is_kept(
             [alert] = [e for e in client.get("/api/v1/events").json()["events"] if e["kind"].startswith("budget_")]
         [shown] = alert["deliveries"]
         assert (shown["state"], shown["attempts"]) == ("failed", 1) and "404" in shown["last_error"]
+        env = {**os.environ, "AIFINOPS_PORT": str(g.agent.thread.port)}
+        listed = subprocess.run([sys.executable, "-m", "agent", "alerts", "list"], env=env, capture_output=True,
+                                text=True, timeout=60)  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        assert f"#{alert['id']} {alert['kind']}" in listed.stdout and "webhook: failed" in listed.stdout
+        assert "HTTP 404" in listed.stdout
     finally:
         server.shutdown()
         server.server_close()
