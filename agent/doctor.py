@@ -77,6 +77,7 @@ def run_checks(settings: Settings, agent: RunningAgent | None) -> list[Check]:
     checks += _routing(settings)
     checks += _cache_verifier(settings)
     checks += _policy(settings, agent)
+    checks += _alerts(settings)
     checks += _identity(settings)
     if agent is None:
         checks.append(Check("agent", "warn", "not reachable", "start it: aifinops agent run"))
@@ -355,6 +356,46 @@ def _policy_in_ledger(settings: Settings) -> tuple[int | None, Check]:
         return None, Check("policy", "ok", "no policy received yet: running on the local config's defaults")
     detail = f"version {applied.version} ({applied.sha256[:12]}) applied {applied.applied_at}"
     return applied.version, Check("policy", "ok", detail)
+
+
+def _alerts(settings: Settings) -> list[Check]:
+    """The alert outbox in this home's ledger: the oldest alert still waiting, the last failure."""
+    from agent.errors import AIFinOpsError
+    from agent.ledger.database import Database
+
+    ledger = settings.paths.ledger_file
+    if not ledger.exists():
+        return []
+    try:
+        db = Database.open(ledger)
+        try:
+            pending = db.query(
+                "SELECT count(*) AS n, min(e.ts) AS oldest, max(d.last_error) AS error FROM deliveries d "
+                "JOIN events e ON e.id = d.event_id WHERE d.state = 'pending'"
+            )[0]
+            failed = db.query(
+                "SELECT count(*) OVER () AS n, finished_at, last_error, channel FROM deliveries "
+                "WHERE state = 'failed' ORDER BY finished_at DESC LIMIT 1"
+            )
+            delivered = db.query("SELECT count(*) AS n FROM deliveries WHERE state = 'delivered'")[0]["n"]
+        finally:
+            db.close()
+    except AIFinOpsError as e:
+        return [Check("alerts", "warn", f"cannot read the alert outbox: {e.message}")]
+    out = []
+    if pending["n"]:
+        why = f" (last error: {pending['error']})" if pending["error"] else ""
+        out.append(Check("alerts", "warn", f"{pending['n']} alert(s) waiting for delivery, the oldest since "
+                                           f"{str(pending['oldest'])[:19]}{why}", "aifinops alerts list"))  # fmt: skip
+    if failed:
+        last = failed[0]
+        out.append(Check("alerts", "warn", f"{last['n']} alert(s) not delivered; the last to the {last['channel']} "
+                                           f"channel at {str(last['finished_at'])[:19]}: {last['last_error']}",
+                         "aifinops alerts list; check the receiver, then the policy's webhook_url"))  # fmt: skip
+    if not out:
+        out.append(Check("alerts", "ok", f"{delivered} alert(s) delivered, none waiting" if delivered
+                         else "no alert posted anywhere yet"))  # fmt: skip
+    return out
 
 
 def _identity(settings: Settings) -> list[Check]:

@@ -503,6 +503,9 @@ def test_a_receiver_that_refuses_an_alert_gets_it_once_and_the_refusal_is_kept(
         assert listed.returncode == 0, listed.stderr
         assert f"#{alert['id']} {alert['kind']}" in listed.stdout and "webhook: failed" in listed.stdout
         assert "HTTP 404" in listed.stdout
+        doctor = subprocess.run([sys.executable, "-m", "agent", "doctor"], env={**env, "COLUMNS": "300"},
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert "1 alert(s) not delivered; the last to the webhook channel" in " ".join(doctor.stdout.split())
     finally:
         server.shutdown()
         server.server_close()
