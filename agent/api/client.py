@@ -14,6 +14,7 @@ from agent.api.schemas import (
     CacheCleared,
     CacheStats,
     EventList,
+    EventOut,
     Info,
     Me,
     SpendReport,
@@ -87,6 +88,9 @@ class AgentClient:
 
     def events(self, since: int = 0) -> EventList:
         return EventList.model_validate(self._call("GET", "/api/v1/events", {"since": str(since)}))
+
+    def alerts_test(self) -> EventOut:
+        return EventOut.model_validate(self._call("POST", "/api/v1/alerts/test"))
 
     def throttles(self) -> ThrottleList:
         return ThrottleList.model_validate(self._call("GET", "/api/v1/anomalies"))

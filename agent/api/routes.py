@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -64,6 +65,7 @@ def build_routes(services: Services) -> list[Route]:
         Route("/api/v1/gpu", api.gpu, methods=["GET"]),
         Route("/api/v1/dashboard", api.dashboard, methods=["GET"]),
         Route("/api/v1/preferences", api.preferences, methods=["POST"]),
+        Route("/api/v1/alerts/test", api.alerts_test, methods=["POST"]),
         Route("/api/v1/anomalies", api.anomalies, methods=["GET"]),
         Route("/api/v1/anomalies/{user}", api.anomaly_clear, methods=["DELETE"]),
     ]
@@ -447,6 +449,29 @@ class _Handlers:
         scope = self._cache_scope(request, caller)
         removed = await asyncio.to_thread(self.s.cache.clear, scope) if self.s.cache else 0
         return _json(schemas.CacheCleared(scope=scope or "all", removed=removed))
+
+    async def alerts_test(self, request: Request) -> Response:
+        """Admins: post a test alert to every channel of the policy in force, and say how each went
+        (the first try; a receiver that is down keeps it in the outbox, retried as any alert)."""
+        caller = self.caller(request)
+        if not caller.is_admin:
+            raise PermissionDenied("only admins can send a test alert")
+        policy = self.s.policy.current
+        channels = ("webhook",) if policy is not None and policy.webhook_url else ()
+        if not channels:
+            raise InvalidRequest("the policy in force has no alert channel: set webhook_url in the policy "
+                                 "(docs/ADMIN.md)", code="no_alert_channel")  # fmt: skip
+        body = {"message": f"a test alert from aifinops on {socket.gethostname()}", "requested_by": caller.user}
+        event_id = await asyncio.to_thread(self.s.events.add, "alert_test", body, deliver=channels)
+        assert event_id is not None  # noqa: S101 - no dedupe key: always new
+        deadline = time.monotonic() + 15
+        while True:  # until each channel's first try is over
+            found = (await asyncio.to_thread(self.s.events.deliveries, [event_id])).get(event_id, [])
+            if all(d["attempts"] or d["state"] != "pending" for d in found) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+        return _json(schemas.EventOut(id=event_id, ts="", kind="alert_test", user_id=None, department=None, body=body,
+                                      deliveries=[schemas.DeliveryOut(**d) for d in found]))  # fmt: skip
 
     async def anomalies(self, request: Request) -> Response:
         """Admins: the users throttled after a runaway."""

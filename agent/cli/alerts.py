@@ -50,3 +50,23 @@ def alerts_list(obj: _Context, everything: bool, as_json: bool, token: str | Non
         if d["last_error"]:
             line += f"; last error: {d['last_error']}"
         click.echo(line)
+
+
+@alerts.command("test")
+@click.option("--token", envvar="AIFINOPS_TOKEN", help="Bearer token (default: the token file).")
+@pass_ctx
+def alerts_test(obj: _Context, token: str | None) -> None:
+    """Post a test alert to every channel of the policy in force and print how each went (admins)."""
+    from agent.api.client import AgentClient
+
+    sent = AgentClient.from_settings(obj.settings(), token).alerts_test()
+    failed = False
+    for d in sent.deliveries:
+        if d.state == "delivered":
+            click.echo(f"{d.channel}: delivered (test alert #{sent.id})")
+        else:
+            failed = True
+            retry = f"; retried until it goes through (next try {str(d.next_at)[:19]})" if d.state == "pending" else ""
+            click.echo(f"{d.channel}: {d.state}: {d.last_error or 'no answer yet'}{retry}")
+    if failed:
+        raise SystemExit(1)

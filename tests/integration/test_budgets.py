@@ -465,6 +465,13 @@ def test_alerts_wait_in_the_outbox_while_the_receiver_is_down_and_arrive_once(
         assert any(status == 503 for _, status, _ in _Hook.answers)  # it was tried while down
         assert all(key == f"aifinops-event-{event_id}" for event_id, _, key in _Hook.answers)
         assert {(d["event_id"], d["state"]) for d in _deliveries(g)} == {(a, "delivered") for a in alerts}
+        # An admin tries the channel as a new admin would: one test alert, delivered, said so.
+        env = {**os.environ, "AIFINOPS_PORT": str(g.agent.thread.port)}
+        tried = subprocess.run([sys.executable, "-m", "agent", "alerts", "test"], env=env, capture_output=True,
+                               text=True, timeout=60)  # fmt: skip
+        assert tried.returncode == 0, tried.stdout + tried.stderr
+        assert "webhook: delivered (test alert #" in tried.stdout
+        assert _Hook.received[-1]["kind"] == "alert_test" and "test alert" in _Hook.received[-1]["message"]
         with g.agent.http() as client:  # the events say so too
             shown = {e["id"]: e["deliveries"] for e in client.get("/api/v1/events").json()["events"]}
         assert all([(d["channel"], d["state"], d["next_at"]) for d in shown[a]] == [("webhook", "delivered", None)]
@@ -472,6 +479,17 @@ def test_alerts_wait_in_the_outbox_while_the_receiver_is_down_and_arrive_once(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_test_alert_needs_an_admin_and_a_channel(governed: Callable[..., Governed]) -> None:
+    g = governed(policy_text(1, "100"))  # no webhook_url
+    bob = g.agent.add_user("bob", "eng")
+    with g.agent.http() as admin, g.agent.http(bob) as other:
+        refused = other.post("/api/v1/alerts/test")
+        assert refused.status_code == 403
+        nowhere = admin.post("/api/v1/alerts/test")
+        assert nowhere.status_code == 400 and nowhere.json()["error"]["code"] == "no_alert_channel"
+        assert "webhook_url" in nowhere.json()["error"]["message"]
 
 
 def test_a_receiver_that_refuses_an_alert_gets_it_once_and_the_refusal_is_kept(
@@ -506,6 +524,9 @@ def test_a_receiver_that_refuses_an_alert_gets_it_once_and_the_refusal_is_kept(
         doctor = subprocess.run([sys.executable, "-m", "agent", "doctor"], env={**env, "COLUMNS": "300"},
                                 capture_output=True, text=True, timeout=120)  # fmt: skip
         assert "1 alert(s) not delivered; the last to the webhook channel" in " ".join(doctor.stdout.split())
+        tried = subprocess.run([sys.executable, "-m", "agent", "alerts", "test"], env=env, capture_output=True,
+                               text=True, timeout=60)  # fmt: skip
+        assert tried.returncode == 1 and "webhook: failed: HTTP 404" in tried.stdout
     finally:
         server.shutdown()
         server.server_close()
