@@ -386,9 +386,14 @@ class _Hook(http.server.BaseHTTPRequestHandler):
     down_until: ClassVar[float] = 0.0  # time.monotonic() before which it answers 503
     answers: ClassVar[list[tuple[int, int, str]]] = []  # (event id, status, Idempotency-Key)
 
+    delay_s: ClassVar[float] = 0.0  # a slow receiver
+    started: ClassVar[int] = 0  # posts begun (answered or not)
+
     def do_POST(self) -> None:
+        type(self).started += 1
         length = int(self.headers["Content-Length"])
         body = json.loads(self.rfile.read(length))
+        time.sleep(type(self).delay_s)
         status = 503 if time.monotonic() < type(self).down_until else type(self).status
         type(self).answers.append((body["id"], status, self.headers.get("Idempotency-Key", "")))
         if status < 300:
@@ -404,7 +409,7 @@ class _Hook(http.server.BaseHTTPRequestHandler):
 def test_alerts_are_posted_to_the_webhook_and_a_failing_one_blocks_nothing(
     status: int, governed: Callable[..., Governed]
 ) -> None:
-    _Hook.received, _Hook.status, _Hook.answers, _Hook.down_until = [], status, [], 0.0
+    _Hook.received, _Hook.status, _Hook.answers, _Hook.down_until, _Hook.delay_s = [], status, [], 0.0, 0.0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -444,7 +449,7 @@ def _deliveries(g: Governed) -> list[dict[str, Any]]:
 def test_alerts_wait_in_the_outbox_while_the_receiver_is_down_and_arrive_once(
     governed: Callable[..., Governed],
 ) -> None:
-    _Hook.received, _Hook.status, _Hook.answers = [], 200, []
+    _Hook.received, _Hook.status, _Hook.answers, _Hook.delay_s = [], 200, [], 0.0
     _Hook.down_until = time.monotonic() + 4  # a chat service's blip: 503 for its first seconds
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -481,6 +486,33 @@ def test_alerts_wait_in_the_outbox_while_the_receiver_is_down_and_arrive_once(
         server.server_close()
 
 
+def test_a_slow_receiver_holds_up_no_request_and_still_gets_its_alert(governed: Callable[..., Governed]) -> None:
+    _Hook.received, _Hook.status, _Hook.answers, _Hook.down_until, _Hook.delay_s = [], 200, [], 0.0, 4.0
+    _Hook.started = 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        g = governed(_webhook_policy(f"http://127.0.0.1:{server.server_address[1]}/slow", 30 * ANSWER_MICRO_USD))
+        with g.agent.http() as client:
+            for _ in range(16):  # past 50%: an alert, whose receiver takes 4 s over the post
+                assert g.ask(client).status_code == 200
+            deadline = time.monotonic() + 10
+            while not _Hook.started:
+                assert time.monotonic() < deadline, _deliveries(g)
+                time.sleep(0.05)
+            for _ in range(5):  # while the receiver sits on the post, requests are answered
+                assert g.ask(client).status_code == 200
+            assert not _Hook.answers  # the post was still unanswered: nothing waited for it
+        deadline = time.monotonic() + 20
+        while [d["state"] for d in _deliveries(g)] != ["delivered"]:  # within the agent's 5 s timeout
+            assert time.monotonic() < deadline, _deliveries(g)
+            time.sleep(0.1)
+        assert [body["threshold_percent"] for body in _Hook.received] == [50]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_test_alert_needs_an_admin_and_a_channel(governed: Callable[..., Governed]) -> None:
     g = governed(policy_text(1, "100"))  # no webhook_url
     bob = g.agent.add_user("bob", "eng")
@@ -495,7 +527,7 @@ def test_a_test_alert_needs_an_admin_and_a_channel(governed: Callable[..., Gover
 def test_a_receiver_that_refuses_an_alert_gets_it_once_and_the_refusal_is_kept(
     governed: Callable[..., Governed],
 ) -> None:
-    _Hook.received, _Hook.status, _Hook.answers, _Hook.down_until = [], 404, [], 0.0
+    _Hook.received, _Hook.status, _Hook.answers, _Hook.down_until, _Hook.delay_s = [], 404, [], 0.0, 0.0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
