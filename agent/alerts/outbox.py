@@ -14,8 +14,10 @@ due and keeps the outcome in the row, so deliveries survive a restart or a kill 
 - any other 4xx: failed at once (the receiver said the post itself is wrong: retrying is a
   storm), one warning in the log.
 
-Channels resolve when a post is made, from the policy then in force: ``webhook`` is the policy's
-``webhook_url``. URLs are secrets and never stored in the ledger.
+Channels resolve when a post is made, from the policy then in force (``webhook`` is the policy's
+``webhook_url``; the others are its ``[[alerts.channels]]``, whose URL may come from an
+environment variable on each box), each in its own body shape (``formats.py``). URLs are
+secrets and never stored in the ledger.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import os
 import random
 import threading
 import urllib.error
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agent.alerts.formats import render
 from agent.ledger.database import Database
 from agent.policy.model import Policy
 
@@ -160,11 +164,17 @@ class Outbox:
 
     def _deliver(self, row: dict[str, Any]) -> None:
         policy = self._policy()
-        url = policy.webhook_url if policy is not None and row["channel"] == "webhook" else None
-        if not url:
+        channel = policy.alert_channel(row["channel"]) if policy is not None else None
+        if channel is None:
             self._finish(row, "failed", f"the policy in force has no {row['channel']} channel any more")
             return
-        body = {"id": row["event_id"], "kind": row["kind"], **json.loads(row["body"])}
+        url = channel.url or os.environ.get(channel.url_env or "", "")
+        if not url:  # the policy names the variable; this box does not set it
+            log.warning("alert channel %s: the environment variable %s is not set on this box", channel.name,
+                        channel.url_env)  # fmt: skip
+            self._finish(row, "failed", f"the environment variable {channel.url_env} is not set on this box")
+            return
+        body = render(channel.kind, int(row["event_id"]), str(row["kind"]), json.loads(row["body"]))
         answer = self._post(url, body, f"aifinops-event-{row['event_id']}")
         attempts = int(row["attempts"]) + 1
         if answer.status is not None and 200 <= answer.status < 300:

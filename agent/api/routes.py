@@ -457,10 +457,10 @@ class _Handlers:
         if not caller.is_admin:
             raise PermissionDenied("only admins can send a test alert")
         policy = self.s.policy.current
-        channels = ("webhook",) if policy is not None and policy.webhook_url else ()
+        channels = policy.every_alert_channel() if policy is not None else ()
         if not channels:
-            raise InvalidRequest("the policy in force has no alert channel: set webhook_url in the policy "
-                                 "(docs/ADMIN.md)", code="no_alert_channel")  # fmt: skip
+            raise InvalidRequest("the policy in force has no alert channel: set webhook_url or [[alerts.channels]] "
+                                 "in the policy (docs/ADMIN.md)", code="no_alert_channel")  # fmt: skip
         body = {"message": f"a test alert from aifinops on {socket.gethostname()}", "requested_by": caller.user}
         event_id = await asyncio.to_thread(self.s.events.add, "alert_test", body, deliver=channels)
         assert event_id is not None  # noqa: S101 - no dedupe key: always new

@@ -608,7 +608,7 @@ class BudgetEnforcer:
         department = status.subject if status.scope == "department" else None
         key = f"budget_forecast:{status.name}:{status.scope}:{status.subject}:{status.period_key}"
         event_id = self._events.add("budget_forecast", body, user_id=user_id, department=department, dedupe_key=key,
-                                    deliver=self._channels())  # fmt: skip
+                                    deliver=self._channels("budget_forecast"))  # fmt: skip
         if event_id is None:
             return 0
         log.warning("budget_forecast: budget %s (%s %s) is projected to pass %s USD at %s (forecast %s, 80%% %s-%s)",
@@ -616,10 +616,10 @@ class BudgetEnforcer:
                     body["forecast_usd"], body["forecast_low_usd"], body["forecast_high_usd"])  # fmt: skip
         return 1
 
-    def _channels(self) -> tuple[str, ...]:
-        """The alert channels of the policy in force (the outbox delivers to them)."""
+    def _channels(self, kind: str) -> tuple[str, ...]:
+        """The alert channels of the policy in force for ``kind`` (the outbox delivers to them)."""
         policy = self._policy()
-        return ("webhook",) if policy is not None and policy.webhook_url else ()
+        return policy.alert_channels(kind) if policy is not None else ()
 
     def _status(self, charge: Charge) -> BudgetStatus:
         with self._lock:
@@ -708,7 +708,7 @@ class BudgetEnforcer:
         department = charge.subject if rule.scope == "department" else None
         key = f"{kind}:{rule.name}:{rule.scope}:{charge.subject}:{charge.period_key}:{threshold or ''}"
         event_id = self._events.add(kind, body, user_id=user_id, department=department, dedupe_key=key,
-                                    deliver=self._channels())  # fmt: skip
+                                    deliver=self._channels(kind))  # fmt: skip
         if event_id is not None:  # the first time only: one line per budget, subject, period and threshold
             at = f" at {threshold}%" if threshold is not None else ""
             log.warning("%s%s: budget %s (%s %s) spent %s of %s USD this %s", kind, at, rule.name, rule.scope,

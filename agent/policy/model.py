@@ -140,6 +140,46 @@ class Anomaly(_Model):
     throttle_multiple: float = Field(3.0, gt=0, le=100)
 
 
+def _check_http_url(url: str, what: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        raise ValueError(f"{what} must be an http:// or https:// URL")
+    return url
+
+
+class AlertChannel(_Model):
+    """Where alerts go (agent.alerts): a webhook, Slack, Teams or Discord incoming webhook."""
+
+    name: Name
+    kind: Literal["webhook", "slack", "teams", "discord"]
+    # The URL is a secret and the share is readable by every employee: prefer url_env, the name
+    # of an environment variable each agent reads it from (set by the service's installer).
+    url: StrictStr | None = None
+    url_env: Annotated[StrictStr, Field(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")] | None = None
+    events: tuple[Name, ...] = ()  # the event kinds it gets; empty: every alert
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str | None) -> str | None:
+        return None if url is None else _check_http_url(url, "url")
+
+    @model_validator(mode="after")
+    def _one_url(self) -> AlertChannel:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError(f"alert channel {self.name!r} needs exactly one of url and url_env")
+        return self
+
+    def wants(self, kind: str) -> bool:
+        return not self.events or kind in self.events
+
+
+class Alerts(_Model):
+    channels: tuple[AlertChannel, ...] = ()
+
+
 class Policy(_Model):
     version: StrictInt = Field(ge=1)
     organisation: StrictStr = Field(min_length=1, max_length=200)
@@ -152,6 +192,7 @@ class Policy(_Model):
     rate_limits: tuple[RateLimit, ...] = ()
     gpu: Gpu = Gpu()
     anomaly: Anomaly = Anomaly()
+    alerts: Alerts = Alerts()
 
     @field_validator("timezone")
     @classmethod
@@ -165,20 +206,29 @@ class Policy(_Model):
     @field_validator("webhook_url")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
-        if url is None:
-            return None
-        try:
-            parts = urlsplit(url)
-        except ValueError:
-            parts = None
-        if (
-            parts is None
-            or parts.scheme not in ("http", "https")
-            or not parts.hostname
-            or any(c.isspace() for c in url)
-        ):
-            raise ValueError("webhook_url must be an http:// or https:// URL")
-        return url
+        return None if url is None else _check_http_url(url, "webhook_url")
+
+    @model_validator(mode="after")
+    def _unique_channel_names(self) -> Policy:
+        names = [c.name for c in self.alerts.channels] + (["webhook"] if self.webhook_url else [])
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"alert channel names must be unique (webhook_url is the channel 'webhook'); "
+                             f"repeated: {', '.join(duplicates)}")  # fmt: skip
+        return self
+
+    def alert_channels(self, kind: str) -> tuple[str, ...]:
+        """The names of the channels an alert of ``kind`` goes to."""
+        legacy = ("webhook",) if self.webhook_url else ()
+        return legacy + tuple(c.name for c in self.alerts.channels if c.wants(kind))
+
+    def every_alert_channel(self) -> tuple[str, ...]:
+        return (("webhook",) if self.webhook_url else ()) + tuple(c.name for c in self.alerts.channels)
+
+    def alert_channel(self, name: str) -> AlertChannel | None:
+        if name == "webhook" and self.webhook_url:
+            return AlertChannel(name="webhook", kind="webhook", url=self.webhook_url)
+        return next((c for c in self.alerts.channels if c.name == name), None)
 
     @model_validator(mode="after")
     def _unique_budget_names(self) -> Policy:

@@ -395,7 +395,7 @@ class _Hook(http.server.BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length))
         time.sleep(type(self).delay_s)
         status = 503 if time.monotonic() < type(self).down_until else type(self).status
-        type(self).answers.append((body["id"], status, self.headers.get("Idempotency-Key", "")))
+        type(self).answers.append((body.get("id", -1), status, self.headers.get("Idempotency-Key", "")))
         if status < 300:
             type(self).received.append(body)
         self.send_response(status)
@@ -508,6 +508,37 @@ def test_a_slow_receiver_holds_up_no_request_and_still_gets_its_alert(governed: 
             assert time.monotonic() < deadline, _deliveries(g)
             time.sleep(0.1)
         assert [body["threshold_percent"] for body in _Hook.received] == [50]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_alerts_reach_a_slack_channel_and_a_channel_without_its_secret_is_reported(
+    governed: Callable[..., Governed], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _Hook.received, _Hook.status, _Hook.answers, _Hook.down_until, _Hook.delay_s = [], 200, [], 0.0, 0.0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("AIFINOPS_TEST_SLACK_URL", f"http://127.0.0.1:{server.server_address[1]}/slack")
+        monkeypatch.delenv("AIFINOPS_TEST_DISCORD_URL", raising=False)
+        channels = ('[[alerts.channels]]\nname = "team-slack"\nkind = "slack"\nurl_env = "AIFINOPS_TEST_SLACK_URL"\n'
+                    '[[alerts.channels]]\nname = "team-discord"\nkind = "discord"\n'
+                    'url_env = "AIFINOPS_TEST_DISCORD_URL"\n')  # fmt: skip
+        amount = f"{3 * ANSWER_MICRO_USD / 1_000_000:.6f}"
+        g = governed(policy_text(1, amount, extra=channels))
+        with g.agent.http() as client:
+            assert g.ask(client).status_code == 200
+            assert g.ask(client).status_code == 200  # past 50%: one alert, for both channels
+        deadline = time.monotonic() + 15
+        while sorted(d["state"] for d in _deliveries(g)) != ["delivered", "failed"]:
+            assert time.monotonic() < deadline, _deliveries(g)
+            time.sleep(0.1)
+        [slack] = _Hook.received
+        assert "user-daily" in slack["text"] and slack["blocks"][0]["text"]["type"] == "mrkdwn"
+        [failed] = [d for d in _deliveries(g) if d["state"] == "failed"]
+        assert failed["last_error"] == "the environment variable AIFINOPS_TEST_DISCORD_URL is not set on this box"
+        assert failed["attempts"] == 0  # nothing was posted anywhere for it
     finally:
         server.shutdown()
         server.server_close()
