@@ -11,23 +11,30 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, ClassVar
 
 from agent.alerts.outbox import Outbox
 from agent.ledger.database import Database
+from agent.policy.model import parse_policy
+
+
+def _policy(url: str) -> bytes:
+    return (f'version = 1\norganisation = "T"\ntimezone = "UTC"\ndefault_department = "general"\n'
+            f'webhook_url = "{url}"\n').encode()  # fmt: skip
+
 
 # The process that gets killed: three alerts into its ledger, its sender posting them.
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from types import SimpleNamespace
 from agent.alerts.outbox import Outbox
+from agent.policy.model import parse_policy
 from agent.ledger.database import Database
 from agent.ledger.events import EventLog
 
 db = Database.open(Path(sys.argv[1]))
-outbox = Outbox(db, lambda: SimpleNamespace(webhook_url=sys.argv[2]))
+policy = parse_policy(sys.argv[2].encode())
+outbox = Outbox(db, lambda: policy)
 events = EventLog(db)
 events.on_delivery = outbox.wake
 for i in range(3):
@@ -60,7 +67,8 @@ def test_alerts_pending_at_a_kill_9_are_delivered_after_it_once_each(tmp_path: P
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     ledger = tmp_path / "ledger.db"
     try:
-        holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(ledger), url], stdout=subprocess.PIPE, text=True)
+        holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(ledger), _policy(url).decode()],
+                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
         try:
             assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
             deadline = time.monotonic() + 30
@@ -76,7 +84,8 @@ def test_alerts_pending_at_a_kill_9_are_delivered_after_it_once_each(tmp_path: P
         db = Database.open(ledger)
         try:
             later = datetime.now(UTC) + timedelta(minutes=30)  # every retry is due
-            outbox = Outbox(db, lambda: SimpleNamespace(webhook_url=url), now=lambda: later)  # type: ignore[arg-type, return-value]
+            policy = parse_policy(_policy(url))
+            outbox = Outbox(db, lambda: policy, now=lambda: later)
             assert outbox.deliver_due() == 3
             assert outbox.deliver_due() == 0  # nothing left: each was taken once
             states = [(r["state"], r["attempts"] >= 2) for r in db.query("SELECT state, attempts FROM deliveries")]
