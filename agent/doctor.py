@@ -338,18 +338,10 @@ def _policy(settings: Settings, agent: RunningAgent | None) -> list[Check]:
 def _policy_in_ledger(settings: Settings) -> tuple[int | None, Check]:
     """The last good policy this home's ledger applied (no agent answered for us to ask)."""
     from agent.errors import AIFinOpsError
-    from agent.ledger.database import Database
-    from agent.ledger.policies import PolicyStore
+    from agent.ledger.policies import last_good_in
 
-    ledger = settings.paths.ledger_file
-    if not ledger.exists():
-        return None, Check("policy", "ok", "no policy received yet: running on the local config's defaults")
     try:
-        db = Database.open(ledger)
-        try:
-            applied = PolicyStore(db).last_good()
-        finally:
-            db.close()
+        applied = last_good_in(settings.paths.ledger_file)
     except AIFinOpsError as e:
         return None, Check("policy", "warn", f"cannot read the applied policy: {e.message}")
     if applied is None:

@@ -58,22 +58,14 @@ def learn_baselines(counts: Iterable[tuple[str, str, datetime, int]], week: date
     ``week``: ``user:NAME`` for each user with a week of history before it, and ``member:NAME``,
     a department's per member (for its users without one)."""
     start = week - timedelta(weeks=WEEKS)
-    per_user: dict[str, dict[datetime, int]] = defaultdict(lambda: defaultdict(int))
-    per_department: dict[str, dict[datetime, int]] = defaultdict(lambda: defaultdict(int))
+    counts = [row for row in counts if start <= row[2] < week]
     members: dict[str, set[str]] = defaultdict(set)
-    for user, department, hour, count in counts:
-        if start <= hour < week:
-            per_user[user][hour] += count
-            per_department[department][hour] += count
-            members[department].add(user)
-    learned: dict[str, Baseline] = {}
-    for department, hours in per_department.items():
-        if (b := Baseline.learn(hours.items(), week)) is not None:
-            learned[f"member:{department}"] = b.scaled(1 / len(members[department]))
-    for user, hours in per_user.items():
-        if (b := Baseline.learn(hours.items(), week)) is not None:
-            learned[f"user:{user}"] = b
-    return learned
+    for user, department, _, _ in counts:
+        members[department].add(user)
+    users = learn_totals(((f"user:{user}", hour, n) for user, _, hour, n in counts), week)
+    departments = learn_totals(((department, hour, n) for _, department, hour, n in counts), week)
+    per_member = {f"member:{d}": b.scaled(1 / len(members[d])) for d, b in departments.items()}
+    return per_member | users
 
 
 def learn_totals(counts: Iterable[tuple[str, datetime, int]], week: datetime) -> dict[str, Baseline]:

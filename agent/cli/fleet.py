@@ -208,8 +208,7 @@ def fleet_budgets(obj: _Context, policy_file: str | None, as_json: bool, share: 
 
 def _policy(obj: _Context, policy_file: str | None) -> Policy:
     from agent.errors import PolicyError
-    from agent.ledger.database import Database
-    from agent.ledger.policies import PolicyStore
+    from agent.ledger.policies import last_good_in
     from agent.policy.model import parse_policy
 
     if policy_file is not None:
@@ -217,14 +216,7 @@ def _policy(obj: _Context, policy_file: str | None) -> Policy:
             return parse_policy(Path(policy_file).read_bytes())
         except (OSError, PolicyError) as e:
             _fail(f"the policy {policy_file} cannot be used: {e}")
-    ledger = obj.settings().paths.ledger_file
-    if not ledger.is_file():
-        _fail("this box has no ledger, so no policy: pass --policy FILE")
-    db = Database.open(ledger)
-    try:
-        last = PolicyStore(db).last_good()
-    finally:
-        db.close()
+    last = last_good_in(obj.settings().paths.ledger_file)
     if last is None:
         _fail("this box has received no policy yet: pass --policy FILE")
     return parse_policy(last.body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.ledger.database import Database, utc_now_iso
 
@@ -52,3 +53,15 @@ class PolicyStore:
 
     def count(self) -> int:
         return int(self._db.query("SELECT count(*) AS n FROM policies")[0]["n"])
+
+
+def last_good_in(ledger: Path) -> PolicyRow | None:
+    """The last good policy in the ledger file ``ledger`` (None: no file, or none applied yet),
+    for commands that run without the agent."""
+    if not ledger.is_file():
+        return None
+    db = Database.open(ledger)
+    try:
+        return PolicyStore(db).last_good()
+    finally:
+        db.close()
