@@ -7,6 +7,7 @@ import importlib.util
 import os
 import stat
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from agent.models.catalog import find_asset
@@ -383,10 +384,40 @@ def _alerts(settings: Settings) -> list[Check]:
         last = failed[0]
         out.append(Check("alerts", "warn", f"{last['n']} alert(s) not delivered; the last to the {last['channel']} "
                                            f"channel at {str(last['finished_at'])[:19]}: {last['last_error']}",
-                         "aifinops alerts list; check the receiver, then the policy's webhook_url"))  # fmt: skip
+                         "aifinops alerts list; check the receiver, then the policy's alert channels"))  # fmt: skip
     if not out:
         out.append(Check("alerts", "ok", f"{delivered} alert(s) delivered, none waiting" if delivered
                          else "no alert posted anywhere yet"))  # fmt: skip
+    return out + _alert_secrets(ledger)
+
+
+def _alert_secrets(ledger: Path) -> list[Check]:
+    """Whether each secret the applied policy's channels name resolves here (in this shell: the
+    agent's service may have another environment and keyring; `aifinops alerts test` asks it)."""
+    from agent.alerts.secrets import SecretMissing, resolve
+    from agent.errors import AIFinOpsError
+    from agent.ledger.policies import last_good_in
+    from agent.policy.model import parse_policy
+
+    try:
+        applied = last_good_in(ledger)
+        policy = parse_policy(applied.body) if applied is not None else None
+    except AIFinOpsError:
+        return []  # said by the policy check
+    out = []
+    for channel in policy.alerts.channels if policy is not None else ():
+        for what, reference in (("URL", channel.url_reference), ("SMTP password", channel.password_secret)):
+            if reference is None:
+                continue
+            try:
+                resolve(reference)
+            except SecretMissing as e:
+                source, _, name = reference.partition(":")
+                fix = f"as the agent's user: aifinops alerts set-secret {name}" if source == "keyring" else \
+                    "set it in the agent service's environment (docs/ADMIN.md, Alert delivery)"  # fmt: skip
+                out.append(Check("alerts", "warn", f"channel {channel.name}: its {what} ({reference}): {e}", fix))
+            else:
+                out.append(Check("alerts", "ok", f"channel {channel.name}: its {what} comes from {reference} (found)"))
     return out
 
 

@@ -60,6 +60,7 @@ from native.nvml import GpuSource, NvmlSource, TraceReplay, probe
 
 if TYPE_CHECKING:
     from agent.fleet.publisher import FleetPublisher
+    from agent.policy.model import Policy
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class Services:
         )
         enforcer = BudgetEnforcer(db, lambda: policy.current, events, fleet=_fleet_budgets(settings))
         runaway = RunawayWatch(db, events, lambda: policy.current)
-        outbox = Outbox(db, lambda: policy.current)
+        outbox = _outbox(settings, db, lambda: policy.current)
         events.on_delivery = outbox.wake
         activity = ActivityLog()
         preferences = Preferences(db)
@@ -381,6 +382,19 @@ def _fleet_budgets(settings: Settings) -> FleetBudgets | None:
         idle_s=fleet.allotment_idle_s,
         history=history,
     )
+
+
+def _outbox(settings: Settings, db: Database, policy: Callable[[], Policy | None]) -> Outbox:
+    """The alert sender; with fleet-wide budgets, fleet alerts are claimed on the share first."""
+    from agent.fleet.files import host_id
+
+    me = host_id(settings.paths.data_dir)
+    claims = None
+    if settings.share_dir is not None and settings.fleet.budgets:
+        from agent.fleet.claims import FleetClaims
+
+        claims = FleetClaims(settings.share_dir, me)
+    return Outbox(db, policy, origin=me, claims=claims)
 
 
 def _warm_up(cache: SemanticCache) -> None:

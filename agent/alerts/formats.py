@@ -5,7 +5,8 @@
   (a ``section`` in mrkdwn, a ``context`` naming the event);
 - ``teams``: a Teams Workflows webhook's message with one Adaptive Card attachment
   (``application/vnd.microsoft.card.adaptive``, card version 1.4);
-- ``discord``: a Discord webhook's ``content`` (at most 2,000 characters) with mentions off.
+- ``discord``: a Discord webhook's ``content`` (at most 2,000 characters) with mentions off;
+- ``email``: a subject and a plain-text body (``email_text``).
 
 Every body carries the event id (``aifinops event N``), as the post's Idempotency-Key does.
 """
@@ -69,3 +70,15 @@ def render(channel_kind: str, event_id: int, kind: str, body: dict[str, Any]) ->
     if channel_kind == "discord":
         return {"content": f"**{title}**: {text}\n-# {footer}"[:2000], "allowed_mentions": {"parse": []}}
     return {"id": event_id, "kind": kind, **body}
+
+
+def email_text(event_id: int, kind: str, body: dict[str, Any], origin: str = "") -> tuple[str, str]:
+    """An email's subject and plain-text body: the summary, then every field of the event."""
+    title = TITLES.get(kind, kind)
+    text = summary(kind, body)
+    subject = f"[aifinops] {title}: {text}"
+    if len(subject) > 160:
+        subject = subject[:157] + "..."
+    fields = "\n".join(f"  {k}: {v}" for k, v in sorted(body.items()) if k != "reason")
+    sender = f" from host {origin}" if origin else ""
+    return subject, f"{title}\n\n{text}\n\n{fields}\n\n-- \naifinops event {event_id} ({kind}){sender}\n"

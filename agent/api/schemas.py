@@ -453,7 +453,7 @@ class DeliveryOut(BaseModel):
     """An alert's delivery to one channel (agent.alerts.outbox)."""
 
     channel: str
-    state: str  # pending, delivered, failed
+    state: str  # pending, delivered, failed, skipped (another host of the fleet posted it)
     attempts: int
     last_error: str
     next_at: str | None  # when it is tried again (pending only)

@@ -443,17 +443,22 @@ class BudgetEnforcer:
                 self._drop_hold(reservation)
             for charge in charges:
                 totals = self._totals_for(charge)
-                before = totals.spent
+                # A fleet-wide budget's alerts are about the fleet's spend: the other hosts' (as
+                # their lease entries last said) and ours.
+                fleet_wide = self._fleet is not None and self._fleet.applies(charge)
+                others = self._fleet.others_spent(charge) if self._fleet is not None and fleet_wide else 0
+                before = others + totals.spent
                 totals.spent += cost
+                after = others + totals.spent
                 if above_hold and totals.holds > 0:
                     totals.closed = True  # the other holds may be as wrong: let them settle first
                 for threshold in charge.rule.alerts:
                     limit = charge.rule.amount_micro_usd * threshold
-                    if before * 100 < limit <= totals.spent * 100:
-                        crossed.append((charge, threshold, _copy(totals)))
-                if totals.spent > charge.rule.amount_micro_usd and not totals.overrun_reported and cost > 0:
+                    if before * 100 < limit <= after * 100:
+                        crossed.append((charge, threshold, _copy(totals, others)))
+                if after > charge.rule.amount_micro_usd and not totals.overrun_reported and cost > 0:
                     totals.overrun_reported = True
-                    overrun.append((charge, _copy(totals)))
+                    overrun.append((charge, _copy(totals, others)))
             self._wake_all()
         if above_hold and reservation is not None:
             log.warning(
@@ -602,13 +607,17 @@ class BudgetEnforcer:
         }
         if status.fleet is not None:  # a fleet-wide budget: whose spend the forecast is made from
             body["history"] = basis or "this agent"
-        user_id = None
+        user_id, about = None, status.subject if status.scope == "department" else None
         if status.scope == "user" and (found := UserStore(self._db).get(status.subject)) is not None:
-            user_id = found.id
+            user_id, about = found.id, found.department
+        if about is not None:
+            body["department"] = about
         department = status.subject if status.scope == "department" else None
         key = f"budget_forecast:{status.name}:{status.scope}:{status.subject}:{status.period_key}"
+        claim = key if status.fleet is not None else None
         event_id = self._events.add("budget_forecast", body, user_id=user_id, department=department, dedupe_key=key,
-                                    deliver=self._channels("budget_forecast"))  # fmt: skip
+                                    deliver=self._channels("budget_forecast", status.scope, about),
+                                    claim=claim)  # fmt: skip
         if event_id is None:
             return 0
         log.warning("budget_forecast: budget %s (%s %s) is projected to pass %s USD at %s (forecast %s, 80%% %s-%s)",
@@ -616,10 +625,16 @@ class BudgetEnforcer:
                     body["forecast_usd"], body["forecast_low_usd"], body["forecast_high_usd"])  # fmt: skip
         return 1
 
-    def _channels(self, kind: str) -> tuple[str, ...]:
-        """The alert channels of the policy in force for ``kind`` (the outbox delivers to them)."""
+    def _channels(self, kind: str, scope: str, department: str | None) -> tuple[str, ...]:
+        """The alert channels of the policy in force for ``kind`` about ``scope`` (and
+        ``department``): the outbox delivers to them."""
         policy = self._policy()
-        return policy.alert_channels(kind) if policy is not None else ()
+        return policy.alert_channels(kind, scope, department) if policy is not None else ()
+
+    def _fleet_claim(self, charge: Charge, key: str) -> str | None:
+        """The key that claims an alert on the share when the whole fleet raises it (a fleet-wide
+        budget), so that one host posts it; None: this agent's own alert."""
+        return key if self._fleet is not None and self._fleet.applies(charge) else None
 
     def _status(self, charge: Charge) -> BudgetStatus:
         with self._lock:
@@ -706,9 +721,13 @@ class BudgetEnforcer:
             body["overrun_usd"] = format_usd(totals.spent - rule.amount_micro_usd)
         user_id = caller.user_id if rule.scope == "user" else None
         department = charge.subject if rule.scope == "department" else None
+        about = department or (caller.department if rule.scope == "user" else None)
+        if about is not None:
+            body["department"] = about
         key = f"{kind}:{rule.name}:{rule.scope}:{charge.subject}:{charge.period_key}:{threshold or ''}"
         event_id = self._events.add(kind, body, user_id=user_id, department=department, dedupe_key=key,
-                                    deliver=self._channels(kind))  # fmt: skip
+                                    deliver=self._channels(kind, rule.scope, about),
+                                    claim=self._fleet_claim(charge, key))  # fmt: skip
         if event_id is not None:  # the first time only: one line per budget, subject, period and threshold
             at = f" at {threshold}%" if threshold is not None else ""
             log.warning("%s%s: budget %s (%s %s) spent %s of %s USD this %s", kind, at, rule.name, rule.scope,
@@ -782,8 +801,10 @@ def _counted_spent(status: BudgetStatus) -> int:
     return max(status.spent_micro_usd, fleet or 0)
 
 
-def _copy(totals: _Totals) -> _Totals:
-    return replace(totals)
+def _copy(totals: _Totals, others_spent: int = 0) -> _Totals:
+    """A snapshot for an alert or a refusal; ``others_spent``: the other hosts' spend of a
+    fleet-wide budget, added so that the alert tells the fleet's spend."""
+    return replace(totals, spent=totals.spent + others_spent)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -267,6 +267,12 @@ class FleetBudgets:
                 with self._lock:
                     held.allotted, held.lease, held.written_spent = lease.allotted, lease, spent
 
+    def others_spent(self, charge: Charge) -> int:
+        """The other hosts' spend of this budget, as their lease entries last said (no I/O)."""
+        with self._lock:
+            held = self._held.get(charge.key)
+            return held.lease.others_spent if held is not None and held.lease is not None else 0
+
     def state(self, charge: Charge, spent: int) -> FleetState:
         with self._lock:
             held = self._held.get(charge.key)

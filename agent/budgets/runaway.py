@@ -188,7 +188,8 @@ class RunawayWatch:
             if kind == "user":
                 found = UserStore(self._db).get(user)
                 user_id, seen_by = (found.id if found is not None else None), department
-            channels = policy.alert_channels("spend_anomaly") if policy is not None else ()
+            about = department if kind in ("user", "department") else None
+            channels = policy.alert_channels("spend_anomaly", kind, about) if policy is not None else ()
             event_id = self._events.add("spend_anomaly", body, user_id=user_id, department=seen_by, dedupe_key=key,
                                         deliver=channels)  # fmt: skip
             if event_id is None:

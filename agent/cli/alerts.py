@@ -12,7 +12,7 @@ from agent.cli.common import _Context, _Group, main, pass_ctx
 
 @main.group(cls=_Group)
 def alerts() -> None:
-    """Alerts posted to the policy's channels (webhook_url): pending and failed deliveries."""
+    """Alerts posted to the policy's channels: pending and failed deliveries, a test alert, secrets."""
 
 
 @alerts.command("list")
@@ -32,7 +32,7 @@ def alerts_list(obj: _Context, everything: bool, as_json: bool, token: str | Non
         page = client.events(since)
         for event in page.events:
             for delivery in event.deliveries:
-                if everything or delivery.state != "delivered":
+                if everything or delivery.state in ("pending", "failed"):
                     shown.append({"event_id": event.id, "ts": event.ts, "kind": event.kind, **delivery.model_dump()})
         if not page.events:
             break
@@ -63,10 +63,43 @@ def alerts_test(obj: _Context, token: str | None) -> None:
     failed = False
     for d in sent.deliveries:
         if d.state == "delivered":
-            click.echo(f"{d.channel}: delivered (test alert #{sent.id})")
+            note = f"; {d.last_error}" if d.last_error else ""
+            click.echo(f"{d.channel}: delivered (test alert #{sent.id}){note}")
         else:
             failed = True
             retry = f"; retried until it goes through (next try {str(d.next_at)[:19]})" if d.state == "pending" else ""
             click.echo(f"{d.channel}: {d.state}: {d.last_error or 'no answer yet'}{retry}")
     if failed:
         raise SystemExit(1)
+
+
+@alerts.command("set-secret")
+@click.argument("name")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the value from standard input (scripts).")
+def alerts_set_secret(name: str, from_stdin: bool) -> None:
+    """Store a channel's secret (a webhook URL, an SMTP password) in this user's OS keyring, for a
+    policy that names it as keyring:NAME. Run it as the user the agent runs as."""
+    import re
+    import sys
+
+    from keyring.errors import KeyringError
+
+    from agent.alerts import secrets
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}", name):
+        raise click.BadParameter("letters, digits and . _ @ - only (as in keyring:NAME)", param_hint="NAME")
+    if from_stdin:
+        value = sys.stdin.read().strip()
+    else:
+        value = str(click.prompt(f"Value of {name}", hide_input=True)).strip()
+    if not value:
+        raise click.UsageError("the value is empty")
+    try:
+        secrets.store(name, value)
+    except KeyringError as e:
+        raise click.ClickException(
+            f"the OS keyring cannot be written on this box ({type(e).__name__}: {e}); "
+            "use an env: reference instead (docs/ADMIN.md, Alert delivery)"
+        ) from None
+    click.echo(f"stored {name} in the OS keyring (service {secrets.KEYRING_SERVICE!r}); "
+               f"the policy names it keyring:{name}")

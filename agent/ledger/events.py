@@ -39,11 +39,14 @@ class EventLog:
         department: str | None = None,
         dedupe_key: str | None = None,
         deliver: Sequence[str] = (),
+        claim: str | None = None,
     ) -> int | None:
         """Store an event; None when one with the same ``dedupe_key`` already exists.
 
         ``deliver`` names the alert channels to post it to: their rows in the outbox
         (``agent.alerts.outbox``) are written in the same transaction, and the sender is woken.
+        ``claim`` is the key of an alert the whole fleet raises (a department or organisation
+        budget): the host that claims it on the share posts it, the others skip it.
         """
         now = utc_now_iso()
         with self._db.transaction() as conn:
@@ -56,8 +59,8 @@ class EventLog:
                 return None  # it already happened
             event_id = cursor.lastrowid
             conn.executemany(
-                "INSERT INTO deliveries (event_id, channel, state, next_at) VALUES (?, ?, 'pending', ?)",
-                [(event_id, channel, now) for channel in deliver],
+                "INSERT INTO deliveries (event_id, channel, state, next_at, claim) VALUES (?, ?, 'pending', ?, ?)",
+                [(event_id, channel, now, claim) for channel in deliver],
             )
         if deliver and self.on_delivery is not None:
             self.on_delivery()

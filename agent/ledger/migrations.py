@@ -237,6 +237,29 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_pending ON deliveries(state, next_at)
 """
 
+# Deliveries learn two things: the fleet key that claims an alert on the share (one post for the
+# fleet), and the state 'skipped' (another host of the fleet posted it). SQLite cannot change a
+# CHECK: the table is rebuilt, rows kept.
+M011_DELIVERY_CLAIMS = """
+CREATE TABLE deliveries_new (
+    id           INTEGER PRIMARY KEY,
+    event_id     INTEGER NOT NULL REFERENCES events(id),
+    channel      TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed', 'skipped')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_at      TEXT NOT NULL,
+    last_error   TEXT NOT NULL DEFAULT '',
+    finished_at  TEXT,
+    claim        TEXT,
+    UNIQUE (event_id, channel)
+);
+INSERT INTO deliveries_new (id, event_id, channel, state, attempts, next_at, last_error, finished_at)
+    SELECT id, event_id, channel, state, attempts, next_at, last_error, finished_at FROM deliveries;
+DROP TABLE deliveries;
+ALTER TABLE deliveries_new RENAME TO deliveries;
+CREATE INDEX deliveries_pending ON deliveries(state, next_at)
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_cache", M002_CACHE),
@@ -248,4 +271,5 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m008_holds_and_fleet", M008_HOLDS_AND_FLEET),
     ("m009_throttles", M009_THROTTLES),
     ("m010_deliveries", M010_DELIVERIES),
+    ("m011_delivery_claims", M011_DELIVERY_CLAIMS),
 )

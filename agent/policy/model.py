@@ -150,16 +150,38 @@ def _check_http_url(url: str, what: str) -> str:
     return url
 
 
+# A secret named by reference, resolved on each box (agent.alerts.secrets): "env:NAME" (an
+# environment variable) or "keyring:NAME" (the OS keyring, service "aifinops").
+_REFERENCE_PATTERN = r"^(env:[A-Za-z_][A-Za-z0-9_]{0,127}|keyring:[A-Za-z0-9][A-Za-z0-9._@-]{0,127})$"
+SecretRef = Annotated[StrictStr, Field(pattern=_REFERENCE_PATTERN)]
+Address = Annotated[StrictStr, Field(pattern=r"^[^@\s<>,;\"]{1,64}@[A-Za-z0-9.-]{1,253}$")]
+AlertScope = Literal["user", "department", "feature", "model", "organisation"]
+_WEB_KINDS = ("webhook", "slack", "teams", "discord")
+_SMTP_FIELDS = ("smtp_host", "sender", "username", "password_secret")
+
+
 class AlertChannel(_Model):
-    """Where alerts go (agent.alerts): a webhook, Slack, Teams or Discord incoming webhook."""
+    """Where alerts go (agent.alerts): a webhook, Slack, Teams or Discord incoming webhook, or email."""
 
     name: Name
-    kind: Literal["webhook", "slack", "teams", "discord"]
-    # The URL is a secret and the share is readable by every employee: prefer url_env, the name
-    # of an environment variable each agent reads it from (set by the service's installer).
+    kind: Literal["webhook", "slack", "teams", "discord", "email"]
+    # A web channel's URL is a secret and the share is readable by every employee: prefer a
+    # reference, resolved on each box: url_secret = "env:NAME" or "keyring:NAME"; url_env = "NAME"
+    # is short for url_secret = "env:NAME".
     url: StrictStr | None = None
-    url_env: Annotated[StrictStr, Field(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")] | None = None
+    url_env: Annotated[StrictStr, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] | None = None
+    url_secret: SecretRef | None = None
     events: tuple[Name, ...] = ()  # the event kinds it gets; empty: every alert
+    scopes: tuple[AlertScope, ...] = ()  # what the alert is about; empty: any (a test alert: always)
+    # email: SMTP through the standard library; STARTTLS unless security says otherwise.
+    smtp_host: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9.:\[\]-]{1,253}$")] | None = None
+    smtp_port: StrictInt | None = Field(None, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = None
+    password_secret: SecretRef | None = None
+    sender: Address | None = None
+    to: tuple[Address, ...] = ()  # every alert the filters let through (e.g. the admins)
+    department_to: dict[Name, tuple[Address, ...]] = {}  # alerts about a department: its people too
 
     @field_validator("url")
     @classmethod
@@ -167,17 +189,62 @@ class AlertChannel(_Model):
         return None if url is None else _check_http_url(url, "url")
 
     @model_validator(mode="after")
-    def _one_url(self) -> AlertChannel:
-        if (self.url is None) == (self.url_env is None):
-            raise ValueError(f"alert channel {self.name!r} needs exactly one of url and url_env")
+    def _fields_of_its_kind(self) -> AlertChannel:
+        urls = [f for f in ("url", "url_env", "url_secret") if getattr(self, f) is not None]
+        if self.kind in _WEB_KINDS:
+            if len(urls) != 1:
+                raise ValueError(f"alert channel {self.name!r} needs exactly one of url, url_env and url_secret")
+            extra = [f for f in _SMTP_FIELDS if getattr(self, f) is not None] + (["to"] if self.to else [])
+            extra += ["department_to"] if self.department_to else []
+            extra += ["smtp_port"] if self.smtp_port is not None else []
+            if extra:
+                raise ValueError(f"alert channel {self.name!r} is a {self.kind} channel: {', '.join(extra)} "
+                                 "belong to email channels")  # fmt: skip
+            return self
+        if urls:
+            raise ValueError(f"alert channel {self.name!r} is an email channel: it has no {urls[0]}")
+        if self.smtp_host is None or self.sender is None:
+            raise ValueError(f"email channel {self.name!r} needs smtp_host and sender")
+        if not self.to and not any(self.department_to.values()):
+            raise ValueError(f"email channel {self.name!r} needs recipients: to, department_to or both")
+        if (self.username is None) != (self.password_secret is None):
+            raise ValueError(f"email channel {self.name!r}: username and password_secret go together")
+        if self.security == "none" and self.username is not None:
+            raise ValueError(f"email channel {self.name!r}: a password is never sent without TLS "
+                             '(security = "starttls" or "tls")')  # fmt: skip
         return self
 
-    def wants(self, kind: str) -> bool:
-        return not self.events or kind in self.events
+    @property
+    def url_reference(self) -> str | None:
+        """Where the URL comes from: None (inline ``url``), or a secret reference."""
+        return self.url_secret or (f"env:{self.url_env}" if self.url_env else None)
+
+    @property
+    def port(self) -> int:
+        return self.smtp_port or {"starttls": 587, "tls": 465, "none": 25}[self.security]
+
+    def recipients(self, department: str | None) -> tuple[str, ...]:
+        """An email channel's addresses for an alert about ``department`` (None: about none)."""
+        extra = self.department_to.get(department, ()) if department else ()
+        return tuple(dict.fromkeys((*self.to, *extra)))
+
+    def every_recipient(self) -> tuple[str, ...]:
+        """All of an email channel's addresses (a test alert goes to each)."""
+        return tuple(dict.fromkeys((*self.to, *(a for addresses in self.department_to.values() for a in addresses))))
+
+    def wants(self, kind: str, scope: str | None = None, department: str | None = None) -> bool:
+        """Whether an alert of ``kind``, about a ``scope`` (and a ``department``) goes here."""
+        if self.events and kind not in self.events:
+            return False
+        if self.scopes and scope is not None and scope not in self.scopes:
+            return False
+        return self.kind != "email" or bool(self.recipients(department))
 
 
 class Alerts(_Model):
     channels: tuple[AlertChannel, ...] = ()
+    # How long an undelivered alert is retried (a receiver answering 5xx, 408, 429 or nothing).
+    retry_for_h: float = Field(24.0, gt=0, le=720, allow_inf_nan=False)
 
 
 class Policy(_Model):
@@ -217,10 +284,11 @@ class Policy(_Model):
                              f"repeated: {', '.join(duplicates)}")  # fmt: skip
         return self
 
-    def alert_channels(self, kind: str) -> tuple[str, ...]:
-        """The names of the channels an alert of ``kind`` goes to."""
+    def alert_channels(self, kind: str, scope: str | None = None, department: str | None = None) -> tuple[str, ...]:
+        """The names of the channels an alert of ``kind`` goes to, about a ``scope`` (user,
+        department, feature, model, organisation) of ``department`` when it concerns one."""
         legacy = ("webhook",) if self.webhook_url else ()
-        return legacy + tuple(c.name for c in self.alerts.channels if c.wants(kind))
+        return legacy + tuple(c.name for c in self.alerts.channels if c.wants(kind, scope, department))
 
     def every_alert_channel(self) -> tuple[str, ...]:
         return (("webhook",) if self.webhook_url else ()) + tuple(c.name for c in self.alerts.channels)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agent.alerts.formats import render
+from agent.alerts.formats import email_text, render
 from agent.errors import PolicyError
 from agent.policy.model import parse_policy
 
@@ -87,8 +87,20 @@ def test_channels_are_read_from_the_policy_with_their_filters() -> None:
     ("channel", "message"),
     [
         (b'name = "x"\nkind = "pager"\nurl = "https://e.com"\n', "kind"),
-        (b'name = "x"\nkind = "slack"\n', "exactly one of url and url_env"),
-        (b'name = "x"\nkind = "slack"\nurl = "https://e.com"\nurl_env = "X"\n', "exactly one of url and url_env"),
+        (b'name = "x"\nkind = "slack"\n', "exactly one of url, url_env and url_secret"),
+        (b'name = "x"\nkind = "slack"\nurl = "https://e.com"\nurl_env = "X"\n', "exactly one of url, url_env"),
+        (b'name = "x"\nkind = "slack"\nurl_secret = "vault:x"\n', "url_secret"),
+        (b'name = "x"\nkind = "slack"\nurl_secret = "env:X"\nto = ["a@b.com"]\n', "belong to email channels"),
+        (b'name = "x"\nkind = "slack"\nurl = "https://e.com"\nscopes = ["galaxy"]\n', "scopes"),
+        (b'name = "x"\nkind = "email"\nsmtp_host = "smtp.e.com"\nto = ["a@e.com"]\n', "needs smtp_host and sender"),
+        (b'name = "x"\nkind = "email"\nsmtp_host = "smtp.e.com"\nsender = "a@e.com"\n', "needs recipients"),
+        (b'name = "x"\nkind = "email"\nsmtp_host = "smtp.e.com"\nsender = "a@e.com"\nto = ["not an address"]\n', "to"),
+        (b'name = "x"\nkind = "email"\nsmtp_host = "h"\nsender = "a@e.com"\nto = ["b@e.com"]\nurl = "https://e.com"\n',
+         "it has no url"),
+        (b'name = "x"\nkind = "email"\nsmtp_host = "h"\nsender = "a@e.com"\nto = ["b@e.com"]\nusername = "u"\n',
+         "username and password_secret go together"),
+        (b'name = "x"\nkind = "email"\nsmtp_host = "h"\nsender = "a@e.com"\nto = ["b@e.com"]\nusername = "u"\n'
+         b'password_secret = "env:P"\nsecurity = "none"\n', "never sent without TLS"),
         (b'name = "x"\nkind = "slack"\nurl = "ftp://e.com"\n', "http:// or https://"),
         (b'name = "x"\nkind = "slack"\nurl_env = "not a name"\n', "url_env"),
         (b'name = "webhook"\nkind = "slack"\nurl = "https://e.com"\n', "unique"),
@@ -99,3 +111,43 @@ def test_a_bad_channel_refuses_the_policy_and_says_why(channel: bytes, message: 
     with pytest.raises(PolicyError) as refused:
         parse_policy(HEAD + extra + b"[[alerts.channels]]\n" + channel)
     assert message in str(refused.value)
+
+
+def test_scopes_filter_and_email_recipients_follow_the_department() -> None:
+    policy = parse_policy(HEAD + b'[alerts]\nretry_for_h = 2.5\n'
+                          b'[[alerts.channels]]\nname = "org-slack"\nkind = "slack"\nurl_secret = "keyring:org-slack"\n'
+                          b'scopes = ["department", "organisation"]\n'
+                          b'[[alerts.channels]]\nname = "mail"\nkind = "email"\nsmtp_host = "smtp.example.com"\n'
+                          b'sender = "aifinops@example.com"\nto = ["finops@example.com"]\nusername = "aifinops"\n'
+                          b'password_secret = "env:AIFINOPS_SMTP_PASSWORD"\n'
+                          b'[alerts.channels.department_to]\nresearch = ["lead@example.com", "finops@example.com"]\n'
+                          b'[[alerts.channels]]\nname = "research-only"\nkind = "email"\nsmtp_host = "smtp.example.com"\n'
+                          b'security = "tls"\nsender = "aifinops@example.com"\n'
+                          b'department_to = { research = ["lead@example.com"] }\n')  # fmt: skip
+    assert policy.alerts.retry_for_h == 2.5
+    assert policy.alert_channels("budget_alert", "user", "sales") == ("mail",)
+    assert policy.alert_channels("budget_alert", "department", "research") == ("org-slack", "mail", "research-only")
+    assert policy.alert_channels("budget_forecast", "organisation") == ("org-slack", "mail")
+    mail, only = policy.alert_channel("mail"), policy.alert_channel("research-only")
+    assert mail is not None and only is not None
+    assert mail.recipients("research") == ("finops@example.com", "lead@example.com")  # each address once
+    assert mail.recipients(None) == ("finops@example.com",) and only.recipients("sales") == ()
+    assert (mail.port, only.port) == (587, 465)
+    assert only.every_recipient() == ("lead@example.com",)
+    slack = policy.alert_channel("org-slack")
+    assert slack is not None and slack.url_reference == "keyring:org-slack"
+
+
+@pytest.mark.parametrize("hours", [b"0", b"-1", b"721", b"nan"])
+def test_retry_for_h_is_bounded(hours: bytes) -> None:
+    with pytest.raises(PolicyError) as refused:
+        parse_policy(HEAD + b"[alerts]\nretry_for_h = " + hours + b"\n")
+    assert "retry_for_h" in str(refused.value)
+
+
+def test_an_email_names_the_alert_and_carries_every_field() -> None:
+    subject, text = email_text(7, "budget_alert", ALERT, "host-a")
+    assert subject.startswith("[aifinops] Budget alert: Budget eng-monthly (department eng) has spent 80.000000")
+    assert "threshold_percent: 80" in text and text.endswith("aifinops event 7 (budget_alert) from host host-a\n")
+    long_subject, _ = email_text(8, "spend_anomaly", {"reason": "y" * 500})
+    assert len(long_subject) == 160 and long_subject.endswith("...")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from agent.alerts.outbox import RETRY_FIRST_S, RETRY_MAX_S, backoff_s, permanent, retry_after
+from agent.alerts.outbox import RETRY_FIRST_S, RETRY_MAX_S, backoff_s, idempotency_key
+from agent.alerts.transport import Answer, permanent, retry_after
 
 
 def test_the_backoff_doubles_with_jitter_up_to_a_cap() -> None:
@@ -29,3 +30,17 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
 def test_only_a_refusal_that_retrying_cannot_change_is_final() -> None:
     assert permanent(400) and permanent(401) and permanent(404) and permanent(410)
     assert not permanent(408) and not permanent(429) and not permanent(500) and not permanent(503)
+
+
+def test_a_status_maps_to_what_the_outbox_does_next() -> None:
+    assert Answer.from_status(204).outcome == "delivered"
+    assert Answer.from_status(404, "HTTP 404 Not Found") == Answer("refused", "HTTP 404 Not Found")
+    assert Answer.from_status(429, "HTTP 429", 30.0) == Answer("retry", "HTTP 429", 30.0)
+    assert Answer.from_status(503).outcome == "retry"
+
+
+def test_the_idempotency_key_is_per_host_and_event_or_per_fleet_alert() -> None:
+    assert idempotency_key("a" * 32, 7, None) != idempotency_key("b" * 32, 7, None)  # two hosts' event 7
+    assert idempotency_key("a" * 32, 7, None) == f"aifinops-{'a' * 32}-event-7"
+    fleet = "budget_alert:eng:department:eng:2026-12:80"
+    assert idempotency_key("a" * 32, 7, fleet) == idempotency_key("b" * 32, 9, fleet)  # one alert for the fleet
