@@ -131,24 +131,40 @@ class Outbox:
             "JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' AND d.next_at <= ? ORDER BY d.id LIMIT ?",
             (_iso(now), BATCH),
         )
+        # A channel that did not take a post (down, hanging, 429) is not posted to again in this
+        # pass: its other due alerts wait for the same next try, so one hanging receiver costs one
+        # timeout per backoff, and the other channels' alerts are not held up behind it.
+        held: dict[str, str] = {}
+        tried = 0
         for row in rows:
-            self._deliver(dict(row))
-        return len(rows)
+            if self._stop.is_set():
+                break
+            channel = str(row["channel"])
+            if channel in held:
+                with self._db.transaction() as conn:
+                    conn.execute("UPDATE deliveries SET next_at = ? WHERE id = ?", (held[channel], row["id"]))
+                continue
+            tried += 1
+            again_at = self._deliver(dict(row))
+            if again_at is not None:
+                held[channel] = again_at
+        return tried
 
-    def _deliver(self, row: dict[str, Any]) -> None:
+    def _deliver(self, row: dict[str, Any]) -> str | None:
+        """Post one delivery; returns when it is tried again if the channel did not take it."""
         policy = self._policy()
         channel = policy.alert_channel(row["channel"]) if policy is not None else None
         if channel is None or policy is None:
             self._finish(row, "failed", f"the policy in force has no {row['channel']} channel any more")
-            return
+            return None
         if row["claim"] and self._claims is not None and not self._claimed(self._claims, row, policy):
-            return
+            return None
         try:
             answer = self._send(channel, row)
         except SecretMissing as e:  # the policy names a secret this box lacks: say so, deliver the others
             log.warning("alert channel %s: %s", channel.name, e)
             self._finish(row, "failed", str(e))
-            return
+            return None
         attempts = int(row["attempts"]) + 1
         if answer.outcome == "delivered":
             self._finish(row, "delivered", answer.error, attempts)
@@ -157,7 +173,8 @@ class Outbox:
                         row["channel"], answer.error)  # fmt: skip
             self._finish(row, "failed", answer.error, attempts)
         else:
-            self._again(row, policy, answer.error, answer.retry_after_s, attempts)
+            return self._again(row, policy, answer.error, answer.retry_after_s, attempts)
+        return None
 
     def _send(self, channel: AlertChannel, row: dict[str, Any]) -> Answer:
         event_id, kind, body = int(row["event_id"]), str(row["kind"]), json.loads(row["body"])
@@ -198,8 +215,9 @@ class Outbox:
 
     def _again(
         self, row: dict[str, Any], policy: Policy, error: str, retry_after_s: float | None, attempts: int
-    ) -> None:
-        """Try the row again after a backoff, unless that passes the policy's retry_for_h."""
+    ) -> str | None:
+        """Try the row again after a backoff (returns when), unless that passes the policy's
+        retry_for_h (None: failed)."""
         now = self._now()
         wait = retry_after_s if retry_after_s is not None else backoff_s(attempts, self._rng)
         hours = policy.alerts.retry_for_h
@@ -208,12 +226,14 @@ class Outbox:
             log.warning("alert %s (%s) not delivered to the %s channel in %g h: %s; given up", row["event_id"],
                         row["kind"], row["channel"], hours, error)  # fmt: skip
             self._finish(row, "failed", error, attempts)
-            return
+            return None
+        next_at = _iso(now + timedelta(seconds=wait))
         with self._db.transaction() as conn:
             conn.execute(
                 "UPDATE deliveries SET attempts = ?, next_at = ?, last_error = ? WHERE id = ?",
-                (attempts, _iso(now + timedelta(seconds=wait)), error, row["id"]),
+                (attempts, next_at, error, row["id"]),
             )
+        return next_at
 
     def _finish(self, row: dict[str, Any], state: str, error: str, attempts: int | None = None) -> None:
         with self._db.transaction() as conn:

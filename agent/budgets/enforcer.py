@@ -86,6 +86,10 @@ class _Totals:
     holds: int = 0  # calls in flight holding against this budget
     closed: bool = False  # a call settled above its hold: no new holds until ``holds`` is 0
     overrun_reported: bool = False
+    # A fleet-wide budget: the fleet's spend as this agent last judged its alerts. The other hosts'
+    # part moves in jumps (read at each claim), so a threshold passed between two of our requests
+    # is seen as crossed at the next one.
+    fleet_judged: int | None = None
 
 
 @dataclass
@@ -448,8 +452,12 @@ class BudgetEnforcer:
                 fleet_wide = self._fleet is not None and self._fleet.applies(charge)
                 others = self._fleet.others_spent(charge) if self._fleet is not None and fleet_wide else 0
                 before = others + totals.spent
+                if fleet_wide and totals.fleet_judged is not None:
+                    before = min(before, totals.fleet_judged)
                 totals.spent += cost
                 after = others + totals.spent
+                if fleet_wide:
+                    totals.fleet_judged = after
                 if above_hold and totals.holds > 0:
                     totals.closed = True  # the other holds may be as wrong: let them settle first
                 for threshold in charge.rule.alerts:

@@ -1,5 +1,6 @@
 """A department budget shared by three real agents on one share: concurrent paid load on all three
-against a scripted upstream, and the three ledgers together as the judge."""
+against a scripted upstream, and the three ledgers together as the judge. Its alerts, judged on the
+fleet's spend, reach the webhook once for the fleet, not once per agent."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from agent.policy.signing import generate_keypair, sign
 from agent.server import AgentThread
 from agent.settings import load_settings
 from tests.support.policies import department_budget
+from tests.support.receiver import Receiver
 
 MODEL = "scripted-model"
 ANSWER_MICRO_USD = 11 * 10 + 7 * 30  # the scripted usage at the override's prices
@@ -31,16 +34,24 @@ HOLD_BOUND_MICRO_USD = 2 * ANSWER_MICRO_USD
 REQUESTS_PER_AGENT = 40
 
 
-def policy() -> bytes:
-    return department_budget(f"{BUDGET_MICRO_USD / 1_000_000:.6f}")
+def policy(webhook_url: str) -> bytes:
+    return department_budget(f"{BUDGET_MICRO_USD / 1_000_000:.6f}", webhook_url=webhook_url)
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, upstream: ScriptedUpstream, chat_model_path: Path) -> Iterator[list[AgentThread]]:
+def hook() -> Iterator[Receiver]:
+    with Receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def fleet(
+    tmp_path: Path, upstream: ScriptedUpstream, chat_model_path: Path, hook: Receiver
+) -> Iterator[list[AgentThread]]:
     share = tmp_path / "share"
     share.mkdir()
     key, public = generate_keypair()
-    body = policy()
+    body = policy(f"{hook.url}/hook")
     publish(Signed(parse_policy(body), body, sign(body, key)), share)
     agents: list[AgentThread] = []
     try:
@@ -83,7 +94,7 @@ def spent(agent: AgentThread) -> int:
 
 
 def test_three_agents_sharing_a_department_budget_never_overspend_it(
-    fleet: list[AgentThread], upstream: ScriptedUpstream, tmp_path: Path
+    fleet: list[AgentThread], upstream: ScriptedUpstream, tmp_path: Path, hook: Receiver
 ) -> None:
     upstream.default = Behaviour(delay_s=0.05)  # calls overlap, on every agent
 
@@ -137,3 +148,22 @@ def test_three_agents_sharing_a_department_budget_never_overspend_it(
         fleet_budgets = agent.services.enforcer.fleet
         assert fleet_budgets is not None and fleet_budgets.history is not None
         assert fleet_budgets.history.share_dir == tmp_path / "share"
+
+    # The budget's alerts are about the fleet's spend: each threshold the fleet crossed reaches the
+    # webhook once, posted by the agent that claimed it on the share; the others skip theirs.
+    deadline = time.monotonic() + 30
+    while any(a.services.db.query("SELECT 1 FROM deliveries WHERE state = 'pending'") for a in fleet):
+        assert time.monotonic() < deadline, "alerts still pending"
+        time.sleep(0.1)
+    recorded = [dict(r) for a in fleet for r in a.services.db.query(
+        "SELECT e.body, d.state, d.last_error FROM deliveries d JOIN events e ON e.id = d.event_id")]  # fmt: skip
+    posted = [p.body["threshold_percent"] for p in hook.posts]
+    assert sorted(posted) == sorted(set(posted)) and {50, 80} <= set(posted), posted  # each once, for the fleet
+    assert len({p.headers["Idempotency-Key"] for p in hook.posts}) == len(hook.posts)
+    assert sum(r["state"] == "delivered" for r in recorded) == len(hook.posts)
+    skipped = [r for r in recorded if r["state"] == "skipped"]
+    assert all("posted for the fleet by host" in r["last_error"] for r in skipped)
+    assert all(r["state"] in ("delivered", "skipped") for r in recorded)
+    print(f"fleet alerts: {len(recorded)} recorded on the three agents, {len(hook.posts)} posted ({sorted(posted)})")
+    for p in hook.posts:  # the fleet's spend when it was judged, not one agent's
+        assert Decimal(p.body["spent_usd"]) * 100 >= Decimal(p.body["amount_usd"]) * p.body["threshold_percent"]
