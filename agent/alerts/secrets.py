@@ -4,12 +4,15 @@ The share is readable by every employee, so a channel's webhook URL or SMTP pass
 not given: ``env:NAME`` reads the environment variable NAME of the agent's process (what a service
 installer sets), ``keyring:NAME`` reads the OS keyring (Windows Credential Manager, macOS Keychain,
 the Secret Service on Linux) under the service ``aifinops`` as the user the agent runs as (what
-``aifinops alerts set-secret NAME`` stores). A value is only ever returned, never logged.
+``aifinops alerts set-secret NAME`` stores), ``file:PATH`` reads a file that only the agent's account
+can read (a Windows machine agent runs as LOCAL SERVICE, which has no keyring an admin can fill and
+whose machine-wide environment every user sees). A value is only ever returned, never logged.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 KEYRING_SERVICE = "aifinops"
 
@@ -31,7 +34,15 @@ def resolve(reference: str) -> str:
         if not found:
             raise SecretMissing(f"the OS keyring of this box has no secret {name!r} (service {KEYRING_SERVICE!r})")
         return found
-    raise SecretMissing(f"{source!r} is not a secret source (env: or keyring:)")
+    if source == "file":
+        try:
+            text = Path(name).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SecretMissing(f"the file {name} cannot be read on this box ({type(e).__name__})") from None
+        if not text:
+            raise SecretMissing(f"the file {name} on this box is empty")
+        return text
+    raise SecretMissing(f"{source!r} is not a secret source (env:, keyring: or file:)")
 
 
 def store(name: str, value: str) -> None:

@@ -41,7 +41,7 @@ def alerts_list(obj: _Context, everything: bool, as_json: bool, token: str | Non
         click.echo(json.dumps(shown, indent=2))
         return
     if not shown:
-        click.echo("Every alert was delivered." if not everything else "No alert was posted anywhere yet.")
+        click.echo("No alert is pending or failed." if not everything else "No alert was posted anywhere yet.")
     for d in shown:
         line = f"#{d['event_id']} {d['kind']} ({d['ts'][:19]}) -> {d['channel']}: {d['state']}"
         line += f", {d['attempts']} attempt(s)"
@@ -99,7 +99,7 @@ def alerts_set_secret(name: str, from_stdin: bool) -> None:
     except KeyringError as e:
         raise click.ClickException(
             f"the OS keyring cannot be written on this box ({type(e).__name__}: {e}); "
-            "use an env: reference instead (docs/ADMIN.md, Alert delivery)"
+            "use an env: or file: reference instead (docs/ADMIN.md, Alert delivery)"
         ) from None
     click.echo(f"stored {name} in the OS keyring (service {secrets.KEYRING_SERVICE!r}); "
                f"the policy names it keyring:{name}")

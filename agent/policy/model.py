@@ -151,8 +151,12 @@ def _check_http_url(url: str, what: str) -> str:
 
 
 # A secret named by reference, resolved on each box (agent.alerts.secrets): "env:NAME" (an
-# environment variable) or "keyring:NAME" (the OS keyring, service "aifinops").
-_REFERENCE_PATTERN = r"^(env:[A-Za-z_][A-Za-z0-9_]{0,127}|keyring:[A-Za-z0-9][A-Za-z0-9._@-]{0,127})$"
+# environment variable), "keyring:NAME" (the OS keyring, service "aifinops") or "file:PATH" (an
+# absolute path to a file only the agent's account can read).
+_REFERENCE_PATTERN = (
+    r"^(env:[A-Za-z_][A-Za-z0-9_]{0,127}|keyring:[A-Za-z0-9][A-Za-z0-9._@-]{0,127}"
+    r"|file:(/|[A-Za-z]:[\\/]|\\\\)[^\x00-\x1f]{1,500})$"
+)
 SecretRef = Annotated[StrictStr, Field(pattern=_REFERENCE_PATTERN)]
 Address = Annotated[StrictStr, Field(pattern=r"^[^@\s<>,;\"]{1,64}@[A-Za-z0-9.-]{1,253}$")]
 AlertScope = Literal["user", "department", "feature", "model", "organisation"]
