@@ -198,9 +198,11 @@ def routing_curve(weak_ok: F32 | npt.NDArray[Any], rows: list[LabelledPrompt]) -
 
 
 def _auc(scores: F32, labels: npt.NDArray[np.bool_]) -> float:
-    order = np.argsort(scores)
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
+    """The Mann-Whitney U over positives x negatives: a positive that outscores a negative counts 1,
+    a tie 1/2. Tied scores share their group's average rank, so their order in the input is moot."""
+    _, group, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # the 1-based rank of each group's last member
+    ranks = (last - (counts - 1) / 2)[group]
     positives = labels.sum()
     negatives = len(labels) - positives
     if positives == 0 or negatives == 0:

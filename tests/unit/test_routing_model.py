@@ -16,6 +16,7 @@ from agent.routing.features import FEATURE_NAMES, prompt_features
 from agent.routing.knn import dequantize_int8, neighbour_score, quantize_int8
 from agent.routing.training import (
     LabelledPrompt,
+    _auc,
     cross_validate,
     fit_difficulty,
     inputs_for,
@@ -258,3 +259,26 @@ def test_mt_bench_rows_are_read_with_the_strong_answer_as_the_bar(tmp_path: Path
     first, second = read_labelled(path)
     assert (first.weak_correct, first.strong_correct, first.weak_ok, first.contaminated) == (True, True, True, False)
     assert (second.weak_correct, second.strong_correct, second.weak_ok, second.contaminated) == (False, True, False, True)
+
+
+def _pairwise_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """P(a positive outscores a negative), a tie counting 1/2: every pair, one by one."""
+    wins = 0.0
+    for p in scores[labels]:
+        for n in scores[~labels]:
+            wins += 1.0 if p > n else 0.5 if p == n else 0.0
+    return wins / (labels.sum() * (~labels).sum())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auc_counts_a_tie_as_half_a_win(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 4, size=60).astype(np.float32)  # four values: most pairs are ties
+    labels = rng.random(60) < 0.4
+    assert _auc(scores, labels) == pytest.approx(_pairwise_auc(scores, labels))
+
+
+def test_auc_of_equal_scores_is_one_half_whatever_the_order() -> None:
+    scores = np.zeros(10, dtype=np.float32)
+    for labels in (np.arange(10) < 4, np.arange(10) >= 6, np.arange(10) % 2 == 0):
+        assert _auc(scores, labels) == 0.5
