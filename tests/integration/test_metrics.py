@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RunningAgent
-from tests.integration.test_budgets import MODEL, QUESTION, Governed, governed, policy_text  # noqa: F401
+from tests.support.governed import MODEL, QUESTION, Governed, policy_text
 from tests.integration.test_gpu_in_agent import busy_trace
 
 LIMITS = '\n[[rate_limits]]\nscope = "user"\nmatch = "*"\nrequests_per_minute = 4\n'
