@@ -14,8 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RunningAgent
-from tests.support.governed import MODEL, QUESTION, Governed, policy_text
 from tests.integration.test_gpu_in_agent import busy_trace
+from tests.support.governed import MODEL, QUESTION, Governed, policy_text
 
 LIMITS = '\n[[rate_limits]]\nscope = "user"\nmatch = "*"\nrequests_per_minute = 4\n'
 
@@ -36,7 +36,7 @@ def total(metrics: dict[str, list[tuple[dict[str, str], float]]], name: str, **l
     return sum(v for found, v in metrics.get(name, []) if all(found.get(k) == x for k, x in labels.items()))
 
 
-def test_counters_agree_with_the_ledger_after_a_mixed_run(governed: Callable[..., Governed]) -> None:  # noqa: F811
+def test_counters_agree_with_the_ledger_after_a_mixed_run(governed: Callable[..., Governed]) -> None:
     g = governed(policy_text(1, "1", extra=LIMITS), cache={"enabled": True})
     agent = g.agent
     with agent.http() as http:
