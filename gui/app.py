@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from agent.identity import read_token_file
+from agent.logs import SecretFilter
 from agent.paths import Paths
 from gui.chat import ChatWindow
 from gui.client import AgentClient, Reply
@@ -39,6 +40,7 @@ def setup_logging(paths: Paths) -> None:
     paths.log_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.handlers.RotatingFileHandler(paths.log_dir / "tray.log", maxBytes=1_000_000, backupCount=3)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(SecretFilter())  # the agent's: a token or key never reaches the file
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
