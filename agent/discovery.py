@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.files import write_atomic
 from agent.paths import Paths
 from agent.settings import AgentSection
 
@@ -28,12 +29,8 @@ def agent_url(agent: AgentSection, port: int | None = None) -> str:
 
 def write_discovery(paths: Paths, url: str, pid: int | None = None) -> Path:
     path = paths.config_dir / FILE_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"url": url, "pid": pid or os.getpid(), "version": __version__}, f)
-    tmp.replace(path)
+    entry = {"url": url, "pid": pid or os.getpid(), "version": __version__}
+    write_atomic(path, json.dumps(entry).encode("utf-8"), mode=0o600)
     return path
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import AuthError, InvalidRequest
+from agent.files import write_atomic
 from agent.ledger.users import UserRow, UserStore
 
 log = logging.getLogger(__name__)
@@ -48,13 +49,7 @@ def check_name(kind: str, value: str) -> str:
 
 def write_token_file(path: Path, token: str) -> None:
     """Write the token readable by its owner only (0600), replacing any older file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(token + "\n")
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    write_atomic(path, (token + os.linesep).encode("utf-8"), mode=0o600)  # the line end text mode wrote
 
 
 def read_token_file(path: Path) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import ConfigError
+from agent.files import write_atomic
 from agent.paths import Paths
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
@@ -404,10 +405,8 @@ def write_default_config(path: Path) -> bool:
     """Write the commented default config if there is none. Returns True when written."""
     if path.exists():
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(default_config_text(), encoding="utf-8")
-    tmp.replace(path)
+    # The line ends text mode wrote (CRLF on Windows, where the user opens it in Notepad).
+    write_atomic(path, default_config_text().replace("\n", os.linesep).encode("utf-8"))
     return True
 
 

@@ -1,7 +1,7 @@
-"""Writing to the share so that a reader never sees half a file: temp file, fsync, rename.
+"""Files of the fleet: this install's host id and the publish lock.
 
-A share (SMB, NFS) may vanish mid-write; the rename is the only moment a file appears under its
-name, so a reader finds the old version or the new one, never a torn one.
+``write_atomic`` and ``fsync_dir`` (a reader of the share finds the old file or the new one, never
+a torn one) are ``agent.files``'s, named here too for the modules that write to the share.
 """
 
 from __future__ import annotations
@@ -14,38 +14,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from agent.files import fsync_dir as fsync_dir
+from agent.files import write_atomic as write_atomic
+
 HOST_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """``data`` at ``path``, complete or not at all (an existing file is replaced whole)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename durable (best effort: some file systems do not open folders)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def host_id(data_dir: Path) -> str:
