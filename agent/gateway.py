@@ -761,6 +761,10 @@ class Gateway:
             model_load_ms=round(flight.progress.load_s * 1000) if flight.progress.load_s else None,
             input_tokens_expected=expected,
             hold_micro_usd=flight.reservation.amount if flight.reservation is not None else None,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            provider_cache_saved_micro_usd=price.provider_cache_saved_micro_usd,
         )
 
     def _optimizer_saving(self, flight: Flight) -> int:
@@ -777,13 +781,17 @@ class Gateway:
             return self._prices.for_compute(flight.progress.compute_s, route.provider.usd_per_hour)
         if usage.input_tokens == 0 and usage.output_tokens == 0:
             return Price(0, "no-usage")
-        return self._token_price(flight, route, usage.input_tokens, usage.output_tokens)
+        return self._usage_price(flight, route, usage)
 
     def _token_price(self, flight: Flight, route: Route, input_tokens: int, output_tokens: int) -> Price:
-        """The department's negotiated rates when the policy has them, else the agent's prices."""
+        """Plain tokens (holds, estimates) at the prices ``_usage_price`` uses."""
+        return self._usage_price(flight, route, Usage(input_tokens, output_tokens))
+
+    def _usage_price(self, flight: Flight, route: Route, usage: Usage) -> Price:
+        """The department's negotiated rates when the policy has them, else the agent's prices;
+        the provider's cached input at its own rate."""
         rates = flight.terms.prices.get(route.model) if flight.terms is not None else None
-        provider_id = route.provider.price_provider_id
-        return self._prices.for_tokens(route.model, provider_id, input_tokens, output_tokens, negotiated=rates)
+        return self._prices.for_usage(route.model, route.provider.price_provider_id, usage, negotiated=rates)
 
 
 def _token_estimate(call: ChatCall) -> int:

@@ -184,6 +184,9 @@ class FleetSection(_Section):
 class PriceOverride(_Section):
     input_usd_per_mtok: Decimal = Field(ge=0)
     output_usd_per_mtok: Decimal = Field(ge=0)
+    # Input the provider reads from / writes to its prompt cache; absent: the input rate.
+    cache_read_usd_per_mtok: Decimal | None = Field(None, ge=0)
+    cache_write_usd_per_mtok: Decimal | None = Field(None, ge=0)
 
 
 class PricingSection(_Section):

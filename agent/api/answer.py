@@ -71,6 +71,8 @@ def wire_usage(usage: Usage) -> schemas.Usage:
         prompt_tokens=usage.input_tokens,
         completion_tokens=usage.output_tokens,
         total_tokens=usage.input_tokens + usage.output_tokens,
+        prompt_tokens_details=schemas.PromptTokensDetails(cached_tokens=usage.cache_read_tokens),
+        completion_tokens_details=schemas.CompletionTokensDetails(reasoning_tokens=usage.reasoning_tokens),
     )
 
 

@@ -218,6 +218,8 @@ class _Handlers:
                 cost_saved_usd=format_usd(r.cost_saved_micro_usd),
                 unpriced_requests=r.unpriced_requests,
                 failed_requests=r.failed_requests,
+                cache_read_tokens=r.cache_read_tokens,
+                provider_cache_saved_usd=format_usd(r.provider_cache_saved_micro_usd),
             )
             for r in rows
         }
@@ -321,6 +323,7 @@ class _Handlers:
             savings=schemas.Savings(
                 cache_micro_usd=summary.cache_saved_micro_usd,
                 compression_micro_usd=summary.compression_saved_micro_usd,
+                provider_cache_micro_usd=summary.provider_cache_saved_micro_usd,
             ),
             gpu=schemas.GpuCosts(busy_micro_usd=busy, idle_micro_usd=idle) if gpu_rows else None,
             totals=schemas.Totals(

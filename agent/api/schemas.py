@@ -189,10 +189,20 @@ class ChatCompletionRequest(BaseModel):
         return dict(self.model_extra or {})
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # read from the provider's prompt cache, billed at its rate
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = PromptTokensDetails()
+    completion_tokens_details: CompletionTokensDetails = CompletionTokensDetails()
 
 
 class AIFinOpsInfo(BaseModel):
@@ -297,6 +307,9 @@ class SpendRow(BaseModel):
     cost_saved_usd: str
     unpriced_requests: int
     failed_requests: int
+    # The provider's prompt cache: input tokens it served and what that took off the bill.
+    cache_read_tokens: int = 0
+    provider_cache_saved_usd: str = "0.000000"
     # GPU time charged to this key (by user or department): busy time of their local requests,
     # other processes' owners ("os:<name>"), idle time ("idle", "idle:<department>").
     gpu_cost_usd: str = "0.000000"
@@ -491,6 +504,7 @@ class KeyedSpend(BaseModel):
 class Savings(BaseModel):
     cache_micro_usd: int
     compression_micro_usd: int
+    provider_cache_micro_usd: int = 0  # the provider's prompt cache (cached input at its own rate)
 
 
 class GpuCosts(BaseModel):

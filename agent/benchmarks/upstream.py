@@ -52,6 +52,9 @@ class Behaviour:
     word_delay_s: float = 0.0  # streams: pause before each word
     # (function name, JSON arguments) of the tool calls to answer with instead of text
     tool_calls: tuple[tuple[str, str], ...] = ()
+    # More usage fields, as a provider sends them: (name, value), e.g.
+    # ("prompt_tokens_details", {"cached_tokens": 8000}) or ("cache_creation_input_tokens", 500)
+    usage_extra: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass
@@ -141,6 +144,7 @@ class ScriptedUpstream:
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
+                **dict(b.usage_extra),
             }
         return JSONResponse(answer, headers=headers)
 
@@ -204,6 +208,7 @@ class ScriptedUpstream:
                 "prompt_tokens": b.prompt_tokens,
                 "completion_tokens": b.completion_tokens,
                 "total_tokens": b.prompt_tokens + b.completion_tokens,
+                **dict(b.usage_extra),
             }
             data = {
                 "id": "chatcmpl-scripted",

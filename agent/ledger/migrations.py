@@ -260,6 +260,43 @@ ALTER TABLE deliveries_new RENAME TO deliveries;
 CREATE INDEX deliveries_pending ON deliveries(state, next_at)
 """
 
+# Usage in full: the provider's prompt cache (tokens read and written, and what it saved) and
+# reasoning tokens; the daily rollup sums the provider cache's saving beside ours.
+M012_PROVIDER_CACHE = """
+ALTER TABLE requests ADD COLUMN cache_read_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE requests ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE requests ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE requests ADD COLUMN provider_cache_saved_micro_usd INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE spend_daily ADD COLUMN cache_read_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE spend_daily ADD COLUMN provider_cache_saved_micro_usd INTEGER NOT NULL DEFAULT 0;
+DROP TRIGGER requests_spend_daily;
+CREATE TRIGGER requests_spend_daily AFTER INSERT ON requests BEGIN
+    INSERT INTO spend_daily (day, user_id, department, feature, model, provider, route, tier, requests,
+                             input_tokens, output_tokens, cost_micro_usd, cache_saved_micro_usd,
+                             compression_saved_micro_usd, unpriced_requests, failed_requests,
+                             cache_read_tokens, provider_cache_saved_micro_usd)
+    VALUES (
+        substr(NEW.ts, 1, 10), NEW.user_id, NEW.department, NEW.feature, NEW.model, NEW.provider,
+        NEW.route, NEW.tier, NEW.parent_id = '', NEW.input_tokens, NEW.output_tokens,
+        coalesce(NEW.cost_micro_usd, 0),
+        CASE WHEN NEW.cache_hit THEN NEW.cost_saved_micro_usd ELSE 0 END,
+        CASE WHEN NEW.cache_hit THEN 0 ELSE NEW.cost_saved_micro_usd END,
+        NEW.cost_micro_usd IS NULL, NEW.status != 'ok', NEW.cache_read_tokens,
+        NEW.provider_cache_saved_micro_usd)
+    ON CONFLICT (user_id, day, department, feature, model, provider, route, tier) DO UPDATE SET
+        requests = requests + excluded.requests,
+        input_tokens = input_tokens + excluded.input_tokens,
+        output_tokens = output_tokens + excluded.output_tokens,
+        cost_micro_usd = cost_micro_usd + excluded.cost_micro_usd,
+        cache_saved_micro_usd = cache_saved_micro_usd + excluded.cache_saved_micro_usd,
+        compression_saved_micro_usd = compression_saved_micro_usd + excluded.compression_saved_micro_usd,
+        unpriced_requests = unpriced_requests + excluded.unpriced_requests,
+        failed_requests = failed_requests + excluded.failed_requests,
+        cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+        provider_cache_saved_micro_usd = provider_cache_saved_micro_usd + excluded.provider_cache_saved_micro_usd;
+END
+"""
+
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_cache", M002_CACHE),
@@ -272,4 +309,5 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m009_throttles", M009_THROTTLES),
     ("m010_deliveries", M010_DELIVERIES),
     ("m011_delivery_claims", M011_DELIVERY_CLAIMS),
+    ("m012_provider_cache", M012_PROVIDER_CACHE),
 )

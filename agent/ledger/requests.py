@@ -64,6 +64,13 @@ class RequestRecord:
     # Budget hold (m008): the input tokens estimated before the call, and the micro-USD held.
     input_tokens_expected: int | None = None
     hold_micro_usd: int | None = None
+    # Usage in full (m012): input read from / written to the provider's prompt cache (part of
+    # input_tokens, billed at their own rates), reasoning tokens (part of output_tokens), and what
+    # the provider's cache took off the bill (the same usage at the full input rate, less the cost).
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    provider_cache_saved_micro_usd: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,9 @@ class SpendRow:
     cost_saved_micro_usd: int
     unpriced_requests: int
     failed_requests: int
+    # The provider's prompt cache: input tokens it served, and what that took off the bill.
+    cache_read_tokens: int = 0
+    provider_cache_saved_micro_usd: int = 0
 
 
 _COLUMNS = tuple(RequestRecord.__dataclass_fields__)
@@ -128,10 +138,11 @@ class RequestLog:
             by[dimension] = tuple(SpendRow(**r) for r in rows)
         saved = self._db.query(
             "SELECT coalesce(sum(cache_saved_micro_usd), 0) AS cache,"  # noqa: S608
-            f" coalesce(sum(compression_saved_micro_usd), 0) AS compression FROM spend_daily WHERE {where}",
+            " coalesce(sum(compression_saved_micro_usd), 0) AS compression,"
+            f" coalesce(sum(provider_cache_saved_micro_usd), 0) AS provider FROM spend_daily WHERE {where}",
             params,
         )[0]
-        return SpendSummary(daily, by, int(saved["cache"]), int(saved["compression"]))
+        return SpendSummary(daily, by, int(saved["cache"]), int(saved["compression"]), int(saved["provider"]))
 
     def get(self, request_id: str) -> RequestRecord | None:
         sql = f"SELECT {', '.join(_COLUMNS)} FROM requests WHERE id = ?"  # noqa: S608
@@ -157,7 +168,9 @@ class RequestLog:
             " coalesce(sum(cost_micro_usd), 0) AS cost_micro_usd,"
             " coalesce(sum(cost_saved_micro_usd), 0) AS cost_saved_micro_usd,"
             " sum(cost_micro_usd IS NULL) AS unpriced_requests,"
-            " sum(status != 'ok') AS failed_requests"
+            " sum(status != 'ok') AS failed_requests,"
+            " coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,"
+            " coalesce(sum(provider_cache_saved_micro_usd), 0) AS provider_cache_saved_micro_usd"
             f" FROM requests WHERE {where} GROUP BY {column} ORDER BY cost_micro_usd DESC, key"
         )
         return [SpendRow(**row) for row in self._db.query(sql, params)]
@@ -178,11 +191,14 @@ class SpendSummary:
     by: dict[str, tuple[SpendRow, ...]]  # dimension -> rows, the most expensive first
     cache_saved_micro_usd: int
     compression_saved_micro_usd: int
+    provider_cache_saved_micro_usd: int = 0  # the provider's prompt cache, beside our own savings
 
 
 _SUMS = (
     "sum(requests) AS requests, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,"
     " sum(cost_micro_usd) AS cost_micro_usd,"
     " sum(cache_saved_micro_usd + compression_saved_micro_usd) AS cost_saved_micro_usd,"
-    " sum(unpriced_requests) AS unpriced_requests, sum(failed_requests) AS failed_requests"
+    " sum(unpriced_requests) AS unpriced_requests, sum(failed_requests) AS failed_requests,"
+    " sum(cache_read_tokens) AS cache_read_tokens,"
+    " sum(provider_cache_saved_micro_usd) AS provider_cache_saved_micro_usd"
 )

@@ -78,6 +78,9 @@ class Tiers(_Model):
 class PriceOverride(_Model):
     input_usd_per_mtok: Usd
     output_usd_per_mtok: Usd
+    # Input the provider reads from / writes to its prompt cache; absent: the input rate.
+    cache_read_usd_per_mtok: Usd | None = None
+    cache_write_usd_per_mtok: Usd | None = None
 
 
 class Department(_Model):

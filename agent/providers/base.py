@@ -75,9 +75,16 @@ class ChatParams:
 
 @dataclass(frozen=True)
 class Usage:
+    """Tokens of one call. ``input_tokens`` counts every input token, those the provider read
+    from or wrote to its prompt cache included (billed at their own rates: ``cache_read_tokens``,
+    ``cache_write_tokens``); ``reasoning_tokens`` are part of ``output_tokens``."""
+
     input_tokens: int
     output_tokens: int
     estimated: bool = False
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True)

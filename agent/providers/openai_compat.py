@@ -349,12 +349,43 @@ def _delta(choice: Any) -> Delta | None:
 
 
 def _usage(raw: Any) -> Usage | None:
+    """An answer's usage in full, as OpenAI and the gateways that mimic it send it:
+
+    - ``prompt_tokens_details.cached_tokens`` (OpenAI, Azure, vLLM, llama-server), or a top-level
+      ``cache_read_input_tokens`` (Anthropic-style, LiteLLM, OpenRouter's ``cached_tokens`` too) or
+      ``prompt_cache_hit_tokens`` (DeepSeek): input read from the provider's prompt cache;
+    - ``cache_creation_input_tokens`` or ``prompt_tokens_details.cache_write_tokens``: input written
+      to it (Anthropic bills these above the input rate);
+    - ``completion_tokens_details.reasoning_tokens``: part of the completion.
+
+    ``prompt_tokens`` includes cached tokens in OpenAI's reading; a gateway passing Anthropic's
+    counts through (cache tokens *beside* the input) is recognised when they exceed it, and added.
+    A malformed detail is ignored (the call is priced without it), never a failure."""
     if not isinstance(raw, Mapping):
         return None
-    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
-    if isinstance(prompt, int) and isinstance(completion, int) and prompt >= 0 and completion >= 0:
-        return Usage(prompt, completion)
-    return None
+    if not (_count(raw.get("prompt_tokens")) and _count(raw.get("completion_tokens"))):
+        return None
+    prompt, completion = int(raw["prompt_tokens"]), int(raw["completion_tokens"])
+    prompt_details = raw.get("prompt_tokens_details")
+    prompt_details = prompt_details if isinstance(prompt_details, Mapping) else {}
+    completion_details = raw.get("completion_tokens_details")
+    completion_details = completion_details if isinstance(completion_details, Mapping) else {}
+    read = _first_count(prompt_details.get("cached_tokens"), raw.get("cache_read_input_tokens"),
+                        raw.get("prompt_cache_hit_tokens"))  # fmt: skip
+    written = _first_count(raw.get("cache_creation_input_tokens"), prompt_details.get("cache_write_tokens"))
+    reasoning = min(_first_count(completion_details.get("reasoning_tokens")), completion)
+    if read + written > prompt:  # Anthropic's reading: the cache tokens are not in prompt_tokens
+        prompt += read + written
+    return Usage(prompt, completion, cache_read_tokens=read, cache_write_tokens=written, reasoning_tokens=reasoning)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _first_count(*values: Any) -> int:
+    """The first of ``values`` that is a token count (a non-negative int), else 0."""
+    return next((int(v) for v in values if _count(v)), 0)
 
 
 def _embedding(value: Any) -> Any:

@@ -82,14 +82,14 @@ def test_open_applies_the_migrations_once(tmp_path: Path) -> None:
     assert (
         db.applied_migrations()
         == [name for name, _ in MIGRATIONS]
-        == ["m001_initial", "m002_cache", "m003_routing", "m004_policy", "m005_gpu", "m006_preferences", "m007_spend_daily", "m008_holds_and_fleet", "m009_throttles", "m010_deliveries", "m011_delivery_claims"]
+        == ["m001_initial", "m002_cache", "m003_routing", "m004_policy", "m005_gpu", "m006_preferences", "m007_spend_daily", "m008_holds_and_fleet", "m009_throttles", "m010_deliveries", "m011_delivery_claims", "m012_provider_cache"]
     )
     UserStore(db).add("alice", "sales", "user", "hash-a")
     db.close()
 
     again = Database.open(path)  # a second start must not re-run m001 (it would fail)
     try:
-        assert again.applied_migrations() == ["m001_initial", "m002_cache", "m003_routing", "m004_policy", "m005_gpu", "m006_preferences", "m007_spend_daily", "m008_holds_and_fleet", "m009_throttles", "m010_deliveries", "m011_delivery_claims"]
+        assert again.applied_migrations() == ["m001_initial", "m002_cache", "m003_routing", "m004_policy", "m005_gpu", "m006_preferences", "m007_spend_daily", "m008_holds_and_fleet", "m009_throttles", "m010_deliveries", "m011_delivery_claims", "m012_provider_cache"]
         assert again.query("SELECT count(*) AS n FROM _migrations")[0]["n"] == len(MIGRATIONS)
         assert UserStore(again).count() == 1
         assert again.query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"

@@ -6,12 +6,14 @@ from decimal import Decimal
 
 import pytest
 from genai_prices import Usage, calc_price
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.money import MICROS_PER_USD, format_usd, micros_to_usd, usd_to_micros
-from agent.pricing.prices import UNKNOWN, PriceBook, Rates
+from agent.policy.model import PriceOverride as Override
+from agent.pricing.prices import UNKNOWN, Price, PriceBook, Rates
 from agent.pricing.tokens import count_message_tokens, count_text_tokens
+from agent.providers.base import Usage as ProviderUsage
 from agent.settings import PriceOverride
 
 # -- money ---------------------------------------------------------------------------------
@@ -125,9 +127,58 @@ def test_a_table_model_costs_exactly_what_the_table_says(input_tokens: int, outp
 
 def test_gpt_4o_mini_has_its_published_rates() -> None:
     rates = book().rates("gpt-4o-mini", "openai")
-    assert rates == Rates(Decimal("0.15"), Decimal("0.6"), "genai-prices")
+    assert rates == Rates(Decimal("0.15"), Decimal("0.6"), "genai-prices", cache_read_usd_per_mtok=Decimal("0.075"))
     # 1000 in + 500 out = 150 + 300 micro-USD
     assert book().for_tokens("gpt-4o-mini", "openai", 1000, 500).cost_micro_usd == 450
+
+
+def test_cached_prompt_tokens_cost_what_genai_prices_says() -> None:
+    # The issue's call: gpt-4.1, 10,000 prompt tokens of which 8,000 cached, 200 out. At full price
+    # it was 21,600 micro-USD; 2,000 x $2 + 8,000 x $0.50 + 200 x $8 per million is 9,600.
+    price = book().for_usage("gpt-4.1", "openai", ProviderUsage(10_000, 200, cache_read_tokens=8_000))
+    assert (price.cost_micro_usd, price.source, price.provider_cache_saved_micro_usd) == (9_600, "genai-prices", 12_000)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    model=st.sampled_from(["gpt-4.1", "gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-pro", "o3"]),
+    input_tokens=st.integers(0, 400_000),
+    output_tokens=st.integers(0, 20_000),
+    read_share=st.floats(0, 1),
+    write_share=st.floats(0, 1),
+)
+def test_any_usage_costs_what_the_table_says_tiers_and_cache_included(
+    model: str, input_tokens: int, output_tokens: int, read_share: float, write_share: float
+) -> None:
+    read = int(input_tokens * read_share)
+    written = int((input_tokens - read) * write_share)
+    usage = ProviderUsage(input_tokens, output_tokens, cache_read_tokens=read, cache_write_tokens=written)
+    table = calc_price(Usage(input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=read or None,
+                             cache_write_tokens=written or None), model_ref=model)  # fmt: skip
+    assert book().for_usage(model, "", usage).cost_micro_usd == usd_to_micros(Decimal(table.total_price))
+
+
+def test_a_claude_request_under_its_long_context_tier_pays_the_base_rate() -> None:
+    # Rates were once read at a million tokens, past Claude's 200k tier: every call paid double.
+    assert book().rates("claude-sonnet-4-5") == Rates(Decimal(3), Decimal(15), "genai-prices", Decimal("0.3"),
+                                                      Decimal("3.75"), linear_up_to=200_000)  # fmt: skip
+    assert book().for_tokens("claude-sonnet-4-5", "", 1_000, 100).cost_micro_usd == 3_000 + 1_500
+    assert book().for_tokens("claude-sonnet-4-5", "", 300_000, 0).cost_micro_usd == 1_800_000  # $6 past 200k
+
+
+def rates(input_usd: str, output_usd: str, **cache: str) -> Override:
+    """A policy's price override, as the TOML gives it (decimal strings)."""
+    return Override.model_validate({"input_usd_per_mtok": input_usd, "output_usd_per_mtok": output_usd, **cache})
+
+
+def test_override_and_policy_rates_price_cache_reads_at_their_rate_or_the_input_rate() -> None:
+    cheap = {"m": rates("2", "8", cache_read_usd_per_mtok="0.5")}
+    usage = ProviderUsage(10_000, 200, cache_read_tokens=8_000)
+    assert PriceBook(cheap, Decimal(0)).for_usage("m", "", usage) == Price(9_600, "override", 12_000)
+    plain = {"m": rates("2", "8")}  # no cache rate given: no discount assumed
+    assert PriceBook(plain, Decimal(0)).for_usage("m", "", usage) == Price(21_600, "override", 0)
+    agreed = rates("1", "4", cache_read_usd_per_mtok="0.1")
+    assert PriceBook({}, Decimal(0)).for_usage("m", "", usage, negotiated=agreed) == Price(3_600, "policy", 7_200)
 
 
 def test_an_unknown_model_has_an_unknown_price_not_zero() -> None:
