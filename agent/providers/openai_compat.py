@@ -19,6 +19,7 @@ import binascii
 import email.utils
 import json
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ from agent.providers.base import (
     Usage,
 )
 from agent.settings import CloudEndpoint
+
+_JITTER = random.Random()  # noqa: S311 - spreading retries, not secrets
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +238,7 @@ class OpenAICompatProvider:
                 failure = await self._refusal(response)
             wait_s = failure.retry_after_s
             if wait_s is None:
-                wait_s = endpoint.retry_base_s * 2 ** (progress.attempts - 1)
+                wait_s = backoff_s(endpoint.retry_base_s, progress.attempts)
             if progress.attempts > endpoint.max_retries or wait_s > endpoint.retry_max_wait_s:
                 message = (
                     f"the endpoint {self.name} is unavailable ({failure.description}, {progress.attempts} attempts)"
@@ -424,6 +427,12 @@ def _message(body: Any) -> str:
     if isinstance(error, dict):
         return str(error.get("message", ""))[:300]
     return str(error or "")[:300]
+
+
+def backoff_s(base_s: float, attempts: int, rng: random.Random = _JITTER) -> float:
+    """The wait after ``attempts`` failed tries: doubling from ``base_s``, jittered to between half
+    and all of it, so that agents refused together (a provider's 503) do not retry in step."""
+    return float(base_s * 2 ** max(attempts - 1, 0) * rng.uniform(0.5, 1.0))
 
 
 def _retry_after_s(headers: Mapping[str, str]) -> float | None:
