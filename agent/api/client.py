@@ -1,28 +1,36 @@
-"""A small client for the agent's own API, used by the CLI (``spend``, ``chat``, ``doctor``)."""
+"""A small client for the agent's own API, used by the CLI (``spend``, ``chat``, ``doctor``).
+
+Imported by every command that talks to the agent, so it stays light: httpx, not the openai SDK
+(half a second to import) nor the ledger; the wire schemas (50 pydantic models) are imported once
+an answer is there to parse, so an error reaches the terminal without building them.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
-import openai
 
-from agent.api.schemas import (
-    BudgetReport,
-    CacheCleared,
-    CacheStats,
-    EventList,
-    EventOut,
-    Info,
-    Me,
-    SpendReport,
-    ThrottleList,
-)
 from agent.errors import AgentApiError, AgentUnreachable, AuthError
-from agent.identity import read_token_file
-from agent.settings import Settings
+
+if TYPE_CHECKING:
+    import openai
+
+    from agent.api.schemas import (
+        BudgetReport,
+        CacheCleared,
+        CacheStats,
+        EventList,
+        EventOut,
+        Info,
+        Me,
+        SpendReport,
+        ThrottleList,
+    )
+    from agent.settings import Settings
 
 
 def agent_base_url(settings: Settings) -> str:
@@ -30,6 +38,14 @@ def agent_base_url(settings: Settings) -> str:
     host = "127.0.0.1" if host in {"0.0.0.0", ""} else host  # noqa: S104 - a bind-all address
     host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{settings.agent.port}"
+
+
+def _read_token_file(path: Path) -> str | None:
+    """`agent.identity.read_token_file`, without importing the ledger (sqlite_utils, numpy) it pulls in."""
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
 
 
 class AgentClient:
@@ -40,7 +56,7 @@ class AgentClient:
 
     @classmethod
     def from_settings(cls, settings: Settings, token: str | None = None) -> AgentClient:
-        token = token or os.environ.get("AIFINOPS_TOKEN") or read_token_file(settings.paths.token_file)
+        token = token or os.environ.get("AIFINOPS_TOKEN") or _read_token_file(settings.paths.token_file)
         return cls(agent_base_url(settings), token)
 
     def _get(self, path: str, params: dict[str, str] | None = None, auth: bool = True) -> Any:
@@ -70,39 +86,67 @@ class AgentClient:
 
     def info(self) -> Info | None:
         try:
-            return Info.model_validate(self._get("/api/v1/info", auth=False))
+            body = self._get("/api/v1/info", auth=False)
         except (AgentUnreachable, AgentApiError):
             return None
+        from agent.api.schemas import Info
+
+        return Info.model_validate(body)
 
     def me(self) -> Me:
-        return Me.model_validate(self._get("/api/v1/me"))
+        body = self._get("/api/v1/me")
+        from agent.api.schemas import Me
+
+        return Me.model_validate(body)
 
     def spend(self, by: str, since: str) -> SpendReport:
-        return SpendReport.model_validate(self._get("/api/v1/spend", {"by": by, "since": since}))
+        body = self._get("/api/v1/spend", {"by": by, "since": since})
+        from agent.api.schemas import SpendReport
+
+        return SpendReport.model_validate(body)
 
     def budgets(self, everything: bool) -> BudgetReport:
-        return BudgetReport.model_validate(self._get("/api/v1/budgets", {"all": "true"} if everything else None))
+        body = self._get("/api/v1/budgets", {"all": "true"} if everything else None)
+        from agent.api.schemas import BudgetReport
+
+        return BudgetReport.model_validate(body)
 
     def cache_stats(self, everything: bool) -> CacheStats:
-        return CacheStats.model_validate(self._get("/api/v1/cache", {"all": "true"} if everything else None))
+        body = self._get("/api/v1/cache", {"all": "true"} if everything else None)
+        from agent.api.schemas import CacheStats
+
+        return CacheStats.model_validate(body)
 
     def events(self, since: int = 0) -> EventList:
-        return EventList.model_validate(self._call("GET", "/api/v1/events", {"since": str(since)}))
+        body = self._call("GET", "/api/v1/events", {"since": str(since)})
+        from agent.api.schemas import EventList
+
+        return EventList.model_validate(body)
 
     def alerts_test(self) -> EventOut:
-        return EventOut.model_validate(self._call("POST", "/api/v1/alerts/test"))
+        body = self._call("POST", "/api/v1/alerts/test")
+        from agent.api.schemas import EventOut
+
+        return EventOut.model_validate(body)
 
     def throttles(self) -> ThrottleList:
-        return ThrottleList.model_validate(self._call("GET", "/api/v1/anomalies"))
+        body = self._call("GET", "/api/v1/anomalies")
+        from agent.api.schemas import ThrottleList
+
+        return ThrottleList.model_validate(body)
 
     def clear_throttle(self, user: str) -> None:
         self._call("DELETE", f"/api/v1/anomalies/{quote(user, safe='')}")
 
     def cache_clear(self, everything: bool) -> CacheCleared:
-        params = {"all": "true"} if everything else None
-        return CacheCleared.model_validate(self._call("DELETE", "/api/v1/cache", params))
+        body = self._call("DELETE", "/api/v1/cache", {"all": "true"} if everything else None)
+        from agent.api.schemas import CacheCleared
+
+        return CacheCleared.model_validate(body)
 
     def openai(self) -> openai.OpenAI:
+        import openai
+
         if not self.token:
             raise AuthError("no token: set AIFINOPS_TOKEN, pass --token, or run the agent once")
         return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=self.token, max_retries=0)

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from agent.cli.common import _Context, _fail, _Group, main, pass_ctx
-from agent.settings import Settings
 
 if TYPE_CHECKING:
     from agent.benchmarks.routing import TierPrice
+    from agent.settings import Settings
 
 
 # -- bench ------------------------------------------------------------------------------------

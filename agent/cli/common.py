@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from agent.errors import AIFinOpsError
-from agent.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from agent.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,6 +24,8 @@ class _Context:
         self.config = config
 
     def settings(self, **agent_overrides: Any) -> Settings:
+        from agent.settings import load_settings  # pydantic: only for the commands that read settings
+
         overrides = {"agent": {k: v for k, v in agent_overrides.items() if v is not None}}
         return load_settings(home=self.home, config_file=self.config, overrides=overrides)
 

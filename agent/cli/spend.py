@@ -25,14 +25,14 @@ from agent.cli.common import _Context, _fail, main, pass_ctx, table_console
 @pass_ctx
 def spend(obj: _Context, by: str, since: str, as_json: bool, token: str | None) -> None:
     """Spend grouped by user, department, feature, model, provider or route."""
-    from rich.table import Table
-
     from agent.api.client import AgentClient
 
     report = AgentClient.from_settings(obj.settings(), token).spend(by, since)
     if as_json:
         click.echo(json.dumps(report.model_dump(), indent=2))
         return
+    from rich.table import Table
+
     title = f"spend by {by} since {report.since[:19]}Z ({'everyone' if report.scope == 'all' else 'you'})"
     table = Table(by, "requests", "input tok", "output tok", "cost USD", "unpriced", "failed", title=title)
     for r in report.rows:
@@ -59,8 +59,6 @@ def spend(obj: _Context, by: str, since: str, as_json: bool, token: str | None) 
 @pass_ctx
 def budgets(obj: _Context, everything: bool, as_json: bool, token: str | None) -> None:
     """Your budgets (or, with --all, everyone's): spent, in flight, remaining, when they reset."""
-    from rich.table import Table
-
     from agent.api.client import AgentClient
 
     report = AgentClient.from_settings(obj.settings(), token).budgets(everything)
@@ -70,6 +68,8 @@ def budgets(obj: _Context, everything: bool, as_json: bool, token: str | None) -
     if report.policy_version is None:
         click.echo("No policy received yet: no budgets are enforced (see aifinops doctor).")
         return
+    from rich.table import Table
+
     table = Table("budget", "for", "period", "spent USD", "in flight", "of USD", "left USD", "resets (UTC)", "over",
                   "forecast USD (80%)", "breaks (UTC)",
                   title=f"budgets, policy version {report.policy_version}")  # fmt: skip
