@@ -30,7 +30,7 @@ from gui.chat import ChatWindow
 from gui.client import AgentClient, Reply
 from gui.dashboard import DashboardWindow
 from gui.screenshots import take_screenshots, wait_for
-from gui.supervisor import DEFAULT_URL, Supervisor
+from gui.supervisor import Supervisor
 from gui.tray import EventsPoller, Tray
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class TrayApp(QObject):
         super().__init__()
         self.paths = paths
         self.supervisor = Supervisor(paths, configured_url=url, home=home, parent=self)
-        self.client = AgentClient(url or DEFAULT_URL, read_token_file(paths.token_file), self)
+        self.client = AgentClient(url or self.supervisor.settings_url, read_token_file(paths.token_file), self)
         self.tray = Tray(self.client, poll_ms=poll_ms, parent=self)
         self.events = EventsPoller(self.client, parent=self)
         self.chat: ChatWindow | None = None
@@ -200,7 +200,7 @@ def quit_on_signals(app: QCoreApplication) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="aifinops-tray", description="The aifinops tray: chat, spend, budgets.")
-    parser.add_argument("--url", help="the agent's URL (default: the discovery file, then http://127.0.0.1:8765)")
+    parser.add_argument("--url", help="the agent's URL (default: the discovery file, then the settings' host and port)")
     parser.add_argument("--home", help="keep config, data and logs under this folder (like AIFINOPS_HOME)")
     parser.add_argument("--open", choices=("chat", "dashboard"), help="open this window at start")
     parser.add_argument("--screenshot", metavar="DIR", help="render the windows to PNG files in DIR and exit")

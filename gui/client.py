@@ -7,7 +7,6 @@ waits on the network. A `Reply` QObject lives in the caller's thread and emits `
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import httpx
 from PySide6.QtCore import QCoreApplication, QObject, QRunnable, QThreadPool, Signal
 
 from agent.api.schemas import AIFinOpsInfo, BudgetReport, EventList, Info, ModelList
+from agent.api.sse import StreamError, stream_chat
 from gui.errors import AgentError
 from gui.figures import Figures, figures_from_dashboard, figures_from_spend
 
@@ -153,37 +153,14 @@ class AgentClient(QObject):
     def stream_chat(self, body: dict[str, Any], reply: StreamReply) -> AIFinOpsInfo | None:
         """POST a streamed chat; emits each text delta; returns the final chunk's x_aifinops."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        info: AIFinOpsInfo | None = None
         timeout = httpx.Timeout(10.0, read=300.0)
         try:
-            with (
-                httpx.Client(base_url=self.base_url, timeout=timeout) as http,
-                http.stream("POST", "/v1/chat/completions", json=payload, headers=headers) as response,
-            ):
-                if response.status_code >= 400:
-                    response.read()
-                    raise AgentError.from_body(
-                        response.status_code, _json_or_none(response), response.headers.get("retry-after")
-                    )
-                for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        raise AgentError.from_body(502, chunk)
-                    for choice in chunk.get("choices") or ():
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            _emit(reply.delta, text)
-                    if chunk.get("x_aifinops"):
-                        info = AIFinOpsInfo.model_validate(chunk["x_aifinops"])
+            with httpx.Client(base_url=self.base_url, timeout=timeout) as http:
+                return stream_chat(http, body, lambda text: _emit(reply.delta, text), headers=headers, timeout=timeout)
+        except StreamError as e:
+            raise AgentError.from_body(e.status, e.body, e.retry_after) from e
         except httpx.HTTPError as e:
             raise AgentError.unreachable(f"{type(e).__name__}: {e}") from e
-        return info
 
     # -- asynchronous calls, for the UI thread -----------------------------------------------
     def call(self, work: Callable[[], Any], reply: Reply | None = None) -> Reply:

@@ -1,14 +1,15 @@
 """Find the agent, or start one and keep it running.
 
 Order: the URL given on the command line, the discovery file a running agent writes
-(`<config dir>/agent.json`), then the default URL. The first that answers `/api/v1/info` is
-used. If none does, `python -m agent agent run` is started as a child and restarted when it dies,
-at most `max_restarts` times per `window_s`. An agent this tray did not start is never stopped.
+(`<config dir>/agent.json`), then where the settings say the agent listens
+(`agent.discovery.agent_url`: https when it serves TLS). The first that answers `/api/v1/info`
+is used. If none does, `python -m agent agent run` is started as a child and restarted when it
+dies, at most `max_restarts` times per `window_s`. An agent this tray did not start is never
+stopped.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -20,23 +21,32 @@ from pathlib import Path
 import httpx
 from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 
+from agent.discovery import agent_url, read_discovery
+from agent.errors import ConfigError
 from agent.paths import Paths
+from agent.settings import load_settings
 from gui.client import Reply, run_in_pool
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "http://127.0.0.1:8765"
-DISCOVERY_FILE = "agent.json"
+DEFAULT_URL = "http://127.0.0.1:8765"  # the default settings' URL, when the settings cannot be read
 
 
 def discovered_url(paths: Paths) -> str | None:
     """The URL in the discovery file, or None (no file, or not one we can read)."""
-    try:
-        data = json.loads((paths.config_dir / DISCOVERY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    url = data.get("url") if isinstance(data, dict) else None
+    entry = read_discovery(paths)
+    url = entry["url"] if entry is not None else None
     return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+
+
+def settings_url(home: Path | None) -> str:
+    """Where this home's settings say the agent listens (`aifinops agent run` with no options):
+    their host and port, https when `agent.tls_certfile` is set."""
+    try:
+        return agent_url(load_settings(home=home).agent)
+    except ConfigError as e:
+        log.warning("%s; looking for the agent at %s", e.message, DEFAULT_URL)
+        return DEFAULT_URL
 
 
 def answers(url: str, timeout_s: float = 1.0) -> bool:
@@ -96,6 +106,7 @@ class Supervisor(QObject):
         self.home = home
         self.limit = limit or RestartLimit()
         self._probe = probe
+        self.settings_url = settings_url(home)  # read again before starting an agent
         self._child: QProcess | None = None
         self._stopping = False
         self._wait_timer = QTimer(self)
@@ -114,7 +125,7 @@ class Supervisor(QObject):
         return self._child is not None and self._child.state() != QProcess.ProcessState.NotRunning
 
     def candidates(self) -> list[str]:
-        urls = [self.configured_url, discovered_url(self.paths), DEFAULT_URL]
+        urls = [self.configured_url, discovered_url(self.paths), self.settings_url]
         return list(dict.fromkeys(u.rstrip("/") for u in urls if u))
 
     def locate(self) -> str | None:
@@ -131,6 +142,7 @@ class Supervisor(QObject):
                 f"see the log folder {self.paths.log_dir}"
             )
             return
+        self.settings_url = settings_url(self.home)  # the child reads the settings as they are now
         program, args = agent_command(self.home)
         child = QProcess(self)
         child.setProcessChannelMode(QProcess.ProcessChannelMode.ForwardedChannels)

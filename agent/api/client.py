@@ -1,5 +1,8 @@
 """A small client for the agent's own API, used by the CLI (``spend``, ``chat``, ``doctor``).
 
+The agent's URL is `agent.discovery.agent_url`'s (https when the agent serves TLS); a streamed
+chat is read by `agent.api.sse`, as the tray reads it.
+
 Imported by every command that talks to the agent, so it stays light: httpx, not the openai SDK
 (half a second to import) nor the ledger; the wire schemas (50 pydantic models) are imported once
 an answer is there to parse, so an error reaches the terminal without building them.
@@ -8,18 +11,20 @@ an answer is there to parse, so an error reaches the terminal without building t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 
+from agent.api.sse import StreamError, stream_chat
+from agent.discovery import agent_url
 from agent.errors import AgentApiError, AgentUnreachable, AuthError
 
 if TYPE_CHECKING:
-    import openai
-
     from agent.api.schemas import (
+        AIFinOpsInfo,
         BudgetReport,
         CacheCleared,
         CacheStats,
@@ -31,13 +36,6 @@ if TYPE_CHECKING:
         ThrottleList,
     )
     from agent.settings import Settings
-
-
-def agent_base_url(settings: Settings) -> str:
-    host = settings.agent.host
-    host = "127.0.0.1" if host in {"0.0.0.0", ""} else host  # noqa: S104 - a bind-all address
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{settings.agent.port}"
 
 
 def _read_token_file(path: Path) -> str | None:
@@ -57,23 +55,27 @@ class AgentClient:
     @classmethod
     def from_settings(cls, settings: Settings, token: str | None = None) -> AgentClient:
         token = token or os.environ.get("AIFINOPS_TOKEN") or _read_token_file(settings.paths.token_file)
-        return cls(agent_base_url(settings), token)
+        return cls(agent_url(settings.agent), token)
+
+    def _auth(self) -> dict[str, str]:
+        if not self.token:
+            raise AuthError("no token: set AIFINOPS_TOKEN, pass --token, or run the agent once")
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def _unreachable(self, e: httpx.TransportError) -> AgentUnreachable:
+        return AgentUnreachable(
+            f"no agent answers at {self.base_url} ({type(e).__name__}): start it with `aifinops agent run`"
+        )
 
     def _get(self, path: str, params: dict[str, str] | None = None, auth: bool = True) -> Any:
         return self._call("GET", path, params, auth)
 
     def _call(self, method: str, path: str, params: dict[str, str] | None = None, auth: bool = True) -> Any:
-        headers = {}
-        if auth:
-            if not self.token:
-                raise AuthError("no token: set AIFINOPS_TOKEN, pass --token, or run the agent once")
-            headers["Authorization"] = f"Bearer {self.token}"
+        headers = self._auth() if auth else {}
         try:
             response = self._http.request(method, path, params=params, headers=headers)
         except httpx.TransportError as e:
-            raise AgentUnreachable(
-                f"no agent answers at {self.base_url} ({type(e).__name__}): start it with `aifinops agent run`"
-            ) from e
+            raise self._unreachable(e) from e
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
@@ -144,12 +146,15 @@ class AgentClient:
 
         return CacheCleared.model_validate(body)
 
-    def openai(self) -> openai.OpenAI:
-        import openai
-
-        if not self.token:
-            raise AuthError("no token: set AIFINOPS_TOKEN, pass --token, or run the agent once")
-        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=self.token, max_retries=0)
+    def chat(self, body: dict[str, Any], on_text: Callable[[str], None], feature: str) -> AIFinOpsInfo | None:
+        """Stream a chat completion: each text delta to `on_text`; its x_aifinops (cost, route)."""
+        headers = self._auth() | {"X-AIFinOps-Feature": feature}
+        try:
+            return stream_chat(self._http, body, on_text, headers=headers, timeout=httpx.Timeout(10.0, read=300.0))
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from e
+        except StreamError as e:
+            raise AgentApiError(e.status, e.type, e.message) from e
 
     def close(self) -> None:
         self._http.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -91,31 +92,17 @@ def budgets(obj: _Context, everything: bool, as_json: bool, token: str | None) -
 @pass_ctx
 def chat(obj: _Context, question: str, model: str, max_tokens: int | None, feature: str, token: str | None) -> None:
     """Ask through the agent and stream the answer, then print what it cost."""
-    import openai
-
     from agent.api.client import AgentClient
+    from agent.errors import AgentApiError
 
     client = AgentClient.from_settings(obj.settings(), token)
-    cost, route = "unknown", ""
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": question}]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
     try:
-        stream = client.openai().chat.completions.create(
-            model=model,
-            messages=[{"role": "user", "content": question}],
-            max_tokens=max_tokens,
-            stream=True,
-            stream_options={"include_usage": True},
-            extra_headers={"X-AIFinOps-Feature": feature},
-        )
-        for chunk in stream:
-            for choice in chunk.choices:
-                if choice.delta.content:
-                    click.echo(choice.delta.content, nl=False)
-            extra = (chunk.model_extra or {}).get("x_aifinops")
-            if extra:
-                cost, route = extra["cost_usd"], extra["route"]
-    except openai.APIConnectionError:
-        _fail(f"no agent answers at {client.base_url}: start it with `aifinops agent run`")
-    except openai.APIStatusError as e:
+        info = client.chat(body, lambda text: click.echo(text, nl=False), feature)
+    except AgentApiError as e:
         _fail(f"{e.status_code}: {e.message}")
     click.echo()
+    cost, route = (info.cost_usd, info.route) if info is not None else ("unknown", "")
     click.secho(f"[{route}] cost ${cost}", dim=True, err=True)

@@ -85,7 +85,7 @@ def test_each_commands_help_imports_nothing_heavy(command: list[str]) -> None:
     assert loaded == []
 
 
-@pytest.mark.parametrize("command", [["spend"], ["budgets"], ["spend", "--json"], ["cache", "stats"]])
+@pytest.mark.parametrize("command", [["spend"], ["budgets"], ["spend", "--json"], ["cache", "stats"], ["chat", "hi"]])
 def test_asking_an_agent_that_is_not_there_imports_nothing_heavy(command: list[str]) -> None:
     """The client's path (settings, token, HTTP) up to its error: port 1 has no agent. (rich is
     not counted here: httpx imports it, for its own command line.)"""
