@@ -1,5 +1,5 @@
 """How long `aifinops` takes to say something: `--help`, `spend` and `budgets` (with no agent
-there: their error; and against a running agent), and `doctor`. Each command is a new process
+there: their error; and against a running agent), `doctor`, and `chat` (its first token). Each command is a new process
 (`python -m agent ...`, as the `aifinops` script runs it); the time is from the start of the
 process to its first byte on stdout or stderr, and to its exit. Then `-X importtime` of
 `aifinops spend`: the imports that cost the most.
@@ -41,6 +41,7 @@ class Case:
     with_agent: bool  # against the running agent; otherwise a port where nothing listens
 
 
+CHAT = ("chat", "--model", "local", "--max-tokens", "4", "Hi")
 CASES = (
     Case("`aifinops --help`", ("--help",), with_agent=False),
     Case("`aifinops spend`, no agent (its error)", ("spend",), with_agent=False),
@@ -48,6 +49,7 @@ CASES = (
     Case("`aifinops spend`, agent running", ("spend",), with_agent=True),
     Case("`aifinops budgets`, agent running", ("budgets",), with_agent=True),
     Case("`aifinops doctor`, agent running", ("doctor",), with_agent=True),
+    Case("`aifinops chat --model local --max-tokens 4 Hi`, agent running", CHAT, with_agent=True),
 )
 
 
@@ -172,8 +174,11 @@ def main() -> None:
         lines.append(f"| {case.label} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     importtime = "\n".join(f"| `{name}` | {ms:.0f} |" for name, ms in imports)
-    baseline_note = ""
+    baseline_note = baseline_line = ""
     if args.baseline:
+        baseline_line = (
+            f"\nBaseline: {args.baseline}'s agent/ and native/, same interpreter, alternating with this tree."
+        )
         before = "\n".join(f"| `{name}` | {ms:.0f} |" for name, ms in baseline_imports)
         baseline_note = f"""
 
@@ -188,7 +193,8 @@ installed package has it); "first output" is the first byte on stdout or stderr,
 "No agent": the agent's port has no listener (the command's error is its output). "Agent running":
 a real agent on 127.0.0.1 in the same home (its token file; no policy, so `budgets` says so in one
 line). `doctor` loads the runtimes it checks (llama.cpp, onnxruntime, the router's model), so its
-time is mostly its checks.{" Baseline: " + args.baseline + "'s agent/ and native/, same interpreter, run alternately with this tree's." if args.baseline else ""}
+time is mostly its checks. `chat`: the same question each run, so after the first (uncounted) run
+the semantic cache may answer it; its first output is the answer's first text.{baseline_line}
 
 {table}
 
