@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 CACHE_PRICE = Price(0, "cache")
 # Room left for the chat template's own tokens when fitting history into a local context.
 _TEMPLATE_MARGIN_TOKENS = 64
+# Prompts longer than this (about 4k tokens) are counted off the event loop.
+_OFF_LOOP_CHARS = 16_000
 _O200K_SHARE_OF_LOCAL_CONTEXT = 0.8
 # Worst case held against budgets: the estimate of the prompt plus a margin (held_input_tokens),
 # and max_tokens of answer (or this many when the client sets none).
@@ -246,7 +248,7 @@ class Gateway:
             caller = self._enforcer.effective_caller(caller)
             if self._runaway is not None:
                 self._runaway.admit(caller.user)  # a user throttled after a runaway
-            admission = self._enforcer.admit(caller, _token_estimate(call))
+            admission = self._enforcer.admit(caller, await _token_estimate_off_loop(call))
             try:
                 return await self._prepare(caller, call, admission, trace)
             except BaseException:
@@ -792,6 +794,15 @@ class Gateway:
         the provider's cached input at its own rate."""
         rates = flight.terms.prices.get(route.model) if flight.terms is not None else None
         return self._prices.for_usage(route.model, route.provider.price_provider_id, usage, negotiated=rates)
+
+
+async def _token_estimate_off_loop(call: ChatCall) -> int:
+    """``_token_estimate``, counted on a worker thread when the prompt is long: tokenising 10k
+    tokens holds the event loop (every other request) for a couple of milliseconds. The count is
+    kept (agent.pricing.tokens), so the router, the optimiser and the budget hold reuse it."""
+    if sum(len(m.content) for m in call.messages) < _OFF_LOOP_CHARS:
+        return _token_estimate(call)
+    return await asyncio.to_thread(_token_estimate, call)
 
 
 def _token_estimate(call: ChatCall) -> int:

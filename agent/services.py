@@ -49,6 +49,7 @@ from agent.observability.telemetry import OFF, Telemetry
 from agent.optimizer import PromptOptimizer
 from agent.policy.sync import PolicySync
 from agent.pricing.prices import PriceBook
+from agent.pricing.tokens import warm_up as warm_up_tokens
 from agent.providers.local_embeddings import LocalEmbeddingProvider
 from agent.providers.local_llama import LocalLlamaProvider
 from agent.providers.onnx_embedder import OnnxEmbedder
@@ -240,6 +241,8 @@ class Services:
         self.scheduler.start()
         if self.outbox is not None:  # alerts still pending from before a restart go out now
             self.outbox.start()
+        # The o200k vocabulary (about 0.4 s to read): loaded now, not by the first request.
+        threading.Thread(target=warm_up_tokens, name="tokens-warm-up", daemon=True).start()
         if self.cache is not None:
             self.cache.load()
             # Load the embedder and compile the similarity kernels now, not on the first request.

@@ -12,7 +12,6 @@ Pure functions over `Message` tuples: no I/O, safe from any thread.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -167,9 +166,8 @@ def split_blocks(text: str) -> list[str]:
     return marked.split(marker)
 
 
-@functools.lru_cache(maxsize=4096)
 def _tokens(text: str) -> int:
-    return count_text_tokens(text)
+    return count_text_tokens(text)  # long texts are counted once (agent.pricing.tokens)
 
 
 def message_tokens(message: Message) -> int:

@@ -24,6 +24,20 @@ from agent.optimizer.lossy import LossyCompressor, SurprisalScorer
 from agent.pricing.tokens import count_message_tokens
 from agent.providers.base import Message
 from agent.settings import OptimizerSection
+from agent.textmemo import TextMemo
+
+# A long system prompt or history comes again with every call: normalised once (pure functions
+# of the text, so a copy is as good as the work).
+_NORMALISED: TextMemo[tuple[str, str]] = TextMemo()
+
+
+def _normalised(content: str) -> tuple[str, str]:
+    """``content`` with its markup normalised, and with markup and whitespace normalised."""
+    done = _NORMALISED.get(content)
+    if done is None:
+        done = (normalise_markup(content), normalise(content))
+        _NORMALISED.put(content, done)
+    return done
 
 
 @dataclass(frozen=True)
@@ -64,8 +78,9 @@ class PromptOptimizer:
         steps: list[str] = []
         notes: list[str] = []
 
-        marked = tuple(_with_content(m, normalise_markup(m.content)) for m in messages)
-        normalised = tuple(_with_content(m, normalise(m.content)) for m in messages)
+        lossless = [_normalised(m.content) for m in messages]
+        marked = tuple(_with_content(m, markup_only) for m, (markup_only, _) in zip(messages, lossless, strict=True))
+        normalised = tuple(_with_content(m, whole) for m, (_, whole) in zip(messages, lossless, strict=True))
         if marked != messages:
             steps.append("markup")
         if normalised != marked:
