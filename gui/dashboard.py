@@ -296,9 +296,11 @@ class DashboardWindow(QWidget):
         self._show_chart(figures)
         for name, rows in (("model", figures.by_model), ("route", figures.by_route), ("feature", figures.by_feature)):
             self._fill(self.tables[name], rows)
+        provider = figures.provider_cache_saved_micro_usd
         self.savings.setText(
             f"{usd(figures.cache_saved_micro_usd)} by the cache, "
             f"{usd(figures.compression_saved_micro_usd)} by prompt compression"
+            + (f"; {usd(provider)} by the providers' prompt caches" if provider else "")
         )
         if figures.gpu_busy_micro_usd is None or figures.gpu_idle_micro_usd is None:
             self.gpu.setText("no GPU on this machine")

@@ -48,6 +48,8 @@ class Figures:
     total_requests: int
     total_cost_micro_usd: int
     source: str  # "dashboard", or "spend" (an agent without /api/v1/dashboard: no daily series)
+    # What the provider's prompt cache took off the bill (cached input at its own rate), beside ours.
+    provider_cache_saved_micro_usd: int = 0
 
 
 def usd(micro_usd: int) -> str:
@@ -112,6 +114,7 @@ def figures_from_dashboard(body: Any) -> Figures:
         total_requests=int(totals.get("requests", 0)),
         total_cost_micro_usd=int(totals.get("cost_micro_usd", 0)),
         source="dashboard",
+        provider_cache_saved_micro_usd=int(savings.get("provider_cache_micro_usd", 0)),
     )
 
 

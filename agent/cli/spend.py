@@ -35,19 +35,25 @@ def spend(obj: _Context, by: str, since: str, as_json: bool, token: str | None) 
     from rich.table import Table
 
     title = f"spend by {by} since {report.since[:19]}Z ({'everyone' if report.scope == 'all' else 'you'})"
-    table = Table(by, "requests", "input tok", "output tok", "cost USD", "unpriced", "failed", title=title)
+    # Savings side by side: our semantic cache and optimiser ("saved"), the provider's prompt cache
+    # (its cached input tokens, billed at the cached rate: what that took off the bill).
+    table = Table(by, "requests", "input tok", "cached in", "output tok", "cost USD", "saved USD", "provider cache USD",
+                  "unpriced", "failed", title=title)  # fmt: skip
     for r in report.rows:
         table.add_row(
             r.key or "-",
             str(r.requests),
             str(r.input_tokens),
+            str(r.cache_read_tokens),
             str(r.output_tokens),
             r.cost_usd,
+            r.cost_saved_usd,
+            r.provider_cache_saved_usd,
             str(r.unpriced_requests),
             str(r.failed_requests),
         )
     table.add_section()
-    table.add_row("total", "", "", "", report.total_cost_usd, str(report.unpriced_requests), "")
+    table.add_row("total", "", "", "", "", report.total_cost_usd, "", "", str(report.unpriced_requests), "")
     table_console().print(table)
     if report.unpriced_requests:
         click.secho(f"{report.unpriced_requests} request(s) have no known price: totals exclude them.", fg="yellow")

@@ -254,3 +254,23 @@ def test_a_forecast_past_the_amount_is_marked_red_at_the_right_edge(qtbot: QtBot
     middle, arrow = track.center().y(), x - 5
     assert image.pixelColor(arrow, middle) == OVERRUN_COLOUR
     assert image.pixelColor(arrow, track.top()) != OVERRUN_COLOUR
+
+
+def test_the_dashboard_shows_what_the_providers_prompt_cache_saved(
+    qtbot: QtBot, start_agent: Callable[..., RunningAgent], upstream: ScriptedUpstream
+) -> None:
+    from agent.benchmarks.upstream import Behaviour
+
+    agent = start_agent(cloud=[{"name": "scripted", "base_url": upstream.base_url, "models": ["gpt-4.1"]}],
+                        cache={"enabled": False})  # fmt: skip
+    cached = (("prompt_tokens_details", {"cached_tokens": 8_000}),)
+    upstream.script.append(Behaviour(prompt_tokens=10_000, completion_tokens=200, usage_extra=cached))
+    agent.client().chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "Again, please."}])
+    dashboard = DashboardWindow(AgentClient(agent.base_url, agent.token))
+    qtbot.addWidget(dashboard)
+    with qtbot.waitSignal(dashboard.loaded, timeout=30_000) as loaded:
+        dashboard.refresh()
+    figures = loaded.args[0]
+    # 8,000 cached tokens of gpt-4.1 at $0.50 instead of $2 per million: 12,000 micro-USD off the bill.
+    assert figures.provider_cache_saved_micro_usd == 12_000 and figures.total_cost_micro_usd == 9_600
+    assert dashboard.savings.text().endswith(f"; {usd(12_000)} by the providers' prompt caches")
