@@ -258,8 +258,8 @@ def _local_engines(settings: Settings) -> list[Check]:
 
 def _routing(settings: Settings) -> list[Check]:
     """The tiers "auto" routes between, and whether the trained difficulty model loads."""
+    from agent.routing.artifact import build_router_model
     from agent.routing.router import TIERS
-    from agent.services import build_router_model
 
     if not settings.routing.enabled:
         return [Check("router", "ok", f"routing off: auto means {settings.agent.default_model}")]

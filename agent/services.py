@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
-from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -54,7 +52,7 @@ from agent.providers.local_embeddings import LocalEmbeddingProvider
 from agent.providers.local_llama import LocalLlamaProvider
 from agent.providers.onnx_embedder import OnnxEmbedder
 from agent.providers.registry import ProviderRegistry
-from agent.routing.difficulty import DifficultyModel
+from agent.routing.artifact import build_router_model
 from agent.routing.router import TIERS, Router, Tier
 from agent.settings import Settings, write_default_config
 from native.nvml import GpuSource, NvmlSource, TraceReplay, probe
@@ -438,10 +436,6 @@ def cache_verifier(settings: Settings, store: ModelStore) -> Callable[[], PairVe
     return verifier
 
 
-def default_router_artifact() -> Path:
-    return Path(str(resources.files("agent.routing").joinpath("default_router.npz")))
-
-
 def build_router(settings: Settings, registry: ProviderRegistry) -> Router | None:
     """The router for "auto", or None when routing is off. A tier naming an unknown model is a
     config error; an unreadable artifact is not: the router runs on rules and says so."""
@@ -463,13 +457,3 @@ def build_router(settings: Settings, registry: ProviderRegistry) -> Router | Non
     return Router(tiers, settings.routing, model, problem)
 
 
-def build_router_model(settings: Settings, path: Path | None = None) -> tuple[DifficultyModel | None, str]:
-    """The trained difficulty model, or None and why (then the router runs on rules)."""
-    if path is None:
-        artifact = settings.routing.artifact
-        path = Path(artifact).expanduser() if artifact else default_router_artifact()
-    try:
-        return DifficultyModel.load(path), ""
-    except ConfigError as e:
-        log.warning("%s; routing by rules until it is fixed", e.message)
-        return None, "router artifact unavailable"

@@ -180,9 +180,9 @@ def bench_routing(
     from agent.benchmarks.routing import embed_in_batches, run_routing_bench
     from agent.models.store import ModelStore
     from agent.providers.onnx_embedder import OnnxEmbedder
+    from agent.routing.artifact import build_router_model
     from agent.routing.router import Router
     from agent.routing.training import read_labelled
-    from agent.services import build_router_model
 
     settings = obj.settings()
     rows = read_labelled(Path(prompts_file))
