@@ -143,7 +143,7 @@ def _table_rates(model: str, provider_id: str) -> Rates | None:
     except LookupError:
         return None
     fields: dict[str, Any] = {k: v for k, v in vars(prices).items() if v is not None}
-    if "input_mtok" not in fields or "output_mtok" not in fields:
+    if "input_mtok" not in fields:
         return None
 
     def base(name: str) -> Decimal | None:
@@ -155,8 +155,9 @@ def _table_rates(model: str, provider_id: str) -> Rates | None:
     if "requests_kcount" in fields:
         linear_up_to = -1  # a fee per request: the table prices each call (audio, image and search
         # prices apply only to usage this agent never reports)
-    input_rate, output_rate = base("input_mtok"), base("output_mtok")
-    assert input_rate is not None and output_rate is not None  # noqa: S101 - checked above
+    # An embedding model has no output price: what genai-prices charges for output it has none of.
+    input_rate, output_rate = base("input_mtok"), base("output_mtok") or Decimal(0)
+    assert input_rate is not None  # noqa: S101 - checked above
     cache_read, cache_write = base("cache_read_mtok"), base("cache_write_mtok")
     return Rates(input_rate, output_rate, "genai-prices", cache_read, cache_write, linear_up_to)
 

@@ -141,7 +141,7 @@ def test_cached_prompt_tokens_cost_what_genai_prices_says() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    model=st.sampled_from(["gpt-4.1", "gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-pro", "o3"]),
+    model=st.sampled_from(["gpt-4.1", "gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-pro", "o3", "text-embedding-3-small"]),
     input_tokens=st.integers(0, 400_000),
     output_tokens=st.integers(0, 20_000),
     read_share=st.floats(0, 1),
