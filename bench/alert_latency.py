@@ -320,8 +320,10 @@ def report(
         + "\n\nAlert events and deliveries are read from each agent's `GET /api/v1/events` right after the last "
         "round; posts the receiver got are counted at the same moment (the one in flight included, which has no "
         f'attempt recorded yet). The hanging receiver\'s deliveries end with `last_error` "{error}". '
-        "The sender posts one delivery at a time, so with the hanging receiver it gets through one every 5 s "
-        "and the rest wait, in order, behind it; agent stop is the time from SIGTERM to exit."
+        "A channel that does not take a post is not posted to again until its next try (one post per backoff: "
+        "2 s doubling, jittered), and its other alerts wait for that same try, so a hanging receiver costs one "
+        "5 s timeout per backoff and holds up no other channel; the sender stops between deliveries. Agent stop "
+        "is the time from SIGTERM to exit."
     )
     update_section("alert_latency", "Alert delivery: chat latency with a hanging receiver", command, body)
 

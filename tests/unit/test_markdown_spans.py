@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.optimizer import markdown
-from agent.optimizer.markdown import Span, code_spans
+from agent.optimizer.markdown import Span
 
 
 def _reference_inline(text: str, start: int, end: int) -> list[Span]:

@@ -141,7 +141,7 @@ def test_cached_prompt_tokens_cost_what_genai_prices_says() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    model=st.sampled_from(["gpt-4.1", "gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-pro", "o3", "text-embedding-3-small"]),
+    model=st.sampled_from(["gpt-4.1", "gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-pro", "o3"]),
     input_tokens=st.integers(0, 400_000),
     output_tokens=st.integers(0, 20_000),
     read_share=st.floats(0, 1),
@@ -156,6 +156,12 @@ def test_any_usage_costs_what_the_table_says_tiers_and_cache_included(
     table = calc_price(Usage(input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=read or None,
                              cache_write_tokens=written or None), model_ref=model)  # fmt: skip
     assert book().for_usage(model, "", usage).cost_micro_usd == usd_to_micros(Decimal(table.total_price))
+
+
+def test_an_embedding_model_without_an_output_price_is_priced() -> None:
+    table = calc_price(Usage(input_tokens=1234), model_ref="text-embedding-3-small", provider_id="openai")
+    price = book().for_tokens("text-embedding-3-small", "openai", 1234, 0)
+    assert (price.cost_micro_usd, price.source) == (usd_to_micros(Decimal(table.total_price)), "genai-prices")
 
 
 def test_a_claude_request_under_its_long_context_tier_pays_the_base_rate() -> None:
