@@ -108,7 +108,7 @@ def fleet_report(obj: _Context, by: str, since: str, until: str | None, as_json:
     result = report(catalog, by, start, end)  # type: ignore[arg-type]
     names = {h.host_id: h.hostname for h in catalog.hosts}
     money = ("cost_micro_usd", "gpu_cost_micro_usd", "cache_saved_micro_usd", "routing_saved_micro_usd",
-             "compression_saved_micro_usd")  # fmt: skip
+             "compression_saved_micro_usd", "provider_cache_saved_micro_usd")  # fmt: skip
     if as_json:
         body = {
             "by": by,
@@ -129,19 +129,20 @@ def fleet_report(obj: _Context, by: str, since: str, until: str | None, as_json:
 
     title = f"fleet spend by {by} since {start.isoformat()[:19]}Z, {result.hosts} host(s)"
     table = Table(by, "requests", "input tok", "output tok", "cost USD", "unpriced", "failed", "GPU USD",
-                  "saved: cache", "routing", "compression", title=title)  # fmt: skip
+                  "saved: cache", "routing", "compression", "provider cache", title=title)  # fmt: skip
     for r in result.rows:
         key = f"{names.get(r.key) or '?'} ({r.key[:8]})" if by == "host" else r.key
         table.add_row(key or "-", str(r.requests), str(r.input_tokens), str(r.output_tokens),
                       format_usd(r.cost_micro_usd), str(r.unpriced_requests), str(r.failed_requests),
                       format_usd(r.gpu_cost_micro_usd), format_usd(r.cache_saved_micro_usd),
-                      format_usd(r.routing_saved_micro_usd), format_usd(r.compression_saved_micro_usd))  # fmt: skip
+                      format_usd(r.routing_saved_micro_usd), format_usd(r.compression_saved_micro_usd),
+                      format_usd(r.provider_cache_saved_micro_usd))  # fmt: skip
     table.add_section()
     totals = {m: format_usd(result.total(m)) for m in money}
     table.add_row("total", str(result.total("requests")), "", "", totals["cost_micro_usd"],
                   str(result.total("unpriced_requests")), "", totals["gpu_cost_micro_usd"],
                   totals["cache_saved_micro_usd"], totals["routing_saved_micro_usd"],
-                  totals["compression_saved_micro_usd"])  # fmt: skip
+                  totals["compression_saved_micro_usd"], totals["provider_cache_saved_micro_usd"])  # fmt: skip
     table_console().print(table)
     if not catalog.hosts:
         click.echo(f"No host has published to {catalog.share_dir / 'fleet'} yet: agents with this share publish "

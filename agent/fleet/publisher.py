@@ -45,6 +45,8 @@ from agent.pricing.prices import PriceBook
 from agent.settings import Settings
 
 log = logging.getLogger(__name__)
+# Usage in full, published as the ledger has it (agent.fleet.segments).
+_USAGE_COLUMNS = ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "provider_cache_saved_micro_usd")
 
 
 COMPACT_AT = 16
@@ -296,6 +298,8 @@ class FleetPublisher:
             columns["routing_saved_micro_usd"].append(self._routing_saving(r))
             columns["latency_ms"].append(int(r["latency_ms"] or 0))
             columns["reason"].append(str(r["reason"] or "") if self._privacy.reasons else "")
+            for name in _USAGE_COLUMNS:
+                columns[name].append(int(r[name] or 0))
         return pa.Table.from_pydict(columns, schema=SCHEMAS["requests"])
 
     def _gpu_table(self, rows: list[dict[str, Any]]) -> pa.Table:

@@ -57,6 +57,7 @@ class FleetRow:
     cache_saved_micro_usd: int
     routing_saved_micro_usd: int
     compression_saved_micro_usd: int
+    provider_cache_saved_micro_usd: int = 0  # the providers' prompt caches, beside our own savings
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def connect(catalog: Catalog) -> duckdb.DuckDBPyConnection:
     conn = duckdb.connect(":memory:")
     for name, schema in (("requests", REQUESTS_SCHEMA), ("gpu", GPU_SCHEMA)):
         files = catalog.files(name)
-        relation = conn.read_parquet(files) if files else conn.from_arrow(schema.empty_table())
+        # By name: segments written before a column was added lack it (read as null), whatever the order.
+        relation = conn.read_parquet(files, union_by_name=True) if files else conn.from_arrow(schema.empty_table())
         relation.create_view(name)
     return conn
 
@@ -233,7 +235,8 @@ def _report(
         " count(*) FILTER (WHERE status <> 'ok'),"
         " coalesce(sum(cache_saved_micro_usd), 0),"
         " coalesce(sum(routing_saved_micro_usd), 0),"
-        " coalesce(sum(compression_saved_micro_usd), 0)"
+        " coalesce(sum(compression_saved_micro_usd), 0),"
+        " coalesce(sum(provider_cache_saved_micro_usd), 0)"
         f" FROM requests WHERE {where} GROUP BY 1",
         params,
     ).fetchall()
@@ -255,10 +258,10 @@ def _report(
             gpu[str(key)] = int(cost)
     rows: dict[str, FleetRow] = {}
     for key, *numbers in request_rows:
-        (req, tin, tout, cost, unpriced, failed, cache, routing, compression) = (int(n) for n in numbers)
+        (req, tin, tout, cost, unpriced, failed, cache, routing, compression, provider) = (int(n) for n in numbers)
         name = str(key)
         rows[name] = FleetRow(name, req, tin, tout, cost, unpriced, failed, gpu.pop(name, 0), cache, routing,
-                              compression)  # fmt: skip
+                              compression, provider)  # fmt: skip
     for name, cost in gpu.items():  # GPU time of keys with no request in the window (idle boxes)
         rows[name] = FleetRow(name, 0, 0, 0, 0, 0, 0, cost, 0, 0, 0)
 

@@ -49,6 +49,13 @@ REQUESTS_SCHEMA = pa.schema(
         ("routing_saved_micro_usd", pa.int64()),
         ("latency_ms", pa.int64()),
         ("reason", pa.string()),  # "" unless fleet.publish_reasons
+        # Usage in full (added in schema 1, at the end: segments written before have none of them,
+        # read as null; readers use union_by_name): input from / to the provider's prompt cache,
+        # reasoning tokens, and what the provider's cache took off the bill.
+        ("cache_read_tokens", pa.int64()),
+        ("cache_write_tokens", pa.int64()),
+        ("reasoning_tokens", pa.int64()),
+        ("provider_cache_saved_micro_usd", pa.int64()),
     ],
     metadata={"aifinops.schema": str(SCHEMA_VERSION), "aifinops.stream": "requests"},
 )

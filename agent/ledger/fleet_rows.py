@@ -38,7 +38,8 @@ class FleetRows:
         rows = self._db.query(
             "SELECT rowid AS _rowid, id, ts, user_name, department, feature, requested_model, model, provider,"
             " route, tier, status, parent_id, input_tokens, output_tokens, tokens_estimated, cost_micro_usd,"
-            " price_source, cache_hit, cost_saved_micro_usd, latency_ms, reason"
+            " price_source, cache_hit, cost_saved_micro_usd, latency_ms, reason, cache_read_tokens,"
+            " cache_write_tokens, reasoning_tokens, provider_cache_saved_micro_usd"
             " FROM requests WHERE rowid > ? ORDER BY rowid LIMIT ?",
             (rowid, limit),
         )

@@ -362,3 +362,35 @@ class RunningAgentClient:
             timeout=120,
         )
         assert reply.status_code == 200, reply.text
+
+
+def test_segments_from_before_the_usage_columns_still_read_and_the_new_ones_add_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow as pa
+
+    from agent.fleet import publisher as publishing
+    from agent.fleet import segments
+
+    share = tmp_path / "share"
+    a = make_box(tmp_path, share, "alpha")
+    usage = ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "provider_cache_saved_micro_usd")
+    schema = segments.REQUESTS_SCHEMA
+    older = pa.schema([f for f in schema if f.name not in usage], metadata=schema.metadata)
+    with monkeypatch.context() as before:  # an agent of the time before: its segments lack the columns
+        before.setitem(publishing.SCHEMAS, "requests", older)
+        before.setattr(publishing, "_USAGE_COLUMNS", ())
+        a.add(rows_for(a, 41, 40))
+        assert a.publisher.publish_once().rows["requests"] == 40
+    cached = [dataclasses.replace(r, cache_read_tokens=r.input_tokens // 2, provider_cache_saved_micro_usd=7)
+              for r in rows_for(a, 42, 30, start=40)]  # fmt: skip
+    a.add(cached)
+    assert a.publisher.publish_once().rows["requests"] == 30
+    [old_file, new_file] = sorted(scan(share).files("requests"), key=lambda p: Path(p).stat().st_mtime_ns)
+    assert "provider_cache_saved_micro_usd" not in pq.read_schema(old_file).names
+    assert "provider_cache_saved_micro_usd" in pq.read_schema(new_file).names
+    result = report(scan(share), "user", SINCE)
+    assert result.total("requests") == sum(r.parent_id == "" for r in a.rows)
+    assert result.total("provider_cache_saved_micro_usd") == 7 * 30
+    # The new segment carries each row's cached tokens as the ledger has them.
+    assert sum(pq.read_table(new_file)["cache_read_tokens"].to_pylist()) == sum(r.cache_read_tokens for r in cached)
