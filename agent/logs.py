@@ -36,6 +36,10 @@ class SecretFilter(logging.Filter):
             record.msg, record.args = masked, None
         if record.exc_info and not record.exc_text:  # formatters reuse exc_text as it is
             record.exc_text = mask_secrets(_PLAIN.formatException(record.exc_info))
+        elif record.exc_text:  # another handler formatted the traceback first, unmasked: mask that
+            record.exc_text = mask_secrets(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_secrets(record.stack_info)
         return True
 
 

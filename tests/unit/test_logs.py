@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,17 @@ def test_secret_filter_masks_the_formatted_message() -> None:
     assert SecretFilter().filter(record) is True
     assert record.getMessage() == "calling openai with key sk-***"
     assert "abc123456789" not in str(record.msg) + str(record.args)
+
+
+def test_a_traceback_another_handler_formatted_first_is_masked_too() -> None:
+    try:
+        raise RuntimeError("upstream refused key sk-abc123456789")
+    except RuntimeError:
+        record = logging.LogRecord("agent.test", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    logging.Formatter().format(record)  # a handler without the filter (pytest's capture) sets exc_text
+    assert record.exc_text is not None and "abc123456789" in record.exc_text
+    assert SecretFilter().filter(record) is True
+    assert "abc123456789" not in (record.exc_text or "") and "sk-***" in (record.exc_text or "")
 
 
 def test_secret_filter_leaves_clean_records_untouched() -> None:
