@@ -14,7 +14,7 @@ from typing import Any
 from agent import __version__
 from agent.files import write_atomic
 from agent.paths import Paths
-from agent.settings import AgentSection
+from agent.settings import AgentSection, Settings
 
 FILE_NAME = "agent.json"
 
@@ -25,6 +25,16 @@ def agent_url(agent: AgentSection, port: int | None = None) -> str:
     host = f"[{host}]" if ":" in host else host
     scheme = "https" if agent.tls_certfile else "http"
     return f"{scheme}://{host}:{port if port is not None else agent.port}"
+
+
+def local_agent_url(settings: Settings) -> str:
+    """Where this home's agent answers: its configured address, or with ``port = 0`` (any free
+    port, chosen at start) the one its discovery file says it bound."""
+    if settings.agent.port == 0:
+        found = read_discovery(settings.paths)
+        if found is not None and isinstance(found.get("url"), str):
+            return str(found["url"])
+    return agent_url(settings.agent)
 
 
 def write_discovery(paths: Paths, url: str, pid: int | None = None) -> Path:

@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 def setup_logging(paths: Paths) -> None:
     paths.log_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(paths.log_dir / "tray.log", maxBytes=1_000_000, backupCount=3)
+    handler = logging.handlers.RotatingFileHandler(
+        paths.log_dir / "tray.log", maxBytes=1_000_000, backupCount=3, encoding="utf-8"
+    )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(SecretFilter())  # the agent's: a token or key never reaches the file
     root = logging.getLogger()

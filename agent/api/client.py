@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 
 from agent.api.sse import StreamError, stream_chat
-from agent.discovery import agent_url
+from agent.discovery import local_agent_url
 from agent.errors import AgentApiError, AgentUnreachable, AuthError
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class AgentClient:
     @classmethod
     def from_settings(cls, settings: Settings, token: str | None = None) -> AgentClient:
         token = token or os.environ.get("AIFINOPS_TOKEN") or _read_token_file(settings.paths.token_file)
-        return cls(agent_url(settings.agent), token)
+        return cls(local_agent_url(settings), token)
 
     def _auth(self) -> dict[str, str]:
         if not self.token:
