@@ -78,7 +78,9 @@ WITH grouped AS (
            CAST(coalesce(sum(cost_micro_usd), 0) AS BIGINT) AS cost_micro_usd,
            CAST(sum(cache_saved_micro_usd) AS BIGINT) AS cache_saved_micro_usd,
            CAST(sum(routing_saved_micro_usd) AS BIGINT) AS routing_saved_micro_usd,
-           CAST(sum(compression_saved_micro_usd) AS BIGINT) AS compression_saved_micro_usd
+           CAST(sum(compression_saved_micro_usd) AS BIGINT) AS compression_saved_micro_usd,
+           CAST(sum(cache_read_tokens) AS BIGINT) AS cache_read_tokens,
+           CAST(sum(provider_cache_saved_micro_usd) AS BIGINT) AS provider_cache_saved_micro_usd
     FROM requests WHERE {where} GROUP BY ALL
 )
 SELECT 'requests' AS stream, day, host_id, nullif(department, '') AS department, cost_micro_usd,
@@ -107,6 +109,9 @@ SELECT 'requests' AS stream, day, host_id, nullif(department, '') AS department,
            '{p}routing_saved_usd', CASE WHEN routing_saved_micro_usd <> 0 THEN usd_text(routing_saved_micro_usd) END,
            '{p}compression_saved_usd',
                CASE WHEN compression_saved_micro_usd <> 0 THEN usd_text(compression_saved_micro_usd) END,
+           '{p}cached_input_tokens', CASE WHEN cache_read_tokens <> 0 THEN cache_read_tokens END,
+           '{p}provider_cache_saved_usd',
+               CASE WHEN provider_cache_saved_micro_usd <> 0 THEN usd_text(provider_cache_saved_micro_usd) END,
            '{p}price_unknown', CASE WHEN price_unknown THEN true END
        )) AS tags
 FROM grouped

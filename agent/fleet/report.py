@@ -75,6 +75,11 @@ class FleetReport:
         return sum(int(getattr(r, column)) for r in self.rows) + extra
 
 
+# The DuckDB type of each Parquet column type the segments use (for columns older segments lack).
+_DUCK_TYPES = {"int64": "BIGINT", "int32": "INTEGER", "string": "VARCHAR", "bool": "BOOLEAN", "double": "DOUBLE",
+               "date32[day]": "DATE", "timestamp[us, tz=UTC]": "TIMESTAMPTZ"}  # fmt: skip
+
+
 def connect(catalog: Catalog) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the views ``requests`` and ``gpu`` over the catalog's segments
     (empty views of the right columns when there is nothing yet)."""
@@ -83,8 +88,17 @@ def connect(catalog: Catalog) -> duckdb.DuckDBPyConnection:
     conn = duckdb.connect(":memory:")
     for name, schema in (("requests", REQUESTS_SCHEMA), ("gpu", GPU_SCHEMA)):
         files = catalog.files(name)
-        # By name: segments written before a column was added lack it (read as null), whatever the order.
-        relation = conn.read_parquet(files, union_by_name=True) if files else conn.from_arrow(schema.empty_table())
+        if files:
+            # By name: segments written before a column was added lack it, whatever the order; a
+            # column no segment has yet (all from before it) is null, so every query sees them all.
+            relation = conn.read_parquet(files, union_by_name=True)
+            present = set(relation.columns)
+            relation = relation.project(", ".join(
+                f'"{f.name}"' if f.name in present else f'CAST(NULL AS {_DUCK_TYPES[str(f.type)]}) AS "{f.name}"'
+                for f in schema
+            ))  # fmt: skip
+        else:
+            relation = conn.from_arrow(schema.empty_table())
         relation.create_view(name)
     return conn
 

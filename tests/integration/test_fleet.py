@@ -382,6 +382,9 @@ def test_segments_from_before_the_usage_columns_still_read_and_the_new_ones_add_
         before.setattr(publishing, "_USAGE_COLUMNS", ())
         a.add(rows_for(a, 41, 40))
         assert a.publisher.publish_once().rows["requests"] == 40
+    only_old = report(scan(share), "user", SINCE)  # no segment has the columns yet: they read as null
+    assert only_old.total("requests") == sum(r.parent_id == "" for r in a.rows)
+    assert only_old.total("provider_cache_saved_micro_usd") == 0
     cached = [dataclasses.replace(r, cache_read_tokens=r.input_tokens // 2, provider_cache_saved_micro_usd=7)
               for r in rows_for(a, 42, 30, start=40)]  # fmt: skip
     a.add(cached)
