@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.util
 import os
 import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -67,28 +68,32 @@ def running_agent(client: AgentClient) -> RunningAgent | None:
 
 
 def run_checks(settings: Settings, agent: RunningAgent | None) -> list[Check]:
-    checks: list[Check] = []
-    checks += _paths(settings)
-    checks += _models(settings)
-    checks += _runtimes()
-    checks += _gpu()
-    checks += _share(settings)
-    checks += _cloud(settings)
-    checks += _local_engines(settings)
-    checks += _routing(settings)
-    checks += _cache_verifier(settings)
-    checks += _policy(settings, agent)
-    checks += _alerts(settings)
-    checks += _identity(settings)
+    return [check for group in iter_checks(settings, lambda: agent) for check in group]
+
+
+def iter_checks(settings: Settings, find_agent: Callable[[], RunningAgent | None]) -> Iterator[list[Check]]:
+    """The checks, a group at a time, so that a terminal shows the first ones at once (the later
+    ones load the runtimes and ask the agent)."""
+    yield _paths(settings)
+    yield _models(settings)
+    yield _runtimes()
+    yield _gpu()
+    yield _share(settings)
+    yield _cloud(settings)
+    yield _local_engines(settings)
+    yield _routing(settings)
+    yield _cache_verifier(settings)
+    agent = find_agent()
+    yield _policy(settings, agent)
+    yield _alerts(settings)
+    yield _identity(settings)
     if agent is None:
-        checks.append(Check("agent", "warn", "not reachable", "start it: aifinops agent run"))
+        yield [Check("agent", "warn", "not reachable", "start it: aifinops agent run")]
     elif agent.token_problem:
         fix = f"ask an admin for a token (aifinops users token NAME) and put it in {settings.paths.token_file}"
-        checks.append(Check("agent", "fail", f"running: {agent.version}, but {agent.token_problem}", fix))
+        yield [Check("agent", "fail", f"running: {agent.version}, but {agent.token_problem}", fix)]
     else:
-        checks.append(Check("agent", "ok", f"running: {agent.version}, answering you as {agent.user}"))
-        checks += _fleet_budgets(agent)
-    return checks
+        yield [Check("agent", "ok", f"running: {agent.version}, answering you as {agent.user}"), *_fleet_budgets(agent)]
 
 
 def _fleet_budgets(agent: RunningAgent) -> list[Check]:
