@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import secrets
 import shutil
 import subprocess
 import sys
@@ -64,14 +65,19 @@ LITELLM_CONFIG = """model_list:
 """
 
 
-def start_litellm(tmp: Path, up_port: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int] | None:
-    command = shutil.which("litellm")
+LITELLM_KEY = "sk-bench-" + secrets.token_hex(16)  # the proxy refuses to start without a master key
+
+
+def start_litellm(
+    command: str | None, tmp: Path, up_port: int, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], int] | None:
     if command is None:
         return None
     port = free_port()
     config = tmp / "litellm.yaml"
     config.write_text(LITELLM_CONFIG.format(port=up_port))
-    process = subprocess.Popen([command, "--config", str(config), "--port", str(port)], env=env,
+    process = subprocess.Popen([command, "--config", str(config), "--port", str(port)],
+                               env={**env, "LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     return process, port
 
@@ -80,6 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--sizes", default="10,1000,10000,100000")
+    parser.add_argument("--litellm", default=shutil.which("litellm"), help="the litellm command (default: PATH's)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
@@ -95,7 +102,7 @@ def main() -> None:
         try:
             agent, agent_port = start_agent(tmp / "agent", up_port, "", env)
             processes.append(agent)
-            litellm = start_litellm(tmp, up_port, env)
+            litellm = start_litellm(args.litellm, tmp, up_port, env)
             if litellm is not None:
                 processes.append(litellm[0])
             wait_http(f"http://127.0.0.1:{agent_port}/api/v1/info")
@@ -116,9 +123,10 @@ def main() -> None:
                     content = ("#SEQ# " if fresh else "") + text
                     messages = [{"role": "user", "content": content}]
                     body_file.write_text(json.dumps({"model": "bench-model", "messages": messages, "max_tokens": 16}))
-                    for url in urls.values():
-                        run_load(url, token, body_file, min(n, 20))  # warm-up
-                    results = {name: run_load(url, token, body_file, n) for name, url in urls.items()}
+                    for name, url in urls.items():
+                        run_load(url, LITELLM_KEY if name == "litellm" else token, body_file, min(n, 20))  # warm-up
+                    keys = {"litellm": LITELLM_KEY}
+                    results = {name: run_load(url, keys.get(name, token), body_file, n) for name, url in urls.items()}
                     rows.append((size, count_text_tokens(text), fresh, results))
                     print(f"{size} tokens{' (new each time)' if fresh else ''}: " + "; ".join(
                         f"{k} p50 {v['p50']:.2f} p99 {v['p99']:.2f} ms" for k, v in results.items()), flush=True)  # fmt: skip
@@ -126,7 +134,7 @@ def main() -> None:
             for process in reversed(processes):
                 process.terminate()
                 process.wait(30)
-    report(rows, args, litellm_installed=shutil.which("litellm") is not None)
+    report(rows, args, litellm_installed=args.litellm is not None)
 
 
 def report(rows: list[tuple[int, int, bool, dict[str, dict[str, float]]]], args: argparse.Namespace,
@@ -161,6 +169,8 @@ def report(rows: list[tuple[int, int, bool, dict[str, dict[str, float]]]], args:
         + litellm_note
     )
     command = f".venv/bin/python bench/prompt_overhead.py --requests {args.requests} --sizes {args.sizes}"
+    if args.litellm and args.litellm != shutil.which("litellm"):
+        command += f" --litellm {args.litellm}"
     update_section("prompt-overhead", "Agent overhead by prompt size (10 to 100k tokens)", command, body)
 
 
