@@ -14,10 +14,13 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.errors import AuthError, InvalidRequest
 from agent.files import write_atomic
-from agent.ledger.users import UserRow, UserStore
+
+if TYPE_CHECKING:  # the ledger (sqlite_utils, numpy): not for the CLI and tray, which read the token file only
+    from agent.ledger.users import UserRow, UserStore
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ import argparse
 import os
 import re
 import selectors
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.overhead import free_port, wait_http  # noqa: E402
+from bench.overhead import free_port, stop, wait_http  # noqa: E402
 from bench.report import update_section  # noqa: E402
 
 IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
@@ -105,15 +104,6 @@ def start_agent(home: Path, port: int, env: dict[str, str]) -> subprocess.Popen[
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_http(f"http://127.0.0.1:{port}/api/v1/info")
     return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def extract(ref: str, into: Path) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -24,7 +23,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.overhead import free_port, wait_http  # noqa: E402
+from bench.overhead import free_port, stop, wait_http  # noqa: E402
 from bench.report import update_section  # noqa: E402
 
 PAINTED = re.compile(r"(chat|dashboard) window painted at ([0-9.]+)")
@@ -36,15 +35,6 @@ def start_agent(home: Path, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_http(f"http://127.0.0.1:{port}/api/v1/info")
     return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def painted_at(log: Path, window: str, after_line: int, deadline_s: float) -> float:

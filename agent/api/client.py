@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -21,6 +20,7 @@ import httpx
 from agent.api.sse import StreamError, stream_chat
 from agent.discovery import local_agent_url
 from agent.errors import AgentApiError, AgentUnreachable, AuthError
+from agent.identity import read_token_file
 
 if TYPE_CHECKING:
     from agent.api.schemas import (
@@ -38,14 +38,6 @@ if TYPE_CHECKING:
     from agent.settings import Settings
 
 
-def _read_token_file(path: Path) -> str | None:
-    """`agent.identity.read_token_file`, without importing the ledger (sqlite_utils, numpy) it pulls in."""
-    try:
-        return path.read_text(encoding="utf-8").strip() or None
-    except (FileNotFoundError, UnicodeDecodeError):
-        return None
-
-
 class AgentClient:
     def __init__(self, base_url: str, token: str | None, timeout_s: float = 10.0) -> None:
         self.base_url = base_url
@@ -54,7 +46,7 @@ class AgentClient:
 
     @classmethod
     def from_settings(cls, settings: Settings, token: str | None = None) -> AgentClient:
-        token = token or os.environ.get("AIFINOPS_TOKEN") or _read_token_file(settings.paths.token_file)
+        token = token or os.environ.get("AIFINOPS_TOKEN") or read_token_file(settings.paths.token_file)
         return cls(local_agent_url(settings), token)
 
     def _auth(self) -> dict[str, str]:
