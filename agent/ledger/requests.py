@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 from agent.ledger.database import Database
@@ -90,7 +90,12 @@ class SpendRow:
 
 _COLUMNS = tuple(RequestRecord.__dataclass_fields__)
 # SQL text below is built only from the fixed column names above, never from input.
-_INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + c for c in _COLUMNS)})"  # noqa: S608
+_INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"  # noqa: S608
+
+
+def _values(record: RequestRecord) -> tuple[object, ...]:
+    """The row's values in column order (``dataclasses.asdict`` deep-copies: 20x the time)."""
+    return tuple(getattr(record, column) for column in _COLUMNS)
 
 
 class RequestLog:
@@ -100,12 +105,12 @@ class RequestLog:
     def record(self, record: RequestRecord) -> None:
         """Insert one row, atomically."""
         with self._db.transaction() as conn:
-            conn.execute(_INSERT, asdict(record))
+            conn.execute(_INSERT, _values(record))
 
     def record_many(self, records: Iterable[RequestRecord]) -> None:
         """Insert rows in one transaction (imports, history replays): all or none."""
         with self._db.transaction() as conn:
-            conn.executemany(_INSERT, (asdict(r) for r in records))
+            conn.executemany(_INSERT, (_values(r) for r in records))
 
     def summary(
         self, since_day: str, user_id: int | None = None, dimensions: tuple[SpendDimension, ...] = ()

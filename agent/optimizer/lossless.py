@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from agent.optimizer.markdown import PLACEHOLDER_CHARS, rewrite_prose
+from agent.optimizer.markdown import PLACEHOLDER_CHARS, rewrite_prose, rewrite_prose_steps
 from agent.pricing.tokens import count_text_tokens
 from agent.providers.base import Message
 
@@ -30,12 +30,16 @@ _BLOCK_TAGS = "p|div|br|li|ul|ol|tr|table|thead|tbody|tfoot|blockquote|hr|sectio
 _INLINE_TAGS = "a|b|i|u|s|em|strong|span|font|small|big|sup|sub|mark|abbr|center|td|th|label|strike|del|ins|img"
 _TAG = re.compile(rf"</?(?:({_BLOCK_TAGS})|(?:{_INLINE_TAGS}))\b[^<>{_P}]*?/?>", re.IGNORECASE)
 _COMMENT = re.compile(rf"<!--[^{_P}]*?-->")
-_BOLD = re.compile(r"(?<![\w*\\])\*\*(?=[^\s*])([^\n]*?[^\s*\\])\*\*(?![\w*])")
+# Each pattern below starts with a literal or a character class, so that the regex engine skips
+# ahead to where a match can start (a leading lookbehind made it try every position: 2-5x slower
+# over a long prompt). tests/unit/test_optimizer.py holds the plain forms they must agree with.
+_BOLD = re.compile(r"\*\*(?<![\w*\\]\*\*)(?=[^\s*])([^\n]*?[^\s*\\])\*\*(?![\w*])")
 _RULE = re.compile(r"^[^\S\n]*([-*_])(?:[^\S\n]*\1){2,}[^\S\n]*$", re.MULTILINE)
 _DECORATION_RUN = re.compile(r"([-=_*~+.])\1{3,}")
-_SPACE_RUN = re.compile(r"(?<=\S)[^\S\n]{2,}|(?<=\S)[^\S\n ]")
-_TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
-_BLANK_LINES = re.compile(r"\n{3,}")
+# A run of two or more spaces or tabs, or one whitespace other than a space (a tab, NBSP, ...).
+_SPACE_RUN = re.compile(r"[^\S\n](?:(?<= )[^\S\n]+|(?<! )[^\S\n]*)")
+_TRAILING_SPACE = re.compile(r"[^\S\n][^\S\n]*$", re.MULTILINE)
+_BLANK_LINES = re.compile(r"\n\n\n+")
 _NUMBERISH = frozenset("0123456789.,")
 _BLANK_RUN = re.compile(r"\n(?:[^\S\n]*\n)+")
 
@@ -45,17 +49,43 @@ _BLANK_RUN = re.compile(r"\n(?:[^\S\n]*\n)+")
 
 def normalise(text: str) -> str:
     """Whitespace and markup normalisation of one message; code and digits come back as they were."""
-    for _ in range(4):  # a pass can expose new markup (e.g. a tag hid a rule): run to a fixpoint
-        again = rewrite_prose(text, _normalise_prose)
-        if again == text:
-            break
-        text = again
-    return text
+    return normalise_steps(text)[1]
 
 
 def normalise_markup(text: str) -> str:
     """Only the markup part of `normalise` (the optimiser reports the two steps apart)."""
+    if not _may_change(text, whitespace=False):
+        return text
     return rewrite_prose(text, _strip_markup)
+
+
+def normalise_steps(text: str) -> tuple[str, str]:
+    """``(normalise_markup(text), normalise(text))``, the code set aside once for both."""
+    if not _may_change(text, whitespace=True):
+        return text, text
+    markup, whole = rewrite_prose_steps(text, (_strip_markup, _normalise_whitespace))
+    for _ in range(3):  # a pass can expose new markup (e.g. a tag hid a rule): run to a fixpoint
+        if whole == text or not _may_change(whole, whitespace=True):
+            break
+        text, whole = whole, rewrite_prose(whole, _normalise_prose)
+    return markup, whole
+
+
+def _may_change(text: str, *, whitespace: bool) -> bool:
+    """Whether a step could rewrite anything in ``text``: most short prompts ("hi") have nothing
+    to normalise, and this costs a few searches of the text instead of finding its code first.
+
+    Searching the whole text finds every match the steps could find in its prose: the prose is the
+    text with code replaced by placeholders, which no pattern matches across (a placeholder ends
+    where an inline span ends, on a backtick or ``>``, never on whitespace).
+    """
+    if "<" in text or "**" in text or _RULE.search(text) or _DECORATION_RUN.search(text):
+        return True
+    if not whitespace:
+        return False
+    if "\r" in text or text[:1].isspace() or text[-1:].isspace():
+        return True
+    return bool(_SPACE_RUN.search(text) or _TRAILING_SPACE.search(text) or _BLANK_LINES.search(text))
 
 
 def _normalise_prose(text: str) -> str:
@@ -117,9 +147,15 @@ def _would_join_number(left: str, right: str) -> bool:
 def _normalise_whitespace(text: str) -> str:
     text = text.replace("\r\n", "\n")
     text = _TRAILING_SPACE.sub("", text)
-    text = _SPACE_RUN.sub(" ", text)
+    text = _SPACE_RUN.sub(_one_space, text)
     text = _BLANK_LINES.sub("\n\n", text)
     return text.strip()
+
+
+def _one_space(match: re.Match[str]) -> str:
+    """A run after a word becomes one space; indentation (a run after a newline) stays."""
+    start = match.start()
+    return " " if start > 0 and not match.string[start - 1].isspace() else match.group(0)
 
 
 # -- repeated blocks --------------------------------------------------------------------------
@@ -160,7 +196,7 @@ def split_blocks(text: str) -> list[str]:
     Joining the pieces gives `text` back.
     """
     marker = "\ue002"
-    if marker in text:
+    if marker in text or not _BLANK_RUN.search(text):
         return [text]
     marked = rewrite_prose(text, lambda prose: _BLANK_RUN.sub(lambda m: f"{marker}{m.group(0)}{marker}", prose))
     return marked.split(marker)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agent.textmemo import TextMemo
@@ -102,7 +102,7 @@ def _inline_spans(text: str, start: int, end: int) -> list[Span]:
     N. The runs are listed once and indexed by width, so each opener finds its closer by bisection:
     searching the lazy per-character pattern afresh after every span made a 10k-token prompt full
     of backticks cost 22 ms, and 100k tokens much more."""
-    runs = [(m.start(), m.end()) for m in _TICKS.finditer(text, start, end)]
+    runs = [m.span() for m in _TICKS.finditer(text, start, end)]
     by_width: dict[int, list[int]] = {}
     for run_start, run_end in runs:
         by_width.setdefault(run_end - run_start, []).append(run_start)
@@ -117,11 +117,12 @@ def _inline_spans(text: str, start: int, end: int) -> list[Span]:
             html = _HTML_CODE.search(text, pos, end)
         if ticks is None or ticks.start < pos:
             ticks, run = _next_backtick_code(text, runs, run, pos, by_width, blanks)
-        found = [Span(html.start(), html.end())] if html is not None else []
-        found += [ticks] if ticks is not None else []
-        if not found:
+        if html is not None and (ticks is None or html.start() <= ticks.start):  # a tie: HTML, as the regexes did
+            first = Span(html.start(), html.end())
+        elif ticks is not None:
+            first = ticks
+        else:
             break
-        first = min(found, key=lambda span: span.start)  # a tie: the HTML element, as the regexes did
         spans.append(first)
         pos = first.end
     return spans
@@ -164,8 +165,14 @@ def rewrite_prose(text: str, rewrite: Callable[[str], str]) -> str:
     `rewrite` sees the prose with each code span replaced by a placeholder it must leave whole.
     Text that already holds the placeholder characters is returned as it is.
     """
+    return rewrite_prose_steps(text, (rewrite,))[0]
+
+
+def rewrite_prose_steps(text: str, rewrites: Sequence[Callable[[str], str]]) -> list[str]:
+    """`rewrite_prose` with the rewrites applied one after another to the same prose: the text
+    after each (the code found and set aside once for all of them)."""
     if _OPEN in text or _CLOSE in text:
-        return text
+        return [text] * len(rewrites)
     spans = code_spans(text)
     pieces: list[str] = []
     cursor = 0
@@ -174,8 +181,13 @@ def rewrite_prose(text: str, rewrite: Callable[[str], str]) -> str:
         pieces.append(f"{_OPEN}{number}{_CLOSE}")
         cursor = span.end
     pieces.append(text[cursor:])
-    rewritten = rewrite("".join(pieces))
-    if [int(n) for n in _PLACEHOLDER.findall(rewritten)] != list(range(len(spans))):
-        return text  # a rewrite broke a placeholder: keep the text rather than risk the code
+    prose = "".join(pieces)
     codes = [text[s.start : s.end] for s in spans]
-    return _PLACEHOLDER.sub(lambda m: codes[int(m.group(1))], rewritten)
+    out: list[str] = []
+    for rewrite in rewrites:
+        prose = rewrite(prose)
+        if [int(n) for n in _PLACEHOLDER.findall(prose)] != list(range(len(spans))):
+            out.append(text)  # a rewrite broke a placeholder: keep the text rather than risk the code
+        else:
+            out.append(_PLACEHOLDER.sub(lambda m: codes[int(m.group(1))], prose) if codes else prose)
+    return out

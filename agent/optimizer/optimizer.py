@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from agent.errors import ConfigError
 from agent.models.store import ModelStore
-from agent.optimizer.lossless import normalise, normalise_markup, trim_turns
+from agent.optimizer.lossless import normalise_steps, trim_turns
 from agent.optimizer.lossy import LossyCompressor, SurprisalScorer
 from agent.pricing.tokens import count_message_tokens
 from agent.providers.base import Message
@@ -35,7 +35,7 @@ def _normalised(content: str) -> tuple[str, str]:
     """``content`` with its markup normalised, and with markup and whitespace normalised."""
     done = _NORMALISED.get(content)
     if done is None:
-        done = (normalise_markup(content), normalise(content))
+        done = normalise_steps(content)
         _NORMALISED.put(content, done)
     return done
 
@@ -62,6 +62,11 @@ class PromptOptimizer:
         self._store = store
         self._compressor: LossyCompressor | None = None
         self._lock = threading.Lock()
+
+    @property
+    def runs_model(self) -> bool:
+        """Whether `optimize` may run the local scoring model (lossy on): call it off the event loop."""
+        return self.settings.enabled and self.settings.lossy
 
     def optimize(
         self, messages: tuple[Message, ...], budget_tokens: int | None = None, *, lossy: bool = True

@@ -9,17 +9,19 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agent.errors import ConfigError
-from agent.optimizer import PromptOptimizer
+from agent.optimizer import PromptOptimizer, lossless
 from agent.optimizer.lossless import (
     MIN_REPEATED_BLOCK_TOKENS,
     REPEATED_BLOCK,
     message_tokens,
     normalise,
+    normalise_steps,
     remove_repeated_blocks,
     split_blocks,
     trim_turns,
 )
 from agent.optimizer.lossy import LossyCompressor, SurprisalScorer, TokenSurprisal, protected_terms, select_words
+from agent.optimizer.markdown import rewrite_prose
 from agent.pricing.tokens import count_message_tokens, count_text_tokens
 from agent.providers.base import Message
 from agent.settings import OptimizerSection
@@ -89,6 +91,47 @@ def test_normalise_never_changes_a_code_block(before: str, code: str, between: s
     out = normalise(text)
     assert fenced in out
     assert f"`{inline}`" in out
+
+
+# The plain forms of the patterns agent.optimizer.lossless rewrites to start with a literal or a
+# class (the engine then skips ahead to where a match can start).
+_PLAIN_BOLD = re.compile(r"(?<![\w*\\])\*\*(?=[^\s*])([^\n]*?[^\s*\\])\*\*(?![\w*])")
+_PLAIN_SPACE_RUN = re.compile(r"(?<=\S)[^\S\n]{2,}|(?<=\S)[^\S\n ]")
+_PLAIN_TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
+_PLAIN_BLANK_LINES = re.compile(r"\n{3,}")
+_SPACING = st.lists(
+    st.sampled_from(["a", "b9", "*", "**", "\\", " ", "  ", "\t", "\xa0", "\u2003", "\n", "\n\n\n", "\r\n", "_", "-"]),
+    max_size=40,
+).map("".join)
+
+
+@settings(max_examples=500)
+@given(_SPACING)
+@example("a  \t b\n   c\t\n\u2003d **x** \\**y** ** z**")
+def test_the_fast_patterns_rewrite_exactly_as_their_plain_forms(text: str) -> None:
+    assert [m.span(1) for m in lossless._BOLD.finditer(text)] == [m.span(1) for m in _PLAIN_BOLD.finditer(text)]
+    assert lossless._SPACE_RUN.sub(lossless._one_space, text) == _PLAIN_SPACE_RUN.sub(" ", text)
+    assert lossless._TRAILING_SPACE.sub("", text) == _PLAIN_TRAILING_SPACE.sub("", text)
+    assert lossless._BLANK_LINES.sub("\n\n", text) == _PLAIN_BLANK_LINES.sub("\n\n", text)
+
+
+def _all_passes(text: str) -> str:
+    """`normalise` by its definition: every pass over the prose, to a fixpoint, no shortcut."""
+    for _ in range(4):
+        again = rewrite_prose(text, lossless._normalise_prose)
+        if again == text:
+            break
+        text = again
+    return text
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(PROSE, _SPACING, st.text(max_size=40)))
+@example("hi")
+@example("`a  b`")
+@example("x\n\n    indented  code")
+def test_normalise_skips_work_only_where_no_pass_would_change_anything(text: str) -> None:
+    assert normalise_steps(text) == (rewrite_prose(text, lossless._strip_markup), _all_passes(text))
 
 
 # -- repeated blocks --------------------------------------------------------------------------
