@@ -36,6 +36,8 @@ def _uvicorn_config(services: Services) -> uvicorn.Config:
         lifespan="on",
         access_log=False,
         log_config=None,
+        # Clients reach the agent directly, never through a proxy: no X-Forwarded-For is believed.
+        proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(agent.shutdown_grace_s),
         ssl_certfile=agent.tls_certfile or None,
         ssl_keyfile=agent.tls_keyfile or None,

@@ -7,6 +7,7 @@ record.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -39,12 +40,18 @@ def statements(script: str) -> list[str]:
     return found
 
 
+_BACKSTOP_CHECKPOINT_PAGES = 10_000
+_READ = re.compile(r"\s*(?:SELECT|WITH|PRAGMA)\b", re.IGNORECASE)
+
+
 class Database:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self._db = sqlite_utils.Database(conn)
         self._lock = threading.Lock()
         self.path = path
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._checkpoint_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: Path) -> Database:
@@ -90,9 +97,37 @@ class Database:
                 raise
 
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        """The rows of one read (SELECT, WITH or PRAGMA) as dicts.
+
+        Straight on the connection: sqlite_utils' ``query`` wraps each read in a savepoint (three
+        statements; a request's token check and preference read took ~60 us that way)."""
+        if not _READ.match(sql):
+            raise ValueError(f"query() runs reads only, not {sql.split(None, 1)[0]!r}: use transaction()")
         with self._lock:
-            return list(self._db.query(sql, params))
+            cursor = self._conn.execute(sql, params)
+            keys = [d[0] for d in cursor.description or ()]
+            return [dict(zip(keys, row, strict=True)) for row in cursor]
+
+    def checkpoint_in_background(self) -> None:
+        """From now on `checkpoint` (a scheduler job) copies the WAL into the ledger file, not the
+        request that happens to cross SQLite's 1000-page mark: that one waited for two fsyncs
+        (3.5 ms, about one request in a hundred). The writer still checkpoints by itself should the
+        WAL reach 10x that (the background job stopped or fell behind)."""
+        with self._lock:
+            self._conn.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_CHECKPOINT_PAGES}")
+
+    def checkpoint(self) -> None:
+        """Copy what the WAL holds into the ledger file, on a connection of its own: PASSIVE, so
+        it neither waits for nor blocks the writer."""
+        with self._checkpoint_lock:
+            if self._checkpoint_conn is None:
+                self._checkpoint_conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def close(self) -> None:
+        with self._checkpoint_lock:
+            if self._checkpoint_conn is not None:
+                self._checkpoint_conn.close()
+                self._checkpoint_conn = None
         with self._lock:
-            self._conn.close()
+            self._conn.close()  # the last connection: SQLite checkpoints and removes the WAL

@@ -189,6 +189,43 @@ def test_rows_survive_a_reopen(tmp_path: Path) -> None:
         reopened.close()
 
 
+def test_query_runs_reads_only(db: Database, user_ids: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match="reads only"):
+        db.query("DELETE FROM users")
+    assert [r["name"] for r in db.query("  select name from users order by name")] == ["alice", "bob"]
+    assert db.query("WITH n(x) AS (SELECT 1) SELECT x FROM n") == [{"x": 1}]
+
+
+def _rows_in_the_file_alone(db: Database, tmp_path: Path) -> int:
+    """Request rows the ledger file holds by itself, without its WAL (a copy opened read-only)."""
+    copy = tmp_path / "file-alone.db"
+    copy.write_bytes(db.path.read_bytes())
+    conn = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_checkpoints_move_off_the_write_path_and_copy_the_wal_into_the_file(tmp_path: Path) -> None:
+    db = Database.open(tmp_path / "ledger.db")
+    try:
+        user = UserStore(db).add("alice", "sales", "user", "h")
+        log = RequestLog(db)
+        db.checkpoint()  # the schema and the user, in the file
+        db.checkpoint_in_background()
+        for n in range(400):  # well past SQLite's own 1000-page mark (7 indexes a row)
+            log.record(record(user, n))
+        assert _rows_in_the_file_alone(db, tmp_path) == 0  # no request's commit checkpointed
+        db.checkpoint()
+        assert _rows_in_the_file_alone(db, tmp_path) == 400
+        log.record(record(user, 400))  # the writer goes on after a checkpoint
+        assert row_count(db) == 401
+    finally:
+        db.close()
+    assert not db.path.with_name("ledger.db-wal").exists()  # the last close checkpointed the rest
+
+
 # -- spend reports -------------------------------------------------------------------------
 
 _COLUMN = {
