@@ -4,7 +4,8 @@ a LiteLLM proxy when the `litellm` command is installed; the added p50 and p99 p
 
 Two ways: the same prompt again and again (agent traffic resends its long system prompt and
 history with every call: the agent counts and normalises a text it has seen from memory), and a
-prompt never seen before on every request (a number unique to the request leads the prompt).
+prompt never seen before on every request (every 50th word is a number unique to the request, so
+no part of it was seen before either).
 
 The agent runs as in bench/overhead.py (its own process, cache off, metrics on by default); the
 prompt is varied English-like text (words drawn from this repository's README) of the given o200k
@@ -44,6 +45,13 @@ def prompt_of(tokens: int, rng: random.Random) -> str:
     while len(text) > 1 and count_text_tokens(" ".join(text[:-1])) >= tokens:  # trim to the size
         text.pop()
     return " ".join(text)
+
+
+def unique_throughout(text: str, every: int = 50) -> str:
+    """``text`` with every ``every``-th word a number unique to each request (bench/http_load.py's
+    #SEQ#): no sentence, paragraph or piece of the prompt repeats from one request to the next."""
+    words = text.split(" ")
+    return " ".join("#SEQ#" if i % every == 0 else word for i, word in enumerate(words))
 
 
 def run_load(url: str, token: str, body_file: Path, requests: int) -> dict[str, float]:
@@ -120,7 +128,7 @@ def main() -> None:
                 n = args.requests if size <= 10_000 else max(args.requests // 5, 30)
                 for fresh in (False, True):
                     body_file = tmp / f"body-{size}-{fresh}.json"
-                    content = ("#SEQ# " if fresh else "") + text
+                    content = unique_throughout(text) if fresh else text
                     messages = [{"role": "user", "content": content}]
                     body_file.write_text(json.dumps({"model": "bench-model", "messages": messages, "max_tokens": 16}))
                     for name, url in urls.items():

@@ -19,7 +19,7 @@ _FENCE_OPEN = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
 _INDENTED = re.compile(r"( {4}|\t)")
 _INLINE = re.compile(r"(?<!`)(`+)(?!`)((?:[^\n]|\n(?![^\S\n]*\n))+?)(?<!`)\1(?!`)")
 _HTML_CODE = re.compile(r"<(pre|code)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
-_TICKS = re.compile(r"`+")
+_TICKS = re.compile(r"``*")  # `+, written to start with a literal: the engine then skips to each backtick
 _SPANS: TextMemo[tuple[Span, ...]] = TextMemo()
 _BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
 

@@ -256,3 +256,42 @@ def test_the_tokenizer_is_tiktoken_on_the_shipped_vocabulary() -> None:
     counted = count_text_tokens(long)
     assert counted > 3000 and _COUNTS.get(long) == counted  # remembered: the next ask is a lookup
     assert _COUNTS.get("short text") is None and count_text_tokens("short text") == 2 and _COUNTS.get("short text") is None
+
+
+_SENTENCE_PARTS = st.sampled_from(
+    ["Hello", " world", "Ünïcode", "日本語", "  ", "\n", "\n\n", "123456", " don't", "🎉", "\t", "?!", "/path",
+     " x" * 30, "`code`", " ", "\r\n", "'s", ".", ". ", ".  ", ". /", ".\n", "...", " 42", "NASA", " ½"]
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(_SENTENCE_PARTS, min_size=1, max_size=40).map("".join), min_size=1, max_size=60))
+def test_a_long_text_counted_in_pieces_has_exactly_its_whole_count(sentences: list[str]) -> None:
+    from agent.pricing import tokens
+
+    text = ". ".join(sentences)
+    text = (text * (tokens._PIECES_FROM_CHARS // max(len(text), 1) + 1))[: tokens._PIECES_FROM_CHARS * 2]
+    assert tokens._count_in_pieces(text) == len(tokens._encoding().encode_ordinary(text))
+
+
+def test_an_edited_copy_of_a_long_text_encodes_only_the_pieces_that_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.pricing import tokens
+
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron".split()
+    sentences = [" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) + f" {i}" for i in range(400)]
+    text = ". ".join(sentences)
+    edited = text.replace(sentences[200], sentences[200].upper())
+    encoding = tokens._encoding()
+    encoded: list[int] = []
+
+    class Counting:
+        def encode_ordinary(self, piece: str) -> list[int]:
+            encoded.append(len(piece))
+            return list(encoding.encode_ordinary(piece))
+
+    monkeypatch.setattr(tokens, "_encoding", lambda: Counting())
+    assert count_text_tokens(text) == len(encoding.encode_ordinary(text))
+    assert sum(encoded) == len(text)
+    encoded.clear()
+    assert count_text_tokens(edited) == len(encoding.encode_ordinary(edited))
+    assert 0 < sum(encoded) < len(edited) // 20  # the changed sentence's piece, not the text again
