@@ -98,7 +98,8 @@ class AgentThread:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.services.settings.agent.host}:{self.port}"
+        """Where a client reaches this agent: https when it serves TLS, a wildcard bind as loopback."""
+        return agent_url(self.services.settings.agent, self.port)
 
     def start(self, timeout_s: float = 30.0) -> AgentThread:
         self._thread.start()

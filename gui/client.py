@@ -15,8 +15,10 @@ from typing import Any
 import httpx
 from PySide6.QtCore import QCoreApplication, QObject, QRunnable, QThreadPool, Signal
 
+from agent.api.http_client import open_http_client
 from agent.api.schemas import AIFinOpsInfo, BudgetReport, EventList, Info, ModelList
 from agent.api.sse import StreamError, stream_chat
+from agent.errors import ConfigError
 from gui.errors import AgentError
 from gui.figures import Figures, figures_from_dashboard, figures_from_spend
 
@@ -104,10 +106,12 @@ class AgentClient(QObject):
     def request(self, method: str, path: str, *, json_body: Any = None, timeout_s: float = 10.0, **params: str) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            with httpx.Client(base_url=self.base_url, timeout=timeout_s) as http:
+            with open_http_client(self.base_url, timeout_s) as http:
                 response = http.request(method, path, params=params or None, json=json_body, headers=headers)
         except httpx.HTTPError as e:
             raise AgentError.unreachable(f"{type(e).__name__}: {e}") from e
+        except ConfigError as e:  # a trust store that cannot be read
+            raise AgentError.unreachable(e.message) from e
         if response.status_code >= 400:
             raise AgentError.from_body(
                 response.status_code, _json_or_none(response), response.headers.get("retry-after")
@@ -155,12 +159,14 @@ class AgentClient(QObject):
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         timeout = httpx.Timeout(10.0, read=300.0)
         try:
-            with httpx.Client(base_url=self.base_url, timeout=timeout) as http:
+            with open_http_client(self.base_url, timeout) as http:
                 return stream_chat(http, body, lambda text: _emit(reply.delta, text), headers=headers, timeout=timeout)
         except StreamError as e:
             raise AgentError.from_body(e.status, e.body, e.retry_after) from e
         except httpx.HTTPError as e:
             raise AgentError.unreachable(f"{type(e).__name__}: {e}") from e
+        except ConfigError as e:  # a trust store that cannot be read
+            raise AgentError.unreachable(e.message) from e
 
     # -- asynchronous calls, for the UI thread -----------------------------------------------
     def call(self, work: Callable[[], Any], reply: Reply | None = None) -> Reply:

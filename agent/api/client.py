@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
+from agent.api.http_client import open_http_client
 from agent.api.sse import StreamError, stream_chat
 from agent.discovery import local_agent_url
 from agent.errors import AgentApiError, AgentUnreachable, AuthError
@@ -42,7 +43,7 @@ class AgentClient:
     def __init__(self, base_url: str, token: str | None, timeout_s: float = 10.0) -> None:
         self.base_url = base_url
         self.token = token
-        self._http = httpx.Client(base_url=base_url, timeout=timeout_s)
+        self._http = open_http_client(base_url, timeout_s)
 
     @classmethod
     def from_settings(cls, settings: Settings, token: str | None = None) -> AgentClient:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import PolicyError
+from agent.files import fsync_dir, write_atomic
 from agent.policy.model import Policy, parse_policy
 from agent.policy.signing import sign
 from agent.policy.sync import POLICY_FILE, POLICY_FOLDER, SIGNATURE_FILE
@@ -37,7 +38,7 @@ def sign_file(policy_file: Path, key_file: Path) -> Signed:
 
 def write_signature(policy_file: Path, signed: Signed) -> Path:
     target = policy_file.with_name(policy_file.name + ".sig")
-    _replace_atomically(target, signed.signature)
+    write_atomic(target, signed.signature, mode=0o644)  # agents on other machines read it
     return target
 
 
@@ -60,7 +61,7 @@ def publish(signed: Signed, share_dir: Path, *, allow_older: bool = False) -> Pa
     tmp_sig = _write_temp(folder, SIGNATURE_FILE, signed.signature)
     os.replace(tmp_toml, folder / POLICY_FILE)
     os.replace(tmp_sig, folder / SIGNATURE_FILE)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return folder
 
 
@@ -80,6 +81,8 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def _write_temp(folder: Path, name: str, data: bytes) -> Path:
+    """``data`` in a new temp file beside ``name``, on disk: the policy and its signature are both
+    written before either is renamed into place (agent.files.write_atomic does one file)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -92,19 +95,3 @@ def _write_temp(folder: Path, name: str, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return Path(tmp)
-
-
-def _replace_atomically(target: Path, data: bytes) -> None:
-    os.replace(_write_temp(target.parent, target.name, data), target)
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name == "nt":
-        return  # Windows cannot open a folder for fsync; the rename is already durable enough there
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        with contextlib.suppress(OSError):  # some network filesystems refuse fsync on folders
-            os.fsync(fd)
-    finally:
-        os.close(fd)

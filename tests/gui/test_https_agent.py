@@ -19,6 +19,7 @@ from agent.paths import Paths
 from agent.settings import load_settings
 from gui.client import AgentClient as TrayClient
 from gui.client import StreamReply
+from gui.errors import AgentError
 from gui.supervisor import Supervisor, discovered_url
 from tests.conftest import RunningAgent
 from tests.support.tls import make_certs
@@ -48,6 +49,7 @@ def aifinops(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 def test_the_command_line_reaches_a_tls_agent_over_https(https_agent: RunningAgent, tmp_path: Path) -> None:
     url = f"https://127.0.0.1:{https_agent.thread.port}"
+    assert https_agent.thread.base_url == url  # what the tests' own clients are given
     client = CliClient.from_settings(load_settings())
     try:
         assert client.base_url == url
@@ -92,3 +94,10 @@ def test_the_tray_finds_a_tls_agent_and_chats_over_https(
     assert "".join(deltas).strip()
     [row] = https_agent.rows()
     assert (row.id, row.stream) == (info.request_id, True)
+
+
+def test_the_tray_names_a_trust_store_it_cannot_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "gone.pem"))
+    with pytest.raises(AgentError, match=r"gone\.pem") as caught:
+        TrayClient("https://127.0.0.1:1", "token").request("GET", "/api/v1/me")
+    assert caught.value.status == 0 and caught.value.type == "unreachable"
