@@ -36,9 +36,9 @@ _COMMENT = re.compile(rf"<!--[^{_P}]*?-->")
 _BOLD = re.compile(r"\*\*(?<![\w*\\]\*\*)(?=[^\s*])([^\n]*?[^\s*\\])\*\*(?![\w*])")
 _RULE = re.compile(r"^[^\S\n]*([-*_])(?:[^\S\n]*\1){2,}[^\S\n]*$", re.MULTILINE)
 _DECORATION_RUN = re.compile(r"([-=_*~+.])\1{3,}")
-# A run of two or more spaces or tabs, or one whitespace other than a space (a tab, NBSP, ...).
-_SPACE_RUN = re.compile(r"[^\S\n](?:(?<= )[^\S\n]+|(?<! )[^\S\n]*)")
-_TRAILING_SPACE = re.compile(r"[^\S\n][^\S\n]*$", re.MULTILINE)
+# A run of two or more spaces or tabs, one whitespace other than a space (a tab, NBSP, ...), or a
+# space at the end of a line: what `_space_run` shortens or removes, in one pass over the text.
+_SPACE_RUN = re.compile(r"[^\S\n](?:(?<= )(?:[^\S\n]+|(?=\n)|\Z)|(?<! )[^\S\n]*)")
 _BLANK_LINES = re.compile(r"\n\n\n+")
 _NUMBERISH = frozenset("0123456789.,")
 _BLANK_RUN = re.compile(r"\n(?:[^\S\n]*\n)+")
@@ -85,7 +85,7 @@ def _may_change(text: str, *, whitespace: bool) -> bool:
         return False
     if "\r" in text or text[:1].isspace() or text[-1:].isspace():
         return True
-    return bool(_SPACE_RUN.search(text) or _TRAILING_SPACE.search(text) or _BLANK_LINES.search(text))
+    return bool(_SPACE_RUN.search(text) or _BLANK_LINES.search(text))
 
 
 def _normalise_prose(text: str) -> str:
@@ -146,16 +146,17 @@ def _would_join_number(left: str, right: str) -> bool:
 
 def _normalise_whitespace(text: str) -> str:
     text = text.replace("\r\n", "\n")
-    text = _TRAILING_SPACE.sub("", text)
-    text = _SPACE_RUN.sub(_one_space, text)
+    text = _SPACE_RUN.sub(_space_run, text)
     text = _BLANK_LINES.sub("\n\n", text)
     return text.strip()
 
 
-def _one_space(match: re.Match[str]) -> str:
-    """A run after a word becomes one space; indentation (a run after a newline) stays."""
-    start = match.start()
-    return " " if start > 0 and not match.string[start - 1].isspace() else match.group(0)
+def _space_run(match: re.Match[str]) -> str:
+    """A run at the end of a line goes; one after a word becomes a space; indentation stays."""
+    start, end, text = match.start(), match.end(), match.string
+    if end == len(text) or text[end] == "\n":
+        return ""
+    return " " if start > 0 and not text[start - 1].isspace() else match.group(0)
 
 
 # -- repeated blocks --------------------------------------------------------------------------
