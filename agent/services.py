@@ -65,7 +65,6 @@ log = logging.getLogger(__name__)
 
 _FIRST_PUBLISH_DELAY_S = 5.0
 _FORECAST_EVERY_S = 600.0  # how often budget forecasts are checked for a coming breach
-_CHECKPOINT_EVERY_S = 1.0  # the ledger WAL copied into its file (agent.ledger.database)
 _FIRST_FORECAST_DELAY_S = 60.0
 
 
@@ -237,10 +236,7 @@ class Services:
         if self.runaway is not None:
             self.scheduler.add_job(self._logged(self.runaway.refresh, "learning the runaway baselines"), "interval",
                                    seconds=3600, id="runaway-baselines", next_run_time=datetime.now(UTC))  # fmt: skip
-        # The ledger's WAL is copied into its file every second here, not by a request's commit.
-        self.scheduler.add_job(self._logged(self.db.checkpoint, "checkpointing the ledger"), "interval",
-                               seconds=_CHECKPOINT_EVERY_S, id="ledger-checkpoint")  # fmt: skip
-        self.db.checkpoint_in_background()
+        self.db.checkpoint_in_background()  # the WAL copied into the ledger file by a thread, not a request
         self.scheduler.start()
         if self.outbox is not None:  # alerts still pending from before a restart go out now
             self.outbox.start()

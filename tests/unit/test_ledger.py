@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,23 +208,26 @@ def _rows_in_the_file_alone(db: Database, tmp_path: Path) -> int:
         conn.close()
 
 
-def test_checkpoints_move_off_the_write_path_and_copy_the_wal_into_the_file(tmp_path: Path) -> None:
+def test_checkpoints_move_off_the_write_path_to_a_thread_woken_by_commits(tmp_path: Path) -> None:
     db = Database.open(tmp_path / "ledger.db")
     try:
         user = UserStore(db).add("alice", "sales", "user", "h")
         log = RequestLog(db)
         db.checkpoint()  # the schema and the user, in the file
-        db.checkpoint_in_background()
-        for n in range(400):  # well past SQLite's own 1000-page mark (7 indexes a row)
+        db.checkpoint_in_background(every_commits=100, idle_s=3600)
+        for n in range(99):
             log.record(record(user, n))
         assert _rows_in_the_file_alone(db, tmp_path) == 0  # no request's commit checkpointed
-        db.checkpoint()
-        assert _rows_in_the_file_alone(db, tmp_path) == 400
-        log.record(record(user, 400))  # the writer goes on after a checkpoint
-        assert row_count(db) == 401
+        log.record(record(user, 99))  # the hundredth commit wakes the thread
+        deadline = time.monotonic() + 60
+        while _rows_in_the_file_alone(db, tmp_path) < 100 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _rows_in_the_file_alone(db, tmp_path) == 100
+        log.record(record(user, 100))  # the writer goes on after a checkpoint
+        assert row_count(db) == 101
     finally:
         db.close()
-    assert not db.path.with_name("ledger.db-wal").exists()  # the last close checkpointed the rest
+    assert not db.path.with_name("ledger.db-wal").exists()  # the thread stopped; the last close checkpointed
 
 
 # -- spend reports -------------------------------------------------------------------------
