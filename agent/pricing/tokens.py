@@ -91,10 +91,10 @@ def _encode_count(text: str) -> int:
 #
 # Pieces end after a ". ", before its space: o200k's pre-tokeniser never joins a non-space and a
 # space that follows it into one piece, and a piece starting at that space does not depend on what
-# came before, so the pieces' counts add up to the text's (tests/unit/test_tokens.py checks this on
-# random texts). Which ". " ends a piece depends on the sentence before it only (its hash), so the
-# same sentences are cut the same way wherever they sit: about every other one, a few hundred
-# characters of prose a piece (finer pieces cost more calls than they save).
+# came before, so the pieces' counts add up to the text's (tests/unit/test_money_and_prices.py
+# checks this on random texts). Which ". " ends a piece depends on the sentence before it only (its
+# hash), so the same sentences are cut the same way wherever they sit: about every other one, a few
+# hundred characters of prose a piece (finer pieces cost more calls than they save).
 _PIECES_FROM_CHARS = 8_000
 _MIN_SENTENCE_CHARS = 64
 _PIECE_COUNTS: TextMemo[int] = TextMemo(min_chars=_MIN_SENTENCE_CHARS)
