@@ -172,7 +172,10 @@ def report(rows: list[tuple[int, int, bool, dict[str, dict[str, float]]]], args:
     )
     body = (
         "Sequential requests (concurrency 1), non-streamed, `max_tokens` 16, cache off, metrics on (the "
-        "default); the upstream is the scripted one of bench/overhead.py in its own process.\n\n"
+        "default); the upstream is the scripted one of bench/overhead.py in its own process. \"The same "
+        "again\" sends one prompt every time, as agent traffic resends its system prompt and history; \"new "
+        "each time\" makes every 50th word a number unique to the request, so no sentence of it was seen "
+        "before.\n\n"
         + "\n".join(table)
         + litellm_note
     )
