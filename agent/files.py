@@ -17,9 +17,24 @@ def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
     """``data`` at ``path``, complete or not at all (an existing file is replaced whole).
 
     ``mode``: the file's permissions from the instant it exists (0o600: its owner's only), whatever
-    the umask; without it, the default (0o666 less the umask). The temp file has a name of its own,
-    created exclusively, so two writers of one path never share one (the last rename wins), and a
-    file planted at a temp name is never written to."""
+    the umask; without it, the default (0o666 less the umask)."""
+    temp = write_synced_temp(path, data, mode=mode)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def write_synced_temp(path: Path, data: bytes, *, mode: int | None = None) -> Path:
+    """``data`` in a new temp file beside ``path``, on disk: the caller renames or links it into
+    place (`write_atomic` does one file; a policy and its signature are both written first).
+
+    The temp file has a name of its own, created exclusively, so two writers of one path never
+    share one, and a file planted at a temp name is never written to. Nothing is left behind when
+    writing fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
@@ -31,12 +46,11 @@ def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
-    fsync_dir(path.parent)
+    return temp
 
 
 def fsync_dir(folder: Path) -> None:

@@ -103,15 +103,19 @@ class AgentClient(QObject):
             self._base_url = base_url.rstrip("/")
 
     # -- blocking calls, for worker threads only --------------------------------------------
+    def _http(self, timeout: float | httpx.Timeout) -> httpx.Client:
+        try:
+            return open_http_client(self.base_url, timeout)
+        except ConfigError as e:  # a trust store that cannot be read: the agent cannot be reached
+            raise AgentError.unreachable(e.message) from e
+
     def request(self, method: str, path: str, *, json_body: Any = None, timeout_s: float = 10.0, **params: str) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            with open_http_client(self.base_url, timeout_s) as http:
+            with self._http(timeout_s) as http:
                 response = http.request(method, path, params=params or None, json=json_body, headers=headers)
         except httpx.HTTPError as e:
             raise AgentError.unreachable(f"{type(e).__name__}: {e}") from e
-        except ConfigError as e:  # a trust store that cannot be read
-            raise AgentError.unreachable(e.message) from e
         if response.status_code >= 400:
             raise AgentError.from_body(
                 response.status_code, _json_or_none(response), response.headers.get("retry-after")
@@ -159,14 +163,12 @@ class AgentClient(QObject):
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         timeout = httpx.Timeout(10.0, read=300.0)
         try:
-            with open_http_client(self.base_url, timeout) as http:
+            with self._http(timeout) as http:
                 return stream_chat(http, body, lambda text: _emit(reply.delta, text), headers=headers, timeout=timeout)
         except StreamError as e:
             raise AgentError.from_body(e.status, e.body, e.retry_after) from e
         except httpx.HTTPError as e:
             raise AgentError.unreachable(f"{type(e).__name__}: {e}") from e
-        except ConfigError as e:  # a trust store that cannot be read
-            raise AgentError.unreachable(e.message) from e
 
     # -- asynchronous calls, for the UI thread -----------------------------------------------
     def call(self, work: Callable[[], Any], reply: Reply | None = None) -> Reply:

@@ -22,10 +22,10 @@ import hashlib
 import json
 import os
 import socket
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.files import write_synced_temp
 from agent.ledger.database import utc_now_iso
 
 ALERTS = "_alerts"  # under <share>/fleet/; readers of host folders skip names starting with "_"
@@ -70,11 +70,7 @@ class FleetClaims:
 
     def _create(self, path: Path, data: bytes) -> bool:
         """``data`` at ``path`` if nothing is there yet: True when this call made it."""
-        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        with open(temp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+        temp = write_synced_temp(path, data)
         try:
             os.link(temp, path)
             return True

@@ -52,26 +52,20 @@ def normalise(text: str) -> str:
     return normalise_steps(text)[1]
 
 
-def normalise_markup(text: str) -> str:
-    """Only the markup part of `normalise` (the optimiser reports the two steps apart)."""
-    if not _may_change(text, whitespace=False):
-        return text
-    return rewrite_prose(text, _strip_markup)
-
-
 def normalise_steps(text: str) -> tuple[str, str]:
-    """``(normalise_markup(text), normalise(text))``, the code set aside once for both."""
-    if not _may_change(text, whitespace=True):
+    """``text`` with its markup normalised, and with markup and whitespace (`normalise`): the
+    optimiser reports the two steps apart. The code is set aside once for both."""
+    if not _may_change(text):
         return text, text
     markup, whole = rewrite_prose_steps(text, (_strip_markup, _normalise_whitespace))
     for _ in range(3):  # a pass can expose new markup (e.g. a tag hid a rule): run to a fixpoint
-        if whole == text or not _may_change(whole, whitespace=True):
+        if whole == text or not _may_change(whole):
             break
         text, whole = whole, rewrite_prose(whole, _normalise_prose)
     return markup, whole
 
 
-def _may_change(text: str, *, whitespace: bool) -> bool:
+def _may_change(text: str) -> bool:
     """Whether a step could rewrite anything in ``text``: most short prompts ("hi") have nothing
     to normalise, and this costs a few searches of the text instead of finding its code first.
 
@@ -81,8 +75,6 @@ def _may_change(text: str, *, whitespace: bool) -> bool:
     """
     if "<" in text or "**" in text or _RULE.search(text) or _DECORATION_RUN.search(text):
         return True
-    if not whitespace:
-        return False
     if "\r" in text or text[:1].isspace() or text[-1:].isspace():
         return True
     return bool(_SPACE_RUN.search(text) or _BLANK_LINES.search(text))

@@ -9,14 +9,12 @@ reads again a second later (and on its next sync).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import PolicyError
-from agent.files import fsync_dir, write_atomic
+from agent.files import fsync_dir, write_atomic, write_synced_temp
 from agent.policy.model import Policy, parse_policy
 from agent.policy.signing import sign
 from agent.policy.sync import POLICY_FILE, POLICY_FOLDER, SIGNATURE_FILE
@@ -57,8 +55,9 @@ def publish(signed: Signed, share_dir: Path, *, allow_older: bool = False) -> Pa
                 f"same version: raise `version` above {version}",
                 code="stale_version",
             )
-    tmp_toml = _write_temp(folder, POLICY_FILE, signed.body)
-    tmp_sig = _write_temp(folder, SIGNATURE_FILE, signed.signature)
+    # Both on disk before either is renamed into place; agents on other machines read them.
+    tmp_toml = write_synced_temp(folder / POLICY_FILE, signed.body, mode=0o644)
+    tmp_sig = write_synced_temp(folder / SIGNATURE_FILE, signed.signature, mode=0o644)
     os.replace(tmp_toml, folder / POLICY_FILE)
     os.replace(tmp_sig, folder / SIGNATURE_FILE)
     fsync_dir(folder)
@@ -78,20 +77,3 @@ def _read(path: Path, what: str) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise PolicyError(f"cannot read the {what} {path}: {e.strerror or e}", code="unreadable") from None
-
-
-def _write_temp(folder: Path, name: str, data: bytes) -> Path:
-    """``data`` in a new temp file beside ``name``, on disk: the policy and its signature are both
-    written before either is renamed into place (agent.files.write_atomic does one file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # agents on other machines read it
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return Path(tmp)
