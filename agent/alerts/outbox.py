@@ -44,6 +44,7 @@ from agent.alerts.secrets import SecretMissing, resolve
 from agent.alerts.transport import TIMEOUT_S, Answer, post_json
 from agent.ledger.database import Database
 from agent.policy.model import AlertChannel, Policy
+from agent.retry import backoff_s
 
 if TYPE_CHECKING:
     from agent.fleet.claims import FleetClaims
@@ -55,12 +56,6 @@ RETRY_MAX_S = 600.0
 CLAIM_WAIT_S = 900.0  # how long a fleet alert waits for the share before this host posts it anyway
 IDLE_POLL_S = 5.0  # how often the sender looks for due rows when nothing woke it
 BATCH = 50
-
-
-def backoff_s(attempts: int, rng: random.Random) -> float:
-    """The wait before try ``attempts + 1``: doubling from RETRY_FIRST_S, capped, with jitter."""
-    base = min(RETRY_FIRST_S * 2 ** max(attempts - 1, 0), RETRY_MAX_S)
-    return float(base * rng.uniform(0.5, 1.0))
 
 
 def idempotency_key(origin: str, event_id: int, claim: str | None) -> str:
@@ -219,7 +214,9 @@ class Outbox:
         """Try the row again after a backoff (returns when), unless that passes the policy's
         retry_for_h (None: failed)."""
         now = self._now()
-        wait = retry_after_s if retry_after_s is not None else backoff_s(attempts, self._rng)
+        wait = retry_after_s
+        if wait is None:
+            wait = backoff_s(RETRY_FIRST_S, attempts, self._rng, cap_s=RETRY_MAX_S)
         hours = policy.alerts.retry_for_h
         deadline = datetime.fromisoformat(str(row["ts"])) + timedelta(hours=hours)
         if now + timedelta(seconds=wait) > deadline:

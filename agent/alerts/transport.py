@@ -7,13 +7,13 @@ read) and 5xx, like a timeout or a refused connection, are tried again; any othe
 
 from __future__ import annotations
 
-import email.utils
 import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
+
+from agent.retry import retry_after_s
 
 TIMEOUT_S = 5.0
 
@@ -64,22 +64,6 @@ def post_json(url: str, body: dict[str, Any], idempotency_key: str, *, timeout_s
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
             return Answer.from_status(int(response.status))
     except urllib.error.HTTPError as e:
-        return Answer.from_status(e.code, f"HTTP {e.code} {e.reason}", retry_after(e.headers.get("Retry-After")))
+        return Answer.from_status(e.code, f"HTTP {e.code} {e.reason}", retry_after_s(e.headers.get("Retry-After")))
     except (OSError, ValueError) as e:  # refused, reset, timed out, unresolvable
         return Answer.retry(type(e).__name__ + (f": {e}" if str(e) else ""))
-
-
-def retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Retry-After as seconds: a number of seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

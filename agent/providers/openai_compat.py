@@ -16,11 +16,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import email.utils
 import json
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -53,6 +51,7 @@ from agent.providers.base import (
     ToolCallDelta,
     Usage,
 )
+from agent.retry import backoff_s, retry_after_s
 from agent.settings import CloudEndpoint
 
 _JITTER = random.Random()  # noqa: S311 - spreading retries, not secrets
@@ -238,7 +237,7 @@ class OpenAICompatProvider:
                 failure = await self._refusal(response)
             wait_s = failure.retry_after_s
             if wait_s is None:
-                wait_s = backoff_s(endpoint.retry_base_s, progress.attempts)
+                wait_s = backoff_s(endpoint.retry_base_s, progress.attempts, _JITTER)
             if progress.attempts > endpoint.max_retries or wait_s > endpoint.retry_max_wait_s:
                 message = (
                     f"the endpoint {self.name} is unavailable ({failure.description}, {progress.attempts} attempts)"
@@ -429,26 +428,10 @@ def _message(body: Any) -> str:
     return str(error or "")[:300]
 
 
-def backoff_s(base_s: float, attempts: int, rng: random.Random = _JITTER) -> float:
-    """The wait after ``attempts`` failed tries: doubling from ``base_s``, jittered to between half
-    and all of it, so that agents refused together (a provider's 503) do not retry in step."""
-    return float(base_s * 2 ** max(attempts - 1, 0) * rng.uniform(0.5, 1.0))
-
-
 def _retry_after_s(headers: Mapping[str, str]) -> float | None:
     if (ms := headers.get("retry-after-ms")) is not None:
         try:
             return max(0.0, float(ms) / 1000)
         except ValueError:
             pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            parsed = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, parsed.timestamp() - time.time())
+    return retry_after_s(headers.get("retry-after"))

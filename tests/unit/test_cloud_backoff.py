@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from agent.providers.openai_compat import backoff_s
+from agent.retry import backoff_s
 
 
 def test_the_cloud_backoff_doubles_and_is_jittered_within_half_of_it() -> None:

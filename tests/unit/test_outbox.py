@@ -5,17 +5,19 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from agent.alerts.outbox import RETRY_FIRST_S, RETRY_MAX_S, backoff_s, idempotency_key
-from agent.alerts.transport import Answer, permanent, retry_after
+from agent.alerts.outbox import RETRY_FIRST_S, RETRY_MAX_S, idempotency_key
+from agent.alerts.transport import Answer, permanent
+from agent.retry import backoff_s
+from agent.retry import retry_after_s as retry_after
 
 
 def test_the_backoff_doubles_with_jitter_up_to_a_cap() -> None:
     rng = random.Random(7)
     for attempts in range(1, 20):
-        wait = backoff_s(attempts, rng)
+        wait = backoff_s(RETRY_FIRST_S, attempts, rng, cap_s=RETRY_MAX_S)
         base = min(RETRY_FIRST_S * 2 ** (attempts - 1), RETRY_MAX_S)
         assert base / 2 <= wait <= base
-    waits = {round(backoff_s(3, rng), 6) for _ in range(20)}
+    waits = {round(backoff_s(RETRY_FIRST_S, 3, rng, cap_s=RETRY_MAX_S), 6) for _ in range(20)}
     assert len(waits) > 1  # jittered: a fleet of agents does not retry in step
 
 
