@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 
+from agent.api.http_client import open_http_client
 from agent.discovery import agent_url, read_discovery
 from agent.errors import ConfigError
 from agent.paths import Paths
@@ -52,9 +53,13 @@ def settings_url(home: Path | None) -> str:
 def answers(url: str, timeout_s: float = 1.0) -> bool:
     """Whether an aifinops agent answers at `url` (blocking: worker threads only)."""
     try:
-        response = httpx.get(f"{url.rstrip('/')}/api/v1/info", timeout=timeout_s)
+        with open_http_client(url.rstrip("/"), timeout_s) as http:
+            response = http.get("/api/v1/info")
         return response.status_code == 200 and response.json().get("name") == "aifinops"
     except (httpx.HTTPError, ValueError, AttributeError):
+        return False
+    except ConfigError as e:  # a trust store that cannot be read: nothing can be reached over https
+        log.warning("%s", e.message)
         return False
 
 

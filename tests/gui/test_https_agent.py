@@ -20,7 +20,7 @@ from agent.settings import load_settings
 from gui.client import AgentClient as TrayClient
 from gui.client import StreamReply
 from gui.errors import AgentError
-from gui.supervisor import Supervisor, discovered_url
+from gui.supervisor import Supervisor, answers, discovered_url
 from tests.conftest import RunningAgent
 from tests.support.tls import make_certs
 
@@ -101,3 +101,4 @@ def test_the_tray_names_a_trust_store_it_cannot_read(monkeypatch: pytest.MonkeyP
     with pytest.raises(AgentError, match=r"gone\.pem") as caught:
         TrayClient("https://127.0.0.1:1", "token").request("GET", "/api/v1/me")
     assert caught.value.status == 0 and caught.value.type == "unreachable"
+    assert not answers("https://127.0.0.1:1")  # the supervisor's probe: no agent there, not a crash
